@@ -1,0 +1,230 @@
+// Package broker assembles a mendmq node: the mochi MQTT server with its
+// listeners and hooks (auth, metrics, storage), the admin HTTP server, and
+// (when configured) the cluster. It owns start-up order and graceful
+// shutdown; every concern lives in its own sub-package.
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/mendmq/mendmq/broker/admin"
+	"github.com/mendmq/mendmq/broker/auth"
+	"github.com/mendmq/mendmq/broker/config"
+	"github.com/mendmq/mendmq/broker/listener"
+	"github.com/mendmq/mendmq/broker/metrics"
+	"github.com/mendmq/mendmq/broker/storage"
+)
+
+// Version is the mendmq version, set at build time with
+// -ldflags "-X github.com/mendmq/mendmq/broker.Version=...".
+var Version = "0.1.0-dev"
+
+// storageLockTimeout bounds the wait for the storage file lock, so a second
+// process on the same storage.path fails at start instead of hanging.
+const storageLockTimeout = 2 * time.Second
+
+// Broker is one mendmq node.
+type Broker struct {
+	cfg      config.Config
+	log      *slog.Logger
+	server   *mqtt.Server
+	registry *prometheus.Registry
+	metrics  *metrics.MQTT
+	admin    *admin.Server
+	started  atomic.Bool
+	stopping atomic.Bool
+}
+
+// New assembles a node from a validated configuration. Nothing binds until
+// Start.
+func New(cfg config.Config, log *slog.Logger) (*Broker, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("node", cfg.Node.Name)
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumPacketSize = cfg.MQTT.MaxPacketSize
+	if cfg.MQTT.MaxPacketSize == 0 {
+		caps.MaximumPacketSize = 268435455 // protocol maximum [MQTT-2.2.3]
+	}
+	caps.MaximumClients = cfg.MQTT.MaxConnections
+	if caps.MaximumClients == 0 {
+		caps.MaximumClients = math.MaxInt64
+	}
+	caps.MaximumClientWritesPending = cfg.MQTT.MaxQueuedMessages
+	caps.MaximumInflight = cfg.MQTT.MaxInflight
+	caps.ReceiveMaximum = cfg.MQTT.ReceiveMaximum
+	if cfg.MQTT.MaxSessionExpiry > 0 {
+		caps.MaximumSessionExpiryInterval = uint32(min(cfg.MQTT.MaxSessionExpiry.Seconds(), math.MaxUint32))
+	}
+	caps.MaximumMessageExpiryInterval = int64(cfg.MQTT.MaxMessageExpiry.Seconds())
+
+	server := mqtt.New(&mqtt.Options{
+		Capabilities:           caps,
+		Logger:                 log,
+		SysTopicResendInterval: int64(cfg.MQTT.SysInterval.Seconds()),
+		InlineClient:           true,
+	})
+	b := &Broker{cfg: cfg, log: log, server: server, registry: prometheus.NewRegistry()}
+	b.metrics = metrics.New(server.Info)
+	b.registry.MustRegister(b.metrics, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	if err := b.addHooks(); err != nil {
+		return nil, err
+	}
+	g := listener.Guard{ConnectTimeout: cfg.MQTT.ConnectTimeout, RatePerSecond: cfg.MQTT.MaxConnectRate, Refused: b.metrics.Refused}
+	for i, lc := range cfg.MQTT.Listeners {
+		l, err := listener.Build(i, lc, g)
+		if err != nil {
+			return nil, err
+		}
+		if err := server.AddListener(l); err != nil {
+			return nil, fmt.Errorf("start listener mqtt.listeners[%d] (%s %s): %w", i, lc.Type, lc.Address, err)
+		}
+	}
+	if cfg.Admin.Address != "" {
+		b.admin = admin.New(cfg.Admin.Address, b.registry, b.Ready, log)
+	}
+	return b, nil
+}
+
+func (b *Broker) addHooks() error {
+	users := map[string]string{}
+	for _, u := range b.cfg.Auth.Users {
+		users[u.Username] = u.PasswordHash
+	}
+	var rules []auth.Rule
+	for i, r := range b.cfg.Auth.ACL {
+		a, err := auth.ParseAccess(r.Access)
+		if err != nil {
+			return fmt.Errorf("auth.acl[%d].access: %w", i, err)
+		}
+		rules = append(rules, auth.Rule{Username: r.Username, ClientID: r.ClientID, Filter: r.Filter, Access: a})
+	}
+	ah := auth.New(auth.Options{
+		AllowAnonymous: b.cfg.Auth.AllowAnonymous,
+		Users:          users,
+		Rules:          rules,
+		Denied: func(write bool) {
+			if write {
+				b.metrics.Dropped(metrics.ReasonNotAuthorized)
+			}
+		},
+	})
+	if err := b.server.AddHook(ah, nil); err != nil {
+		return fmt.Errorf("add auth hook: %w", err)
+	}
+	if err := b.server.AddHook(b.metrics, nil); err != nil {
+		return fmt.Errorf("add metrics hook: %w", err)
+	}
+	if b.cfg.Storage.Path != "" {
+		h, opts := storage.New(b.cfg.Storage.Path, storageLockTimeout)
+		if err := b.server.AddHook(h, opts); err != nil {
+			return fmt.Errorf("storage.path: open %s: %w", b.cfg.Storage.Path, err)
+		}
+	}
+	return nil
+}
+
+// AddHook adds a mochi hook (cluster integration, tests). Call before Start.
+func (b *Broker) AddHook(h mqtt.Hook, cfg any) error { return b.server.AddHook(h, cfg) }
+
+// Server exposes the mochi server for in-process integration.
+func (b *Broker) Server() *mqtt.Server { return b.server }
+
+// Registry is the node's Prometheus registry.
+func (b *Broker) Registry() *prometheus.Registry { return b.registry }
+
+// Metrics is the node's MQTT metrics hook.
+func (b *Broker) Metrics() *metrics.MQTT { return b.metrics }
+
+// Admin is the admin server, or nil when admin.address is empty.
+func (b *Broker) Admin() *admin.Server { return b.admin }
+
+// Config is the configuration the node was built with.
+func (b *Broker) Config() config.Config { return b.cfg }
+
+// Log is the node's logger.
+func (b *Broker) Log() *slog.Logger { return b.log }
+
+// Start restores stored state, then serves MQTT and the admin API. It
+// returns once every listener is bound.
+func (b *Broker) Start() error {
+	if err := b.server.Serve(); err != nil {
+		return fmt.Errorf("start mqtt server: %w", err)
+	}
+	if b.admin != nil {
+		if err := b.admin.Start(); err != nil {
+			_ = b.server.Close()
+			return err
+		}
+	}
+	b.started.Store(true)
+	addrs := b.MQTTAddrs()
+	b.log.Info("mendmq serving", "version", Version, "mqtt", addrs, "admin", b.AdminAddr(), "storage", b.cfg.Storage.Path)
+	return nil
+}
+
+// Ready reports whether the node should receive traffic (/readyz).
+func (b *Broker) Ready() error {
+	switch {
+	case b.stopping.Load():
+		return errors.New("shutting down")
+	case !b.started.Load():
+		return errors.New("starting")
+	}
+	return nil
+}
+
+// MQTTAddrs returns the bound address of every listener as "id=addr".
+func (b *Broker) MQTTAddrs() []string {
+	var out []string
+	for i, lc := range b.cfg.MQTT.Listeners {
+		out = append(out, fmt.Sprintf("%s%d=%s", lc.Type, i, b.ListenerAddr(i)))
+	}
+	return out
+}
+
+// ListenerAddr returns the bound address of listener i (mqtt.listeners[i]).
+func (b *Broker) ListenerAddr(i int) string {
+	lc := b.cfg.MQTT.Listeners[i]
+	l, ok := b.server.Listeners.Get(fmt.Sprintf("%s%d", lc.Type, i))
+	if !ok {
+		return ""
+	}
+	return l.Address()
+}
+
+// AdminAddr is the admin server's bound address ("" if disabled).
+func (b *Broker) AdminAddr() string {
+	if b.admin == nil {
+		return ""
+	}
+	return b.admin.Addr()
+}
+
+// Shutdown stops accepting connections, disconnects clients (v5: 0x8B
+// server shutting down), closes storage, and stops the admin server.
+func (b *Broker) Shutdown(ctx context.Context) error {
+	if !b.stopping.CompareAndSwap(false, true) {
+		return nil
+	}
+	b.log.Info("shutting down")
+	// mochi closes listeners, disconnects every client with
+	// ErrServerShuttingDown and then stops hooks (bolt closes its file).
+	err := b.server.Close()
+	if b.admin != nil {
+		err = errors.Join(err, b.admin.Shutdown(ctx))
+	}
+	return err
+}

@@ -1,0 +1,312 @@
+package main
+
+// Process-level tests: the real binary, started as an operator would, with
+// mosquitto_pub/sub from Debian as clients.
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var binPath string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "mendmq-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binPath = filepath.Join(dir, "mendmq")
+	out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build mendmq: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// proc is a running mendmq serve.
+type proc struct {
+	cmd    *exec.Cmd
+	out    *syncBuffer
+	mqtt   int
+	admin  int
+	exited chan error
+}
+
+type syncBuffer struct {
+	mu  chan struct{}
+	buf bytes.Buffer
+}
+
+func newSyncBuffer() *syncBuffer { return &syncBuffer{mu: make(chan struct{}, 1)} }
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu <- struct{}{}
+	defer func() { <-b.mu }()
+	return b.buf.Write(p)
+}
+func (b *syncBuffer) String() string {
+	b.mu <- struct{}{}
+	defer func() { <-b.mu }()
+	return b.buf.String()
+}
+
+// startNode runs the binary with a config written from yaml (ports filled
+// in) and waits until /readyz answers 200.
+func startNode(t *testing.T, yaml string, env ...string) *proc {
+	t.Helper()
+	p := &proc{mqtt: freePort(t), admin: freePort(t), out: newSyncBuffer(), exited: make(chan error, 1)}
+	cfg := fmt.Sprintf("node: {name: ptest}\nmqtt:\n  listeners: [{type: tcp, address: \"127.0.0.1:%d\"}]\nadmin: {address: \"127.0.0.1:%d\"}\n%s", p.mqtt, p.admin, yaml)
+	path := filepath.Join(t.TempDir(), "node.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p.cmd = exec.Command(binPath, "serve", "--config", path)
+	p.cmd.Env = append(os.Environ(), env...)
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.exited <- p.cmd.Wait() }()
+	t.Cleanup(func() {
+		if p.cmd.ProcessState == nil {
+			_ = p.cmd.Process.Kill()
+			<-p.exited
+		}
+	})
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case err := <-p.exited:
+			t.Fatalf("node exited at start: %v\n%s", err, p.out)
+		default:
+		}
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", p.admin))
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return p
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("node not ready in 15s:\n%s", p.out)
+	return nil
+}
+
+// stop sends SIGTERM and returns the exit error.
+func (p *proc) stop(t *testing.T) error {
+	t.Helper()
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-p.exited:
+		return err
+	case <-time.After(15 * time.Second):
+		_ = p.cmd.Process.Kill()
+		t.Fatalf("node did not stop within 15s of SIGTERM:\n%s", p.out)
+		return nil
+	}
+}
+
+func needMosquitto(t *testing.T) {
+	t.Helper()
+	if _, err := exec.LookPath("mosquitto_sub"); err != nil {
+		t.Skip("mosquitto_pub/sub not installed (apt-get install -y mosquitto-clients; .ci/run does it)")
+	}
+}
+
+// mosq runs mosquitto_pub or mosquitto_sub against port with a bounded time.
+func mosq(t *testing.T, tool string, port int, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	all := append([]string{"-h", "127.0.0.1", "-p", fmt.Sprint(port)}, args...)
+	out, err := exec.CommandContext(ctx, tool, all...).CombinedOutput()
+	return string(out), err
+}
+
+// startSub starts mosquitto_sub in the background and returns a func that
+// waits for it to exit and returns its output. It waits until the
+// subscription is registered by polling the node's subscription gauge is not
+// possible portably, so the caller publishes with retries instead.
+func startSub(t *testing.T, port int, args ...string) func() string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	all := append([]string{"-h", "127.0.0.1", "-p", fmt.Sprint(port)}, args...)
+	cmd := exec.CommandContext(ctx, "mosquitto_sub", all...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	return func() string {
+		_ = cmd.Wait()
+		cancel()
+		return out.String()
+	}
+}
+
+func TestMosquittoRoundTrip(t *testing.T) {
+	needMosquitto(t)
+	p := startNode(t, "")
+	for _, qos := range []string{"0", "1", "2"} {
+		t.Run("qos"+qos, func(t *testing.T) {
+			// Retained first, so the subscriber cannot miss it by
+			// subscribing late; -C 1 exits after one message.
+			if out, err := mosq(t, "mosquitto_pub", p.mqtt, "-q", qos, "-r", "-t", "rt/"+qos, "-m", "hello-"+qos); err != nil {
+				t.Fatalf("pub: %v %s", err, out)
+			}
+			out, err := mosq(t, "mosquitto_sub", p.mqtt, "-q", qos, "-t", "rt/"+qos, "-C", "1", "-W", "5", "-v")
+			if err != nil || strings.TrimSpace(out) != "rt/"+qos+" hello-"+qos {
+				t.Fatalf("sub got %q (%v)", out, err)
+			}
+		})
+	}
+	if err := p.stop(t); err != nil {
+		t.Fatalf("exit after SIGTERM: %v\n%s", err, p.out)
+	}
+}
+
+func TestSIGTERMShutdownIsClean(t *testing.T) {
+	needMosquitto(t)
+	p := startNode(t, "")
+	// A connected v5 subscriber must be told the server is shutting down.
+	wait := startSub(t, p.mqtt, "-V", "5", "-t", "x", "-W", "8")
+	time.Sleep(300 * time.Millisecond) // let it connect; only lowers the chance of testing an idle node
+	if err := p.stop(t); err != nil {
+		t.Fatalf("exit code after SIGTERM: %v\n%s", err, p.out)
+	}
+	if !strings.Contains(p.out.String(), "stopped cleanly") {
+		t.Fatalf("no clean-stop log:\n%s", p.out)
+	}
+	out := wait()
+	if strings.Contains(out, "Timed out") {
+		t.Fatalf("subscriber was not disconnected by the shutdown: %q", out)
+	}
+}
+
+func TestStorageSurvivesRestart(t *testing.T) {
+	needMosquitto(t)
+	dir := t.TempDir()
+	store := fmt.Sprintf("storage: {path: %q}\n", filepath.Join(dir, "mendmq.db"))
+	p := startNode(t, store)
+	// A persistent (clean session false) QoS1 subscription, then gone.
+	if out, err := mosq(t, "mosquitto_sub", p.mqtt, "-c", "-i", "keeper", "-q", "1", "-t", "q/#", "-E"); err != nil {
+		t.Fatalf("persistent subscribe: %v %s", err, out)
+	}
+	if out, err := mosq(t, "mosquitto_pub", p.mqtt, "-q", "1", "-r", "-t", "ret/a", "-m", "kept"); err != nil {
+		t.Fatalf("retained pub: %v %s", err, out)
+	}
+	if out, err := mosq(t, "mosquitto_pub", p.mqtt, "-q", "1", "-t", "q/1", "-m", "queued-while-away"); err != nil {
+		t.Fatalf("queued pub: %v %s", err, out)
+	}
+	if err := p.stop(t); err != nil {
+		t.Fatalf("stop: %v\n%s", err, p.out)
+	}
+
+	p2 := startNode(t, store)
+	out, err := mosq(t, "mosquitto_sub", p2.mqtt, "-t", "ret/#", "-C", "1", "-W", "5", "-v")
+	if err != nil || strings.TrimSpace(out) != "ret/a kept" {
+		t.Fatalf("retained after restart: %q (%v)\n%s", out, err, p2.out)
+	}
+	out, err = mosq(t, "mosquitto_sub", p2.mqtt, "-c", "-i", "keeper", "-q", "1", "-t", "q/#", "-C", "1", "-W", "5", "-v")
+	if err != nil || strings.TrimSpace(out) != "q/1 queued-while-away" {
+		t.Fatalf("queued message after restart: %q (%v)\n%s", out, err, p2.out)
+	}
+}
+
+func TestConfigErrorsExitNonZero(t *testing.T) {
+	tests := []struct {
+		name string
+		yaml string
+		env  []string
+		want string
+	}{
+		{"unknown key", "mqtt:\n  max_packet_sise: 5\n", nil, "max_packet_sise"},
+		{"bad type", "mqtt:\n  max_connections: many\n", nil, "mqtt.max_connections"},
+		{"missing cert", "mqtt:\n  listeners: [{type: tls, address: \"127.0.0.1:0\", cert_file: /no/cert.pem, key_file: /no/key.pem}]\n", nil, "mqtt.listeners[0].cert_file"},
+		{"bad env", "", []string{"MENDMQ_MQTT__CONNECT_TIMEOUT=never"}, "mqtt.connect_timeout"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "bad.yaml")
+			if err := os.WriteFile(path, []byte(tc.yaml), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, binPath, "serve", "--config", path)
+			cmd.Env = append(os.Environ(), tc.env...)
+			out, err := cmd.CombinedOutput()
+			if err == nil {
+				t.Fatalf("exit 0 on bad config; output:\n%s", out)
+			}
+			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+				t.Fatalf("want exit code 1, got %v\n%s", err, out)
+			}
+			if !strings.Contains(string(out), tc.want) {
+				t.Fatalf("error does not name %q:\n%s", tc.want, out)
+			}
+		})
+	}
+}
+
+func TestEnvOverride(t *testing.T) {
+	// The config file says one admin port, the environment another: the
+	// environment wins.
+	envPort := freePort(t)
+	p := &proc{}
+	_ = p
+	path := filepath.Join(t.TempDir(), "n.yaml")
+	mq := freePort(t)
+	cfg := fmt.Sprintf("mqtt:\n  listeners: [{type: tcp, address: \"127.0.0.1:%d\"}]\nadmin: {address: \"127.0.0.1:1\"}\n", mq)
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(binPath, "serve", "--config", path)
+	cmd.Env = append(os.Environ(), fmt.Sprintf("MENDMQ_ADMIN__ADDRESS=127.0.0.1:%d", envPort), "MENDMQ_NODE__NAME=envnode")
+	out := newSyncBuffer()
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Signal(syscall.SIGTERM); _ = cmd.Wait() }()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/healthz", envPort))
+		if err == nil {
+			resp.Body.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("admin not on env port %d:\n%s", envPort, out)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !strings.Contains(out.String(), "node=envnode") {
+		t.Fatalf("MENDMQ_NODE__NAME not applied:\n%s", out)
+	}
+}

@@ -1,0 +1,328 @@
+// Package config loads and validates mendmq's configuration.
+//
+// Layers, later wins (DESIGN §6): the embedded configs/default.yaml, then
+// the file named by --config (YAML or TOML), then MENDMQ_ environment
+// variables (a double underscore separates levels:
+// MENDMQ_MQTT__MAX_PACKET_SIZE=65536), then --set key=value flags.
+//
+// Every layer is decoded strictly: an unknown key or a value of the wrong
+// type is refused with an error naming the key, so a typo never silently
+// falls back to a default.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"time"
+)
+
+// Config is the whole node configuration. Field comments give the key, the
+// default and what it trades off; configs/reference.yaml repeats them for
+// operators and a test keeps default.yaml and DefaultConfig in step.
+type Config struct {
+	Node    NodeConfig    `koanf:"node"`
+	Log     LogConfig     `koanf:"log"`
+	MQTT    MQTTConfig    `koanf:"mqtt"`
+	Admin   AdminConfig   `koanf:"admin"`
+	Auth    AuthConfig    `koanf:"auth"`
+	Storage StorageConfig `koanf:"storage"`
+}
+
+// NodeConfig identifies this node.
+type NodeConfig struct {
+	// Name is node.name: the node's identity in the cluster; unique per
+	// cluster. Empty means the host name.
+	Name string `koanf:"name"`
+}
+
+// LogConfig shapes the structured log.
+type LogConfig struct {
+	// Level is log.level: debug, info, warn or error. Default info.
+	Level string `koanf:"level"`
+	// Format is log.format: text or json. Default text.
+	Format string `koanf:"format"`
+}
+
+// ListenerConfig is one entry of mqtt.listeners.
+type ListenerConfig struct {
+	// Type is tcp, tls or ws (WebSocket, path-agnostic).
+	Type string `koanf:"type"`
+	// Address is host:port to bind, e.g. ":1883" or "127.0.0.1:8883".
+	Address string `koanf:"address"`
+	// CertFile and KeyFile are the PEM certificate and key for type tls
+	// (required there, refused elsewhere).
+	CertFile string `koanf:"cert_file"`
+	KeyFile  string `koanf:"key_file"`
+	// ClientCAFile, when set on a tls listener, requires client
+	// certificates signed by this PEM bundle (mutual TLS).
+	ClientCAFile string `koanf:"client_ca_file"`
+}
+
+// MQTTConfig covers the MQTT front: listeners and protocol limits.
+type MQTTConfig struct {
+	// Listeners is mqtt.listeners. Default one TCP listener on :1883.
+	Listeners []ListenerConfig `koanf:"listeners"`
+	// MaxPacketSize is mqtt.max_packet_size in bytes: larger packets are
+	// refused and the client disconnected (v5: 0x95). Default 1 MiB;
+	// 0 means the protocol maximum (256 MiB), which lets one client make
+	// the broker buffer that much.
+	MaxPacketSize uint32 `koanf:"max_packet_size"`
+	// ConnectTimeout is mqtt.connect_timeout: how long a new connection may
+	// take to send CONNECT before it is closed (slow-loris guard).
+	// Default 10s.
+	ConnectTimeout time.Duration `koanf:"connect_timeout"`
+	// MaxConnections is mqtt.max_connections: connected clients at most;
+	// beyond it CONNECT is refused (v5 0x89 server busy, v3 rc 3).
+	// Default 0 = unlimited.
+	MaxConnections int64 `koanf:"max_connections"`
+	// MaxConnectRate is mqtt.max_connect_rate: new connections accepted per
+	// second per listener (burst of the same size); excess connections are
+	// closed at once. Default 0 = unlimited.
+	MaxConnectRate int `koanf:"max_connect_rate"`
+	// MaxQueuedMessages is mqtt.max_queued_messages: pending outbound writes
+	// per client before QoS0 messages to it are dropped (counted).
+	// Default 8192 (mochi's default).
+	MaxQueuedMessages int32 `koanf:"max_queued_messages"`
+	// MaxInflight is mqtt.max_inflight: stored unacknowledged QoS1/2
+	// messages per client. Default 8192.
+	MaxInflight uint16 `koanf:"max_inflight"`
+	// ReceiveMaximum is mqtt.receive_maximum: concurrent inbound QoS1/2
+	// messages per client (v5 Receive Maximum). Default 1024.
+	ReceiveMaximum uint16 `koanf:"receive_maximum"`
+	// MaxSessionExpiry is mqtt.max_session_expiry: the longest a
+	// disconnected persistent session is kept, capping what clients ask
+	// for. Default 0 = no cap (the client's requested expiry is honoured).
+	MaxSessionExpiry time.Duration `koanf:"max_session_expiry"`
+	// MaxMessageExpiry is mqtt.max_message_expiry: the longest a message
+	// (retained or queued) lives. Default 24h.
+	MaxMessageExpiry time.Duration `koanf:"max_message_expiry"`
+	// SysInterval is mqtt.sys_interval: how often $SYS topics are
+	// published. Default 10s.
+	SysInterval time.Duration `koanf:"sys_interval"`
+}
+
+// AdminConfig is the operator HTTP server.
+type AdminConfig struct {
+	// Address is admin.address. Default 127.0.0.1:8080; empty disables the
+	// admin server. It serves /healthz, /readyz, /metrics and /api/v1; bind
+	// it to loopback or a private network only.
+	Address string `koanf:"address"`
+}
+
+// AuthConfig configures authentication and authorization.
+type AuthConfig struct {
+	// AllowAnonymous is auth.allow_anonymous: whether clients without a
+	// username may connect. Default true (so `make run` just works).
+	AllowAnonymous bool `koanf:"allow_anonymous"`
+	// Users is auth.users: username and bcrypt password hash.
+	Users []UserConfig `koanf:"users"`
+	// ACL is auth.acl: rules checked in order, first match wins. With no
+	// rules every topic is allowed; with rules, no match means deny.
+	ACL []ACLRule `koanf:"acl"`
+}
+
+// UserConfig is one entry of auth.users.
+type UserConfig struct {
+	Username string `koanf:"username"`
+	// PasswordHash is a bcrypt hash ($2a$, $2b$ or $2y$), e.g. from
+	// `mendmq passwd`.
+	PasswordHash string `koanf:"password_hash"`
+}
+
+// ACLRule is one entry of auth.acl.
+type ACLRule struct {
+	// Username limits the rule to one user; empty applies it to everyone.
+	Username string `koanf:"username"`
+	// ClientID limits the rule to one client id; empty for any.
+	ClientID string `koanf:"client_id"`
+	// Filter is an MQTT topic filter; %c is replaced by the client id and
+	// %u by the username before matching.
+	Filter string `koanf:"filter"`
+	// Access is read (subscribe), write (publish), readwrite, or deny.
+	Access string `koanf:"access"`
+}
+
+// StorageConfig configures persistence of retained messages and persistent
+// sessions.
+type StorageConfig struct {
+	// Path is storage.path: a bbolt file. Empty (default) keeps state in
+	// memory only: retained messages and sessions are lost on restart.
+	Path string `koanf:"path"`
+}
+
+// DefaultConfig returns the built-in defaults; configs/default.yaml states
+// the same values (a test checks it).
+func DefaultConfig() Config {
+	return Config{
+		Node: NodeConfig{Name: ""},
+		Log:  LogConfig{Level: "info", Format: "text"},
+		MQTT: MQTTConfig{
+			Listeners:         []ListenerConfig{{Type: "tcp", Address: ":1883"}},
+			MaxPacketSize:     1 << 20,
+			ConnectTimeout:    10 * time.Second,
+			MaxConnections:    0,
+			MaxConnectRate:    0,
+			MaxQueuedMessages: 8192,
+			MaxInflight:       8192,
+			ReceiveMaximum:    1024,
+			MaxSessionExpiry:  0,
+			MaxMessageExpiry:  24 * time.Hour,
+			SysInterval:       10 * time.Second,
+		},
+		Admin:   AdminConfig{Address: "127.0.0.1:8080"},
+		Auth:    AuthConfig{AllowAnonymous: true, Users: []UserConfig{}, ACL: []ACLRule{}},
+		Storage: StorageConfig{},
+	}
+}
+
+// KeyError is a configuration error tied to one key.
+type KeyError struct {
+	Key string // dotted key, e.g. mqtt.listeners[0].cert_file
+	Msg string // what is wrong and how to fix it
+}
+
+func (e *KeyError) Error() string { return e.Key + ": " + e.Msg }
+
+func keyErr(key, format string, args ...any) error {
+	return &KeyError{Key: key, Msg: fmt.Sprintf(format, args...)}
+}
+
+// Validate checks values and combinations, fills derived defaults (node
+// name) and returns every problem found, each naming its key.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.Node.Name == "" {
+		h, err := os.Hostname()
+		if err != nil || h == "" {
+			errs = append(errs, keyErr("node.name", "empty and the host name is unknown; set node.name"))
+		}
+		c.Node.Name = h
+	}
+	if strings.ContainsAny(c.Node.Name, " /\t\n") {
+		errs = append(errs, keyErr("node.name", "%q contains a space or slash; use letters, digits, '-', '_' or '.'", c.Node.Name))
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, keyErr("log.level", "%q is not one of debug, info, warn, error", c.Log.Level))
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		errs = append(errs, keyErr("log.format", "%q is not one of text, json", c.Log.Format))
+	}
+	if len(c.MQTT.Listeners) == 0 {
+		errs = append(errs, keyErr("mqtt.listeners", "no listener configured; add at least {type: tcp, address: \":1883\"}"))
+	}
+	seen := map[string]bool{}
+	for i, l := range c.MQTT.Listeners {
+		key := fmt.Sprintf("mqtt.listeners[%d]", i)
+		switch l.Type {
+		case "tcp", "ws":
+			if l.CertFile != "" || l.KeyFile != "" || l.ClientCAFile != "" {
+				errs = append(errs, keyErr(key+".cert_file", "certificates are only used by type tls; remove them or set type: tls"))
+			}
+		case "tls":
+			for _, f := range []struct{ k, v string }{{"cert_file", l.CertFile}, {"key_file", l.KeyFile}} {
+				if f.v == "" {
+					errs = append(errs, keyErr(key+"."+f.k, "required for a tls listener"))
+				} else if _, err := os.Stat(f.v); err != nil {
+					errs = append(errs, keyErr(key+"."+f.k, "cannot read %s: %v", f.v, err))
+				}
+			}
+			if l.ClientCAFile != "" {
+				if _, err := os.Stat(l.ClientCAFile); err != nil {
+					errs = append(errs, keyErr(key+".client_ca_file", "cannot read %s: %v", l.ClientCAFile, err))
+				}
+			}
+		default:
+			errs = append(errs, keyErr(key+".type", "%q is not one of tcp, tls, ws", l.Type))
+		}
+		if _, _, err := net.SplitHostPort(l.Address); err != nil {
+			errs = append(errs, keyErr(key+".address", "%q is not host:port (%v)", l.Address, err))
+		}
+		if seen[l.Address] {
+			errs = append(errs, keyErr(key+".address", "%q is used by another listener", l.Address))
+		}
+		seen[l.Address] = true
+	}
+	if c.MQTT.MaxPacketSize != 0 && c.MQTT.MaxPacketSize < 64 {
+		errs = append(errs, keyErr("mqtt.max_packet_size", "%d bytes is too small for a CONNECT; use >= 64 (or 0 for the protocol maximum)", c.MQTT.MaxPacketSize))
+	}
+	if c.MQTT.ConnectTimeout <= 0 {
+		errs = append(errs, keyErr("mqtt.connect_timeout", "must be > 0 (e.g. 10s)"))
+	}
+	if c.MQTT.MaxConnections < 0 {
+		errs = append(errs, keyErr("mqtt.max_connections", "must be >= 0 (0 = unlimited)"))
+	}
+	if c.MQTT.MaxConnectRate < 0 {
+		errs = append(errs, keyErr("mqtt.max_connect_rate", "must be >= 0 (0 = unlimited)"))
+	}
+	if c.MQTT.MaxQueuedMessages <= 0 {
+		errs = append(errs, keyErr("mqtt.max_queued_messages", "must be > 0"))
+	}
+	if c.MQTT.MaxInflight == 0 {
+		errs = append(errs, keyErr("mqtt.max_inflight", "must be > 0"))
+	}
+	if c.MQTT.ReceiveMaximum == 0 {
+		errs = append(errs, keyErr("mqtt.receive_maximum", "must be > 0"))
+	}
+	if c.MQTT.MaxSessionExpiry < 0 || c.MQTT.MaxMessageExpiry < 0 {
+		errs = append(errs, keyErr("mqtt.max_session_expiry", "durations must be >= 0"))
+	}
+	if c.MQTT.SysInterval < time.Second {
+		errs = append(errs, keyErr("mqtt.sys_interval", "must be >= 1s"))
+	}
+	if c.Admin.Address != "" {
+		if _, _, err := net.SplitHostPort(c.Admin.Address); err != nil {
+			errs = append(errs, keyErr("admin.address", "%q is not host:port (%v); empty disables the admin server", c.Admin.Address, err))
+		}
+	}
+	users := map[string]bool{}
+	for i, u := range c.Auth.Users {
+		key := fmt.Sprintf("auth.users[%d]", i)
+		if u.Username == "" {
+			errs = append(errs, keyErr(key+".username", "empty"))
+		}
+		if users[u.Username] {
+			errs = append(errs, keyErr(key+".username", "%q appears twice", u.Username))
+		}
+		users[u.Username] = true
+		if !strings.HasPrefix(u.PasswordHash, "$2") {
+			errs = append(errs, keyErr(key+".password_hash", "not a bcrypt hash (want $2a$/$2b$/$2y$...); create one with `mendmq passwd`"))
+		}
+	}
+	for i, r := range c.Auth.ACL {
+		key := fmt.Sprintf("auth.acl[%d]", i)
+		switch r.Access {
+		case "read", "write", "readwrite", "deny":
+		default:
+			errs = append(errs, keyErr(key+".access", "%q is not one of read, write, readwrite, deny", r.Access))
+		}
+		if err := ValidFilter(r.Filter); err != nil {
+			errs = append(errs, keyErr(key+".filter", "%v", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ValidFilter reports whether f is a well-formed MQTT topic filter
+// ([MQTT-4.7.1-1], [MQTT-4.7.1-2]).
+func ValidFilter(f string) error {
+	if f == "" {
+		return errors.New("empty topic filter")
+	}
+	levels := strings.Split(f, "/")
+	for i, l := range levels {
+		if strings.Contains(l, "#") && (l != "#" || i != len(levels)-1) {
+			return fmt.Errorf("filter %q: '#' must be the whole last level", f)
+		}
+		if strings.Contains(l, "+") && l != "+" {
+			return fmt.Errorf("filter %q: '+' must be a whole level", f)
+		}
+	}
+	return nil
+}

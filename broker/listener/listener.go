@@ -1,0 +1,118 @@
+// Package listener builds the MQTT listeners from configuration and guards
+// them against connection abuse: every accepted connection must send
+// CONNECT within a deadline (slow-loris), and new connections can be
+// rate-limited per listener (connect floods).
+package listener
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"golang.org/x/time/rate"
+
+	"github.com/mendmq/mendmq/broker/config"
+)
+
+// ErrRateLimited is returned (and logged by mochi) for a connection closed
+// because the listener's connect rate was exceeded.
+var ErrRateLimited = errors.New("listener: connect rate exceeded, connection closed")
+
+// Guard limits what a connection may do before CONNECT completes.
+type Guard struct {
+	// ConnectTimeout bounds the time from accept to a complete CONNECT.
+	// mochi replaces the deadline with the keep-alive one once the client
+	// is attached.
+	ConnectTimeout time.Duration
+	// RatePerSecond of new connections (burst equal); 0 = unlimited.
+	RatePerSecond int
+	// Refused is called with a reason for every connection refused here.
+	Refused func(reason string)
+}
+
+// Build returns the mochi listener for one config entry, wrapped by g.
+// The id is "<type><index>", e.g. tcp0.
+func Build(i int, lc config.ListenerConfig, g Guard) (listeners.Listener, error) {
+	id := fmt.Sprintf("%s%d", lc.Type, i)
+	mc := listeners.Config{ID: id, Address: lc.Address}
+	var l listeners.Listener
+	switch lc.Type {
+	case "tcp":
+		l = listeners.NewTCP(mc)
+	case "tls":
+		tc, err := TLSConfig(lc)
+		if err != nil {
+			return nil, fmt.Errorf("mqtt.listeners[%d]: %w", i, err)
+		}
+		mc.TLSConfig = tc
+		l = listeners.NewTCP(mc)
+	case "ws":
+		// mochi's WebSocket listener binds only when it starts serving, so
+		// a busy port would merely be logged: probe it now to fail at start.
+		probe, err := net.Listen("tcp", lc.Address)
+		if err != nil {
+			return nil, fmt.Errorf("mqtt.listeners[%d]: bind %s: %w", i, lc.Address, err)
+		}
+		_ = probe.Close()
+		l = listeners.NewWebsocket(mc)
+	default:
+		return nil, fmt.Errorf("mqtt.listeners[%d].type: unknown type %q", i, lc.Type)
+	}
+	gl := &guarded{Listener: l, g: g}
+	if g.RatePerSecond > 0 {
+		gl.limiter = rate.NewLimiter(rate.Limit(g.RatePerSecond), g.RatePerSecond)
+	}
+	return gl, nil
+}
+
+// TLSConfig loads the certificate (and client CA for mutual TLS) of a tls
+// listener.
+func TLSConfig(lc config.ListenerConfig) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(lc.CertFile, lc.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("load cert_file %s / key_file %s: %w", lc.CertFile, lc.KeyFile, err)
+	}
+	tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if lc.ClientCAFile != "" {
+		pem, err := os.ReadFile(lc.ClientCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("read client_ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("client_ca_file %s: no PEM certificates found", lc.ClientCAFile)
+		}
+		tc.ClientCAs = pool
+		tc.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return tc, nil
+}
+
+type guarded struct {
+	listeners.Listener
+	g       Guard
+	limiter *rate.Limiter
+}
+
+// Serve wraps the establish callback: refuse over-rate connections, then
+// arm the CONNECT deadline.
+func (l *guarded) Serve(establish listeners.EstablishFn) {
+	l.Listener.Serve(func(id string, c net.Conn) error {
+		if l.limiter != nil && !l.limiter.Allow() {
+			_ = c.Close()
+			if l.g.Refused != nil {
+				l.g.Refused("connect_rate")
+			}
+			return ErrRateLimited
+		}
+		if l.g.ConnectTimeout > 0 {
+			_ = c.SetDeadline(time.Now().Add(l.g.ConnectTimeout))
+		}
+		return establish(id, c)
+	})
+}

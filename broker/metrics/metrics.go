@@ -1,0 +1,135 @@
+// Package metrics exports the MQTT front's Prometheus metrics: a mochi hook
+// counts messages by direction and QoS and drops by reason; a collector
+// reads mochi's own atomic counters (connections, bytes, subscriptions,
+// retained) at scrape time so the publish path pays nothing for them.
+package metrics
+
+import (
+	"bytes"
+	"sync/atomic"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/mochi-mqtt/server/v2/system"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Drop reasons used as the "reason" label of mendmq_messages_dropped_total.
+const (
+	ReasonQueueFull     = "client_queue_full"  // QoS0 beyond mqtt.max_queued_messages
+	ReasonInflightLimit = "inflight_expired"   // QoS1/2 inflight dropped (expired or over limit)
+	ReasonNotAuthorized = "not_authorized"     // ACL denied a publish
+	ReasonPacketTooBig  = "packet_too_large"   // over mqtt.max_packet_size
+	ReasonNetsplit      = "netsplit"           // refused while split (cluster gating)
+	ReasonPeerQueueFull = "peer_queue_full"    // cross-node queue full (QoS0 only)
+	ReasonNoRoute       = "no_matching_client" // published with no subscriber anywhere
+)
+
+// MQTT holds the counters; one per node (tests run several nodes in one
+// process, so nothing is registered globally).
+type MQTT struct {
+	mqtt.HookBase
+
+	info *system.Info
+
+	in      [3]atomic.Uint64 // PUBLISH received by QoS
+	out     [3]atomic.Uint64 // PUBLISH sent by QoS
+	dropped *prometheus.CounterVec
+	refused *prometheus.CounterVec
+}
+
+var _ mqtt.Hook = (*MQTT)(nil)
+
+// New returns the hook; Register it and add it to the mochi server.
+func New(info *system.Info) *MQTT {
+	return &MQTT{
+		info: info,
+		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mendmq_messages_dropped_total",
+			Help: "Messages dropped by the broker, by reason.",
+		}, []string{"reason"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mendmq_connections_refused_total",
+			Help: "Connections refused before CONNACK success, by reason.",
+		}, []string{"reason"}),
+	}
+}
+
+// ID names the hook.
+func (m *MQTT) ID() string { return "mendmq-metrics" }
+
+// Provides declares the handled hook methods.
+func (m *MQTT) Provides(b byte) bool {
+	return bytes.Contains([]byte{mqtt.OnPacketRead, mqtt.OnPacketSent, mqtt.OnPublishDropped, mqtt.OnQosDropped}, []byte{b})
+}
+
+// OnPacketRead counts inbound PUBLISH packets by QoS.
+func (m *MQTT) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Type == packets.Publish && pk.FixedHeader.Qos < 3 {
+		m.in[pk.FixedHeader.Qos].Add(1)
+	}
+	return pk, nil
+}
+
+// OnPacketSent counts outbound PUBLISH packets by QoS.
+func (m *MQTT) OnPacketSent(cl *mqtt.Client, pk packets.Packet, b []byte) {
+	if pk.FixedHeader.Type == packets.Publish && pk.FixedHeader.Qos < 3 {
+		m.out[pk.FixedHeader.Qos].Add(1)
+	}
+}
+
+// OnPublishDropped counts messages dropped because a client's queue was full.
+func (m *MQTT) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
+	m.dropped.WithLabelValues(ReasonQueueFull).Inc()
+}
+
+// OnQosDropped counts inflight messages dropped.
+func (m *MQTT) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
+	m.dropped.WithLabelValues(ReasonInflightLimit).Inc()
+}
+
+// Dropped counts a message dropped for reason (one of the Reason constants).
+func (m *MQTT) Dropped(reason string) { m.dropped.WithLabelValues(reason).Inc() }
+
+// Refused counts a refused connection for reason.
+func (m *MQTT) Refused(reason string) { m.refused.WithLabelValues(reason).Inc() }
+
+var (
+	descMessages = prometheus.NewDesc("mendmq_messages_total", "PUBLISH packets by direction (in = from clients, out = to clients) and QoS.", []string{"direction", "qos"}, nil)
+	descClients  = prometheus.NewDesc("mendmq_clients_connected", "Currently connected clients.", nil, nil)
+	descTotal    = prometheus.NewDesc("mendmq_clients_total", "Known clients, connected or with a kept session.", nil, nil)
+	descBytes    = prometheus.NewDesc("mendmq_bytes_total", "MQTT bytes by direction.", []string{"direction"}, nil)
+	descSubs     = prometheus.NewDesc("mendmq_subscriptions", "Current subscriptions on this node.", nil, nil)
+	descRetained = prometheus.NewDesc("mendmq_retained_messages", "Retained messages held by this node.", nil, nil)
+	descInflight = prometheus.NewDesc("mendmq_inflight_messages", "QoS1/2 messages awaiting acknowledgement.", nil, nil)
+	descUptime   = prometheus.NewDesc("mendmq_uptime_seconds", "Seconds since the MQTT server started.", nil, nil)
+)
+
+// Describe implements prometheus.Collector.
+func (m *MQTT) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descMessages, descClients, descTotal, descBytes, descSubs, descRetained, descInflight, descUptime} {
+		ch <- d
+	}
+	m.dropped.Describe(ch)
+	m.refused.Describe(ch)
+}
+
+// Collect implements prometheus.Collector.
+func (m *MQTT) Collect(ch chan<- prometheus.Metric) {
+	qos := []string{"0", "1", "2"}
+	for i := range 3 {
+		ch <- prometheus.MustNewConstMetric(descMessages, prometheus.CounterValue, float64(m.in[i].Load()), "in", qos[i])
+		ch <- prometheus.MustNewConstMetric(descMessages, prometheus.CounterValue, float64(m.out[i].Load()), "out", qos[i])
+	}
+	info := m.info
+	ch <- prometheus.MustNewConstMetric(descClients, prometheus.GaugeValue, float64(atomic.LoadInt64(&info.ClientsConnected)))
+	ch <- prometheus.MustNewConstMetric(descTotal, prometheus.GaugeValue, float64(atomic.LoadInt64(&info.ClientsTotal)))
+	ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(atomic.LoadInt64(&info.BytesReceived)), "in")
+	ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(atomic.LoadInt64(&info.BytesSent)), "out")
+	ch <- prometheus.MustNewConstMetric(descSubs, prometheus.GaugeValue, float64(atomic.LoadInt64(&info.Subscriptions)))
+	ch <- prometheus.MustNewConstMetric(descRetained, prometheus.GaugeValue, float64(atomic.LoadInt64(&info.Retained)))
+	ch <- prometheus.MustNewConstMetric(descInflight, prometheus.GaugeValue, float64(atomic.LoadInt64(&info.Inflight)))
+	ch <- prometheus.MustNewConstMetric(descUptime, prometheus.GaugeValue, float64(atomic.LoadInt64(&info.Uptime)))
+	m.dropped.Collect(ch)
+	m.refused.Collect(ch)
+}
