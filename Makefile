@@ -31,5 +31,12 @@ fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
+## cluster: a local 3-node cluster (examples/cluster/node{1,2,3}.yaml); Ctrl-C stops all three
+cluster: build
+	@trap 'kill 0' INT TERM EXIT; \
+	for i in 1 2 3; do ./$(BIN) serve --config examples/cluster/node$$i.yaml & done; \
+	echo "mendmq cluster: MQTT 127.0.0.1:1883/1884/1885, admin 127.0.0.1:8081/8082/8083 (Ctrl-C to stop)"; \
+	wait
+
 clean:
 	rm -rf bin

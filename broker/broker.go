@@ -19,10 +19,12 @@ import (
 
 	"github.com/mendmq/mendmq/broker/admin"
 	"github.com/mendmq/mendmq/broker/auth"
+	"github.com/mendmq/mendmq/broker/clusterhook"
 	"github.com/mendmq/mendmq/broker/config"
 	"github.com/mendmq/mendmq/broker/listener"
 	"github.com/mendmq/mendmq/broker/metrics"
 	"github.com/mendmq/mendmq/broker/storage"
+	"github.com/mendmq/mendmq/cluster"
 )
 
 // Version is the mendmq version, set at build time with
@@ -41,6 +43,9 @@ type Broker struct {
 	registry *prometheus.Registry
 	metrics  *metrics.MQTT
 	admin    *admin.Server
+	auth     *auth.Hook
+	chook    *clusterhook.Hook // nil when cluster.enabled is false
+	node     *cluster.Node     // nil when cluster.enabled is false
 	started  atomic.Bool
 	stopping atomic.Bool
 }
@@ -82,6 +87,11 @@ func New(cfg config.Config, log *slog.Logger) (*Broker, error) {
 	if err := b.addHooks(); err != nil {
 		return nil, err
 	}
+	if cfg.Cluster.Enabled {
+		if err := b.addCluster(); err != nil {
+			return nil, err
+		}
+	}
 	g := listener.Guard{ConnectTimeout: cfg.MQTT.ConnectTimeout, RatePerSecond: cfg.MQTT.MaxConnectRate, Refused: b.metrics.Refused}
 	for i, lc := range cfg.MQTT.Listeners {
 		l, err := listener.Build(i, lc, g)
@@ -121,6 +131,7 @@ func (b *Broker) addHooks() error {
 			}
 		},
 	})
+	b.auth = ah
 	if err := b.server.AddHook(ah, nil); err != nil {
 		return fmt.Errorf("add auth hook: %w", err)
 	}
@@ -135,6 +146,37 @@ func (b *Broker) addHooks() error {
 	}
 	return nil
 }
+
+// addCluster creates the cluster node and the hook that connects it to
+// mochi. The node joins in Start, before listeners accept clients.
+func (b *Broker) addCluster() error {
+	cc := b.cfg.Cluster
+	if cc.Logger == nil {
+		cc.Logger = b.log
+	}
+	b.chook = clusterhook.New(clusterhook.Options{
+		Server:          b.server,
+		Metrics:         b.metrics,
+		Log:             b.log,
+		ForwardTimeout:  cc.ForwardTimeout,
+		RegisterTimeout: cc.RegisterTimeout,
+		Authenticate:    b.auth.OnConnectAuthenticate,
+	})
+	node, err := cluster.New(b.cfg.Node.Name, cc, b.chook)
+	if err != nil {
+		return err
+	}
+	b.node = node
+	b.chook.SetCluster(node)
+	if err := b.server.AddHook(b.chook, nil); err != nil {
+		return fmt.Errorf("add cluster hook: %w", err)
+	}
+	b.registry.MustRegister(node)
+	return nil
+}
+
+// Cluster is the cluster node, or nil when cluster.enabled is false.
+func (b *Broker) Cluster() *cluster.Node { return b.node }
 
 // AddHook adds a mochi hook (cluster integration, tests). Call before Start.
 func (b *Broker) AddHook(h mqtt.Hook, cfg any) error { return b.server.AddHook(h, cfg) }
@@ -160,8 +202,19 @@ func (b *Broker) Log() *slog.Logger { return b.log }
 // Start restores stored state, then serves MQTT and the admin API. It
 // returns once every listener is bound.
 func (b *Broker) Start() error {
+	if b.node != nil {
+		if err := b.node.Start(); err != nil {
+			return fmt.Errorf("start cluster: %w", err)
+		}
+	}
 	if err := b.server.Serve(); err != nil {
+		if b.node != nil {
+			_ = b.node.Stop()
+		}
 		return fmt.Errorf("start mqtt server: %w", err)
+	}
+	if b.chook != nil {
+		b.chook.SyncSessions() // sessions restored from storage
 	}
 	if b.admin != nil {
 		if err := b.admin.Start(); err != nil {
@@ -223,6 +276,9 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 	// mochi closes listeners, disconnects every client with
 	// ErrServerShuttingDown and then stops hooks (bolt closes its file).
 	err := b.server.Close()
+	if b.node != nil {
+		err = errors.Join(err, b.node.Stop())
+	}
 	if b.admin != nil {
 		err = errors.Join(err, b.admin.Shutdown(ctx))
 	}

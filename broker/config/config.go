@@ -17,6 +17,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/mendmq/mendmq/cluster"
 )
 
 // Config is the whole node configuration. Field comments give the key, the
@@ -29,6 +31,7 @@ type Config struct {
 	Admin   AdminConfig   `koanf:"admin"`
 	Auth    AuthConfig    `koanf:"auth"`
 	Storage StorageConfig `koanf:"storage"`
+	Cluster cluster.Config `koanf:"cluster"`
 }
 
 // NodeConfig identifies this node.
@@ -175,6 +178,7 @@ func DefaultConfig() Config {
 		Admin:   AdminConfig{Address: "127.0.0.1:8080"},
 		Auth:    AuthConfig{AllowAnonymous: true, Users: []UserConfig{}, ACL: []ACLRule{}},
 		Storage: StorageConfig{},
+		Cluster: cluster.DefaultConfig(),
 	}
 }
 
@@ -305,6 +309,9 @@ func (c *Config) Validate() error {
 		if err := ValidFilter(r.Filter); err != nil {
 			errs = append(errs, keyErr(key+".filter", "%v", err))
 		}
+	}
+	if err := c.Cluster.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

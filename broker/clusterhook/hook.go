@@ -1,0 +1,511 @@
+// Package clusterhook connects the mochi MQTT server to the cluster: it
+// is the mochi hook that feeds the replicated session and retained tables
+// from local events and forwards publishes to the nodes with subscribers,
+// and it is the cluster's Broker, injecting what peers forward and
+// applying what replication resolves.
+//
+// Loop prevention: everything the cluster injects is published by an
+// inline client of this package's injector pool, and the hook ignores
+// publishes and retains from inline clients, so nothing is forwarded back
+// or twice.
+package clusterhook
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/mendmq/mendmq/broker/metrics"
+	"github.com/mendmq/mendmq/cluster"
+	"github.com/mendmq/mendmq/cluster/routes"
+)
+
+// Cluster is what the hook needs from the cluster node.
+type Cluster interface {
+	// Name is this node's id.
+	Name() string
+	// Forward sends a publish to every other node with a matching
+	// subscription (one node per shared group, skipping groups with a
+	// local member). For qos > 0 it returns only once every target has
+	// accepted the message, or an error.
+	Forward(ctx context.Context, topic string, qos byte, encode func() ([]byte, error)) error
+	// PutSession / DeleteSession write the client's record in the
+	// replicated session table.
+	PutSession(clientID string, rec routes.SessionRecord)
+	DeleteSession(clientID string)
+	// PutRetained / DeleteRetained write the replicated retained table.
+	PutRetained(topic string, value []byte, now time.Time)
+	DeleteRetained(topic string, now time.Time)
+	// ReapplyRetained makes the broker's retained message of topic the
+	// cluster's resolved one again (through ApplyRetained, serialized
+	// with replication).
+	ReapplyRetained(topic string)
+	// Register claims clientID for this node with the client's leader,
+	// taking the session over from wherever it lives. It returns the
+	// moved session (nil if none or clean).
+	Register(ctx context.Context, clientID string, clean bool) ([]byte, error)
+}
+
+// Options configures the hook.
+type Options struct {
+	Server  *mqtt.Server
+	Metrics *metrics.MQTT
+	Log     *slog.Logger
+	// ForwardTimeout bounds the wait for peers to accept a QoS1/2
+	// publish (the publisher's ack waits that long at most).
+	ForwardTimeout time.Duration
+	// RegisterTimeout bounds a CONNECT's registration with the leader.
+	RegisterTimeout time.Duration
+	// Authenticate checks CONNECT credentials. mochi calls OnConnect
+	// before authentication, and registration takes sessions over across
+	// the cluster, so an unauthenticated CONNECT must not get that far.
+	Authenticate func(cl *mqtt.Client, pk packets.Packet) bool
+}
+
+// Hook is the mochi hook and the cluster's Broker.
+type Hook struct {
+	mqtt.HookBase
+	opts Options
+	srv  *mqtt.Server
+	log  *slog.Logger
+
+	node atomic.Pointer[clusterRef]
+
+	injectors sync.Pool // *injector
+	injecting sync.Map  // injector client id -> *injector
+
+	dirtyMu sync.Mutex
+	dirty   map[string]struct{}
+	moved   map[string]struct{} // sessions taken over by another node
+	kick    chan struct{}
+	done    chan struct{}
+	wg      sync.WaitGroup
+	nextInj atomic.Uint64
+}
+
+type clusterRef struct{ c Cluster }
+
+// injector is an inline client through which forwarded publishes enter
+// mochi; groups are the shared subscriptions ("$share/g/f") this node
+// must serve for the message being injected.
+type injector struct {
+	cl     *mqtt.Client
+	groups map[string]struct{}
+}
+
+var (
+	_ mqtt.Hook      = (*Hook)(nil)
+	_ cluster.Broker = (*Hook)(nil)
+)
+
+// New returns the hook. Call SetCluster before the server starts serving.
+func New(opts Options) *Hook {
+	if opts.ForwardTimeout == 0 {
+		opts.ForwardTimeout = 5 * time.Second
+	}
+	if opts.RegisterTimeout == 0 {
+		opts.RegisterTimeout = 5 * time.Second
+	}
+	h := &Hook{opts: opts, srv: opts.Server, log: opts.Log, dirty: map[string]struct{}{}, moved: map[string]struct{}{},
+		kick: make(chan struct{}, 1), done: make(chan struct{})}
+	h.injectors.New = func() any {
+		id := fmt.Sprintf("$cluster-injector-%d", h.nextInj.Add(1))
+		cl := h.srv.NewClient(nil, "cluster", id, true)
+		cl.Properties.ProtocolVersion = 5
+		return &injector{cl: cl, groups: map[string]struct{}{}}
+	}
+	h.wg.Add(1)
+	go h.syncLoop()
+	return h
+}
+
+// SetCluster attaches the cluster node.
+func (h *Hook) SetCluster(c Cluster) { h.node.Store(&clusterRef{c: c}) }
+
+func (h *Hook) cluster() Cluster {
+	if r := h.node.Load(); r != nil {
+		return r.c
+	}
+	return nil
+}
+
+// ID names the hook.
+func (h *Hook) ID() string { return "mendmq-cluster" }
+
+// Provides declares the handled hook methods.
+func (h *Hook) Provides(b byte) bool {
+	return bytes.Contains([]byte{
+		mqtt.OnConnect, mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnSubscribed, mqtt.OnUnsubscribed,
+		mqtt.OnClientExpired, mqtt.OnPublish, mqtt.OnWillSent, mqtt.OnRetainMessage, mqtt.OnSelectSubscribers,
+		mqtt.OnStopped,
+	}, []byte{b})
+}
+
+// OnStopped ends the session-sync loop.
+func (h *Hook) OnStopped() {
+	select {
+	case <-h.done:
+	default:
+		close(h.done)
+	}
+	h.wg.Wait()
+}
+
+// --- registration -------------------------------------------------------
+
+// OnConnect registers the client id with its leader before mochi sets up
+// the session, so that any other session of the id in the cluster is
+// taken over and its state lands here first [MQTT-3.1.4-3].
+func (h *Hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	c := h.cluster()
+	if c == nil {
+		return nil
+	}
+	if h.opts.Authenticate != nil && !h.opts.Authenticate(cl, pk) {
+		return nil // mochi authenticates next and refuses it
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), h.opts.RegisterTimeout)
+	defer cancel()
+	blob, err := c.Register(ctx, cl.ID, pk.Connect.Clean)
+	if err != nil {
+		h.log.Warn("client registration failed; refusing CONNECT", "client", cl.ID, "error", err)
+		h.opts.Metrics.Refused("registration_failed")
+		// An OnConnect error only drops the socket: send the CONNACK
+		// first (v5 0x88 server unavailable, v3 rc 3), as mochi does
+		// for its own client limit.
+		_ = h.srv.SendConnack(cl, packets.ErrServerUnavailable, false, nil)
+		return packets.ErrServerUnavailable
+	}
+	if len(blob) > 0 && !pk.Connect.Clean {
+		s, err := decodeSession(blob)
+		if err == nil {
+			err = importSession(h.srv, cl.ID, s)
+		}
+		if err != nil {
+			// The session cannot be used; the client gets a new one
+			// (session present = false tells it so).
+			h.log.Error("import moved session", "client", cl.ID, "error", err)
+		}
+	}
+	return nil
+}
+
+// TakeoverSession implements cluster.Broker: disconnect the local session
+// of clientID (v5 reason 0x8E session taken over) and export it.
+func (h *Hook) TakeoverSession(clientID, newNode string) ([]byte, error) {
+	cl, ok := h.srv.Clients.Get(clientID)
+	if !ok {
+		return nil, nil
+	}
+	h.log.Info("session taken over by another node", "client", clientID, "new_node", newNode)
+	// From here on the record belongs to newNode: this node's late
+	// events about the old session must not rewrite or delete it.
+	h.dirtyMu.Lock()
+	h.moved[clientID] = struct{}{}
+	h.dirtyMu.Unlock()
+	_ = h.srv.DisconnectClient(cl, packets.ErrSessionTakenOver)
+	cl.Stop(packets.ErrSessionTakenOver)
+	var blob []byte
+	if !isEphemeral(cl) {
+		s, err := exportSession(cl)
+		if err != nil {
+			return nil, err
+		}
+		if blob, err = encodeSession(s); err != nil {
+			return nil, err
+		}
+	}
+	// The session now lives on newNode: drop it here without touching
+	// the replicated record, which newNode rewrites.
+	for filter := range cl.State.Subscriptions.GetAll() {
+		if h.srv.Topics.Unsubscribe(filter, clientID) {
+			atomic.AddInt64(&h.srv.Info.Subscriptions, -1)
+		}
+		cl.State.Subscriptions.Delete(filter)
+	}
+	cl.ClearInflights()
+	if cur, ok := h.srv.Clients.Get(clientID); ok && cur == cl {
+		h.srv.Clients.Delete(clientID)
+	}
+	return blob, nil
+}
+
+// --- session table ------------------------------------------------------
+
+// The replicated session record of a client is recomputed from mochi's
+// current state whenever something about the client changes, by one
+// goroutine that drains a dirty set. Reading the state after the fact,
+// instead of trusting the order of hook calls, makes takeovers and
+// disconnect/unsubscribe interleavings come out right.
+
+func (h *Hook) markDirty(id string) {
+	if strings.HasPrefix(id, "$cluster-injector-") || id == mqtt.InlineClientId {
+		return
+	}
+	h.dirtyMu.Lock()
+	h.dirty[id] = struct{}{}
+	h.dirtyMu.Unlock()
+	select {
+	case h.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (h *Hook) syncLoop() {
+	defer h.wg.Done()
+	for {
+		select {
+		case <-h.done:
+			h.flushDirty()
+			return
+		case <-h.kick:
+			h.flushDirty()
+		}
+	}
+}
+
+func (h *Hook) flushDirty() {
+	h.dirtyMu.Lock()
+	ids := h.dirty
+	h.dirty = map[string]struct{}{}
+	moved := make(map[string]bool, len(h.moved))
+	for id := range ids {
+		if _, ok := h.moved[id]; ok {
+			moved[id] = true
+		}
+	}
+	h.dirtyMu.Unlock()
+	c := h.cluster()
+	if c == nil {
+		return
+	}
+	for id := range ids {
+		if moved[id] {
+			continue
+		}
+		cl, ok := h.srv.Clients.Get(id)
+		if !ok || (cl.Closed() && isEphemeral(cl)) || cl.IsTakenOver() {
+			if ok && cl.IsTakenOver() {
+				continue // the new session's own events rewrite the record
+			}
+			c.DeleteSession(id)
+			continue
+		}
+		c.PutSession(id, record(c.Name(), cl))
+	}
+}
+
+// SyncSessions re-announces every local session (after a restart).
+func (h *Hook) SyncSessions() {
+	for id := range h.srv.Clients.GetAll() {
+		h.markDirty(id)
+	}
+}
+
+// LocalSession reports whether clientID has a session on this node
+// (cluster.Broker).
+func (h *Hook) LocalSession(clientID string) bool {
+	_, ok := h.srv.Clients.Get(clientID)
+	return ok
+}
+
+// OnSessionEstablished records the session.
+func (h *Hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
+	h.dirtyMu.Lock()
+	delete(h.moved, cl.ID) // the client is back on this node
+	h.dirtyMu.Unlock()
+	h.markDirty(cl.ID)
+}
+
+// OnDisconnect updates or removes the record.
+func (h *Hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) { h.markDirty(cl.ID) }
+
+// OnSubscribed updates the record.
+func (h *Hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) { h.markDirty(cl.ID) }
+
+// OnUnsubscribed updates the record.
+func (h *Hook) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) { h.markDirty(cl.ID) }
+
+// OnClientExpired removes the record of an expired persistent session.
+func (h *Hook) OnClientExpired(cl *mqtt.Client) { h.markDirty(cl.ID) }
+
+// --- publish routing ----------------------------------------------------
+
+// OnPublish forwards a client's publish to the other nodes. QoS 1/2
+// publishes are acknowledged to the client only after every target node
+// accepted them; if one did not, the publish is refused: v5 gets an error
+// reason code, v3 (which has none) is disconnected without an ack so it
+// resends after reconnecting.
+func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	c := h.cluster()
+	if c == nil || cl.Net.Inline || strings.HasPrefix(pk.TopicName, "$SYS") {
+		return pk, nil
+	}
+	qos := pk.FixedHeader.Qos
+	ctx, cancel := context.WithTimeout(context.Background(), h.opts.ForwardTimeout)
+	defer cancel()
+	err := c.Forward(ctx, pk.TopicName, qos, func() ([]byte, error) { return EncodePublish(pk) })
+	if err == nil {
+		return pk, nil
+	}
+	if qos == 0 {
+		h.log.Debug("qos0 forward incomplete", "topic", pk.TopicName, "error", err)
+		return pk, nil // counted by the cluster; QoS0 is at most once
+	}
+	h.log.Warn("forward failed; publish refused", "client", cl.ID, "topic", pk.TopicName, "error", err)
+	if cl.Properties.ProtocolVersion == 5 {
+		return pk, packets.ErrImplementationSpecificError // v5 PUBACK 0x83
+	}
+	_ = h.srv.DisconnectClient(cl, packets.ErrServerUnavailable)
+	return pk, packets.ErrRejectPacket
+}
+
+// OnWillSent forwards a will message to the other nodes [MQTT-3.1.2-8].
+func (h *Hook) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
+	c := h.cluster()
+	if c == nil || cl.Net.Inline {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), h.opts.ForwardTimeout)
+	defer cancel()
+	if err := c.Forward(ctx, pk.TopicName, pk.FixedHeader.Qos, func() ([]byte, error) { return EncodePublish(pk) }); err != nil {
+		h.log.Warn("forward will", "client", cl.ID, "topic", pk.TopicName, "error", err)
+	}
+}
+
+// DeliverForwarded implements cluster.Broker: publish a message that
+// another node forwarded to this node's subscribers. groups lists the
+// shared subscriptions ("$share/g/f") this node was chosen to serve.
+func (h *Hook) DeliverForwarded(from string, msg []byte, groups []string) error {
+	pk, err := DecodePublish(msg)
+	if err != nil {
+		return fmt.Errorf("deliver message from %s: %w", from, err)
+	}
+	inj := h.injectors.Get().(*injector)
+	clear(inj.groups)
+	for _, g := range groups {
+		inj.groups[g] = struct{}{}
+	}
+	h.injecting.Store(inj.cl.ID, inj)
+	// Inline publishes are not tracked as inflight, but mochi validates
+	// that a QoS>0 PUBLISH carries an id.
+	pk.PacketID = 1
+	err = h.srv.InjectPacket(inj.cl, pk)
+	h.injecting.Delete(inj.cl.ID)
+	h.injectors.Put(inj)
+	if err != nil {
+		return fmt.Errorf("inject message from %s: %w", from, err)
+	}
+	if pk.FixedHeader.Retain {
+		// mochi retained the injected copy; the replicated table decides
+		// what this node retains, so restore its answer.
+		if c := h.cluster(); c != nil {
+			c.ReapplyRetained(pk.TopicName)
+		}
+	}
+	return nil
+}
+
+// OnSelectSubscribers limits an injected message's shared-subscription
+// deliveries to the groups this node was chosen for; the publishing node
+// picked one node per group.
+func (h *Hook) OnSelectSubscribers(subs *mqtt.Subscribers, pk packets.Packet) *mqtt.Subscribers {
+	v, ok := h.injecting.Load(pk.Origin)
+	if !ok {
+		return subs
+	}
+	inj := v.(*injector)
+	for filter := range subs.Shared {
+		if _, ok := inj.groups[filter]; !ok {
+			delete(subs.Shared, filter)
+		}
+	}
+	return subs
+}
+
+// --- retained -----------------------------------------------------------
+
+// Retained values in the replicated table are an 8-byte big-endian
+// creation time (Unix seconds, for message expiry) followed by the v5
+// PUBLISH packet.
+
+// OnRetainMessage replicates a retained message set or cleared by a local
+// client (or will).
+func (h *Hook) OnRetainMessage(cl *mqtt.Client, pk packets.Packet, r int64) {
+	c := h.cluster()
+	if c == nil || cl.Net.Inline {
+		return
+	}
+	now := time.Now()
+	if len(pk.Payload) == 0 {
+		c.DeleteRetained(pk.TopicName, now)
+		return
+	}
+	v, err := encodeRetained(pk)
+	if err != nil {
+		h.log.Error("encode retained", "topic", pk.TopicName, "error", err)
+		return
+	}
+	c.PutRetained(pk.TopicName, v, now)
+}
+
+func encodeRetained(pk packets.Packet) ([]byte, error) {
+	b, err := EncodePublish(pk)
+	if err != nil {
+		return nil, err
+	}
+	created := pk.Created
+	if created == 0 {
+		created = time.Now().Unix()
+	}
+	out := binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(b)), uint64(created))
+	return append(out, b...), nil
+}
+
+// DecodeRetained splits a replicated retained value.
+func DecodeRetained(v []byte) (packets.Packet, error) {
+	if len(v) < 8 {
+		return packets.Packet{}, errors.New("clusterhook: retained value shorter than its header")
+	}
+	pk, err := DecodePublish(v[8:])
+	if err != nil {
+		return pk, err
+	}
+	pk.Created = int64(binary.BigEndian.Uint64(v[:8]))
+	return pk, nil
+}
+
+// ApplyRetained implements cluster.Broker: the resolved retained value of
+// topic changed (nil: deleted). The cluster serializes calls.
+func (h *Hook) ApplyRetained(topic string, value []byte) {
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: true}, TopicName: topic}
+	if value != nil {
+		var err error
+		if pk, err = DecodeRetained(value); err != nil {
+			h.log.Error("replicated retained value unreadable; keeping the local one", "topic", topic, "error", err)
+			return
+		}
+		pk.FixedHeader.Retain = true
+		if exp := int64(pk.Properties.MessageExpiryInterval); exp > 0 {
+			if m := h.srv.Options.Capabilities.MaximumMessageExpiryInterval; m > 0 && exp > m {
+				exp = m
+			}
+			pk.Expiry = pk.Created + exp
+			if pk.Expiry <= time.Now().Unix() {
+				pk.Payload = nil // already expired: delete
+			}
+		}
+	}
+	h.srv.Topics.RetainMessage(pk)
+	atomic.StoreInt64(&h.srv.Info.Retained, int64(h.srv.Topics.Retained.Len()))
+}

@@ -1,0 +1,165 @@
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+
+	"github.com/mendmq/mendmq/cluster/dataplane"
+	"github.com/mendmq/mendmq/cluster/membership"
+	"github.com/mendmq/mendmq/cluster/replica"
+)
+
+// Config is the cluster section of the node configuration (keys
+// cluster.*). Timing knobs default to membership.DefaultConfig and
+// dataplane.DefaultConfig; their doc comments explain the trade-offs.
+type Config struct {
+	// Enabled is cluster.enabled: join a cluster. Default false (a
+	// single node).
+	Enabled bool `koanf:"enabled"`
+	// Name is cluster.name: nodes of another cluster are refused.
+	// Default "mendmq".
+	Name string `koanf:"name"`
+	// GossipAddress is cluster.gossip_address: memberlist's UDP+TCP bind
+	// address. Default ":7946".
+	GossipAddress string `koanf:"gossip_address"`
+	// GossipAdvertiseAddress is cluster.gossip_advertise_address: the
+	// ip:port other nodes use to reach gossip (NAT, containers).
+	GossipAdvertiseAddress string `koanf:"gossip_advertise_address"`
+	// DataAddress is cluster.data_address: the data plane's bind address
+	// (routed publishes, replication, RPCs). Default ":7947".
+	DataAddress string `koanf:"data_address"`
+	// DataAdvertiseAddress is cluster.data_advertise_address: the
+	// host:port peers dial for the data plane. Default: the data
+	// address, with the gossip advertise/bind host when its host is
+	// empty.
+	DataAdvertiseAddress string `koanf:"data_advertise_address"`
+	// Seeds is cluster.seeds: gossip addresses (host:port) to join; a DNS
+	// name resolves to all its addresses (Kubernetes headless service).
+	Seeds []string `koanf:"seeds"`
+	// SecretKey is cluster.secret_key: encrypts gossip and authenticates
+	// the data plane. Empty disables both (trusted networks only). 16,
+	// 24 or 32 bytes are an AES key; other lengths (>= 16) a passphrase.
+	SecretKey string `koanf:"secret_key"`
+
+	// Membership timing; see membership.Config for each trade-off.
+	ProbeInterval     time.Duration `koanf:"probe_interval"`
+	ProbeTimeout      time.Duration `koanf:"probe_timeout"`
+	SuspicionMult     int           `koanf:"suspicion_mult"`
+	GossipInterval    time.Duration `koanf:"gossip_interval"`
+	PushPullInterval  time.Duration `koanf:"push_pull_interval"`
+	ReconnectInterval time.Duration `koanf:"reconnect_interval"`
+	ReconnectTimeout  time.Duration `koanf:"reconnect_timeout"`
+
+	// AntiEntropyInterval is cluster.anti_entropy_interval: how often the
+	// node compares table digests with one random peer and repairs what
+	// broadcasts missed. Default 2s. A joining node syncs at once.
+	AntiEntropyInterval time.Duration `koanf:"anti_entropy_interval"`
+	// ForwardTimeout is cluster.forward_timeout: the longest a QoS1/2
+	// publish waits for remote nodes to accept it before the publisher
+	// gets an error instead of an ack. Default 5s.
+	ForwardTimeout time.Duration `koanf:"forward_timeout"`
+	// RegisterTimeout is cluster.register_timeout: the longest a CONNECT
+	// waits for the client id's leader. Default 5s.
+	RegisterTimeout time.Duration `koanf:"register_timeout"`
+	// SharedSubscriptionPolicy is cluster.shared_subscription_policy:
+	// prefer_local (a group with a member on the publishing node is
+	// served there; otherwise by a random node with members) or random
+	// (a random node among all with members). Default prefer_local.
+	SharedSubscriptionPolicy string `koanf:"shared_subscription_policy"`
+	// TombstoneGrace is cluster.tombstone_grace: how long deletions are
+	// remembered for replication. A node partitioned away for longer may
+	// resurrect deleted subscriptions or retained messages. Default 24h.
+	TombstoneGrace time.Duration `koanf:"tombstone_grace"`
+
+	// Transport replaces memberlist's network (tests inject faults).
+	Transport memberlist.Transport `koanf:"-"`
+	// DataNetwork replaces the data plane's TCP (tests inject faults).
+	DataNetwork dataplane.Network `koanf:"-"`
+	// Logger is the node's logger.
+	Logger *slog.Logger `koanf:"-"`
+	// RetainedResolver decides between concurrent retained messages
+	// ($retained merge policy). Nil: latest update wins, ties to the
+	// larger node id.
+	RetainedResolver replica.Resolver `koanf:"-"`
+}
+
+// DefaultConfig returns the defaults (cluster disabled).
+func DefaultConfig() Config {
+	m := membership.DefaultConfig()
+	return Config{
+		Name:                     "mendmq",
+		GossipAddress:            ":7946",
+		DataAddress:              ":7947",
+		Seeds:                    []string{},
+		ProbeInterval:            m.ProbeInterval,
+		ProbeTimeout:             m.ProbeTimeout,
+		SuspicionMult:            m.SuspicionMult,
+		GossipInterval:           m.GossipInterval,
+		PushPullInterval:         m.PushPullInterval,
+		ReconnectInterval:        m.ReconnectInterval,
+		ReconnectTimeout:         m.ReconnectTimeout,
+		AntiEntropyInterval:      2 * time.Second,
+		ForwardTimeout:           5 * time.Second,
+		RegisterTimeout:          5 * time.Second,
+		SharedSubscriptionPolicy: "prefer_local",
+		TombstoneGrace:           24 * time.Hour,
+	}
+}
+
+// LoopbackConfig returns settings for clusters on 127.0.0.1 in tests:
+// free ports and fast timers.
+func LoopbackConfig() Config {
+	c := DefaultConfig()
+	m := membership.LoopbackConfig()
+	c.Enabled = true
+	c.GossipAddress = "127.0.0.1:0"
+	c.DataAddress = "127.0.0.1:0"
+	c.ProbeInterval, c.ProbeTimeout, c.SuspicionMult = m.ProbeInterval, m.ProbeTimeout, m.SuspicionMult
+	c.GossipInterval, c.PushPullInterval = m.GossipInterval, m.PushPullInterval
+	c.ReconnectInterval, c.ReconnectTimeout = m.ReconnectInterval, m.ReconnectTimeout
+	c.AntiEntropyInterval = 300 * time.Millisecond
+	c.ForwardTimeout = 3 * time.Second
+	c.RegisterTimeout = 3 * time.Second
+	return c
+}
+
+// Validate checks the cluster section; errors name the key.
+func (c *Config) Validate() error {
+	if !c.Enabled {
+		return nil
+	}
+	var errs []error
+	for _, a := range []struct{ key, v string }{
+		{"cluster.gossip_address", c.GossipAddress}, {"cluster.data_address", c.DataAddress},
+	} {
+		if _, _, err := net.SplitHostPort(a.v); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %q is not host:port (%v)", a.key, a.v, err))
+		}
+	}
+	if c.GossipAddress == c.DataAddress {
+		errs = append(errs, fmt.Errorf("cluster.data_address: %q is also cluster.gossip_address; use another port", c.DataAddress))
+	}
+	if c.SecretKey != "" && len(c.SecretKey) < 16 {
+		errs = append(errs, errors.New("cluster.secret_key: shorter than 16 bytes; use a 16/24/32-byte key or a longer passphrase"))
+	}
+	if c.AntiEntropyInterval <= 0 {
+		errs = append(errs, errors.New("cluster.anti_entropy_interval: must be > 0 (e.g. 2s)"))
+	}
+	if c.ForwardTimeout <= 0 || c.RegisterTimeout <= 0 {
+		errs = append(errs, errors.New("cluster.forward_timeout, cluster.register_timeout: must be > 0"))
+	}
+	switch c.SharedSubscriptionPolicy {
+	case "prefer_local", "random":
+	default:
+		errs = append(errs, fmt.Errorf("cluster.shared_subscription_policy: %q is not prefer_local or random", c.SharedSubscriptionPolicy))
+	}
+	if c.TombstoneGrace < time.Minute {
+		errs = append(errs, errors.New("cluster.tombstone_grace: must be >= 1m"))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,881 @@
+// Package cluster turns mendmq nodes into one broker: membership
+// (memberlist), the node-to-node data plane, the replicated session and
+// retained tables (dotted version vectors), the routing index derived from
+// them, and client-id registration through a per-client leader.
+//
+// The package never imports the broker: it calls back through Broker,
+// which the broker implements (DESIGN §1). The algorithms live in I/O-free
+// sub-packages (dvv, replica, routes, rendezvous); this package is the
+// thin driver that moves their inputs and outputs over the network.
+//
+// # Delivery guarantee across nodes
+//
+// A QoS 1/2 publish is acknowledged to its publisher only after every
+// remote node with a matching subscription has accepted it into its local
+// delivery (the call returns after the receiving node handed it to its
+// subscribers' sessions). If a node with matching subscribers is known but
+// unreachable, the publish is refused (v5: PUBACK 0x83, v3: disconnect
+// without ack) rather than acknowledged and lost. QoS 0 publishes are
+// queued to peers without waiting and may be dropped (counted) when a
+// peer's queue is full or the peer is down.
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mendmq/mendmq/cluster/dataplane"
+	"github.com/mendmq/mendmq/cluster/membership"
+	"github.com/mendmq/mendmq/cluster/rendezvous"
+	"github.com/mendmq/mendmq/cluster/replica"
+	"github.com/mendmq/mendmq/cluster/routes"
+)
+
+// Replicated tables.
+const (
+	tableSessions = "sub" // client id -> routes.SessionRecord
+	tableRetained = "ret" // topic -> retained message (broker encoding)
+)
+
+// Broker is what the cluster needs from the MQTT front. Methods are called
+// from the cluster's goroutines, concurrently unless stated.
+type Broker interface {
+	// DeliverForwarded hands a publish forwarded by node from to local
+	// subscribers; groups are the shared subscriptions ("$share/g/f")
+	// this node must serve. It returns once the message is in the
+	// subscribers' sessions.
+	DeliverForwarded(from string, msg []byte, groups []string) error
+	// ApplyRetained sets (value != nil) or deletes the local retained
+	// message of topic. Calls are serialized, in the order of changes.
+	ApplyRetained(topic string, value []byte)
+	// TakeoverSession disconnects the local session of clientID (taken
+	// over by newNode) and returns it exported, or nil if there is none
+	// or it is not persistent.
+	TakeoverSession(clientID, newNode string) ([]byte, error)
+	// LocalSession reports whether clientID has a session on this node.
+	LocalSession(clientID string) bool
+}
+
+// Errors.
+var (
+	// ErrUnreachable: a node with matching subscribers is not reachable.
+	ErrUnreachable = errors.New("cluster: node with subscribers unreachable")
+	// ErrNotRunning: the node is stopped.
+	ErrNotRunning = errors.New("cluster: not running")
+)
+
+// Node is this process's member of the cluster.
+type Node struct {
+	cfg    Config
+	name   string
+	log    *slog.Logger
+	broker Broker
+
+	ml *membership.Membership
+	dp *dataplane.Plane
+
+	mu    sync.Mutex // serializes store, index updates and retained application
+	store *replica.Store
+	index *routes.Index
+
+	memMu   sync.RWMutex
+	members map[string]membership.State
+
+	regMu    sync.Mutex
+	registry map[string]string // client id -> node, for ids this node leads
+	claimMu  [64]sync.Mutex    // per-client-id serialization of claims
+
+	matchPool sync.Pool
+
+	stats    counters
+	stop     chan struct{}
+	wg       sync.WaitGroup
+	running  atomic.Bool
+	stopOnce sync.Once
+}
+
+type counters struct {
+	forwarded, forwardedBytes         atomic.Uint64
+	dropQueueFull, dropUnreachable    atomic.Uint64
+	refusedUnreachable                atomic.Uint64
+	received                          atomic.Uint64
+	deltasSent, deltasApplied         atomic.Uint64
+	aeRounds, aeRepaired, aeFailures  atomic.Uint64
+	registrations, takeovers          atomic.Uint64
+	badFrames                         atomic.Uint64
+	staleRoutes                       atomic.Uint64
+}
+
+// New builds a node named name (node.name) for broker. Nothing touches
+// the network before Start.
+func New(name string, cfg Config, broker Broker) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	rc := replica.DefaultConfig()
+	rc.Node = name
+	rc.TombstoneGrace = cfg.TombstoneGrace
+	if cfg.RetainedResolver != nil {
+		rc.Resolvers = map[string]replica.Resolver{tableRetained: cfg.RetainedResolver}
+	}
+	store, err := replica.New(rc)
+	if err != nil {
+		return nil, fmt.Errorf("create replica store: %w", err)
+	}
+	n := &Node{
+		cfg: cfg, name: name, log: log, broker: broker, store: store, index: routes.NewIndex(),
+		members: map[string]membership.State{}, registry: map[string]string{}, stop: make(chan struct{}),
+	}
+	n.matchPool.New = func() any { return new(routes.Result) }
+
+	dc := dataplane.DefaultConfig()
+	dc.NodeName, dc.ClusterName, dc.BindAddr = name, cfg.Name, cfg.DataAddress
+	dc.SecretKey = []byte(cfg.SecretKey)
+	dc.Logger = log
+	if cfg.DataNetwork != nil {
+		dc.Network = cfg.DataNetwork
+		l := dataplane.LoopbackConfig()
+		dc.KeepaliveInterval, dc.IdleTimeout, dc.ReconnectMin, dc.ReconnectMax = l.KeepaliveInterval, l.IdleTimeout, l.ReconnectMin, l.ReconnectMax
+	}
+	if n.dp, err = dataplane.New(dc, (*dpHandler)(n)); err != nil {
+		return nil, fmt.Errorf("create data plane: %w", err)
+	}
+	return n, nil
+}
+
+// Name is this node's name.
+func (n *Node) Name() string { return n.name }
+
+// Start binds the data plane and joins the cluster.
+func (n *Node) Start() error {
+	if err := n.dp.Start(); err != nil {
+		return fmt.Errorf("cluster.data_address: %w", err)
+	}
+	mc := membership.DefaultConfig()
+	mc.NodeName, mc.ClusterName, mc.BindAddr, mc.AdvertiseAddr = n.name, n.cfg.Name, n.cfg.GossipAddress, n.cfg.GossipAdvertiseAddress
+	mc.Seeds, mc.SecretKey = n.cfg.Seeds, []byte(n.cfg.SecretKey)
+	mc.ProbeInterval, mc.ProbeTimeout, mc.SuspicionMult = n.cfg.ProbeInterval, n.cfg.ProbeTimeout, n.cfg.SuspicionMult
+	mc.GossipInterval, mc.PushPullInterval = n.cfg.GossipInterval, n.cfg.PushPullInterval
+	mc.ReconnectInterval, mc.ReconnectTimeout = n.cfg.ReconnectInterval, n.cfg.ReconnectTimeout
+	mc.Transport, mc.Logger = n.cfg.Transport, n.log
+	mc.Meta = membership.NodeMeta{DataAddr: n.dataAdvertise(""), Proto: protoVersion}
+	mc.Admit = func(m membership.Member) error {
+		if m.Meta.Proto != protoVersion {
+			return fmt.Errorf("cluster protocol %d, this node speaks %d", m.Meta.Proto, protoVersion)
+		}
+		return nil
+	}
+	ml, err := membership.New(mc, (*memberHandler)(n))
+	if err != nil {
+		_ = n.dp.Close()
+		return err
+	}
+	n.ml = ml
+	n.running.Store(true)
+	if err := ml.Start(); err != nil {
+		n.running.Store(false)
+		_ = n.dp.Close()
+		return fmt.Errorf("join cluster: %w", err)
+	}
+	// An unspecified data host (":7947") is only known once memberlist
+	// picked the advertised address.
+	if self, ok := ml.Member(n.name); ok {
+		if addr := n.dataAdvertise(self.GossipAddr); addr != mc.Meta.DataAddr {
+			if err := ml.UpdateMeta(membership.NodeMeta{DataAddr: addr, Proto: protoVersion}); err != nil {
+				n.log.Warn("update data address in metadata", "error", err)
+			}
+		}
+	}
+	n.wg.Add(1)
+	go n.background()
+	return nil
+}
+
+// dataAdvertise is the data-plane address peers dial.
+func (n *Node) dataAdvertise(gossipAddr string) string {
+	if n.cfg.DataAdvertiseAddress != "" {
+		return n.cfg.DataAdvertiseAddress
+	}
+	addr := n.dp.Addr().String()
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+		if gh, _, err := net.SplitHostPort(gossipAddr); err == nil && gh != "" {
+			return net.JoinHostPort(gh, port)
+		}
+		if h, _, err := net.SplitHostPort(n.cfg.GossipAdvertiseAddress); err == nil && h != "" {
+			return net.JoinHostPort(h, port)
+		}
+	}
+	return addr
+}
+
+// Stop leaves the cluster gracefully (peers see Left, not a failure) and
+// closes the data plane.
+func (n *Node) Stop() error {
+	var err error
+	n.stopOnce.Do(func() {
+		if !n.running.Load() {
+			return
+		}
+		// Let the last replication deltas (sessions closed by the
+		// shutdown) reach peers before the connections close.
+		n.flushQueues(time.Second)
+		err = n.ml.Leave(2 * time.Second)
+		close(n.stop)
+		n.wg.Wait()
+		n.running.Store(false)
+		err = errors.Join(err, n.ml.Shutdown(), n.dp.Close())
+	})
+	return err
+}
+
+func (n *Node) flushQueues(max time.Duration) {
+	deadline := time.Now().Add(max)
+	for time.Now().Before(deadline) {
+		busy := false
+		for _, p := range n.dp.Stats().Peers {
+			if p.QueueFrames > 0 && p.State == dataplane.Connected {
+				busy = true
+			}
+		}
+		if !busy {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// --- membership ---------------------------------------------------------
+
+type memberHandler Node
+
+func (h *memberHandler) node() *Node { return (*Node)(h) }
+
+func (h *memberHandler) MemberJoin(m membership.Member) {
+	n := h.node()
+	n.setState(m.Name, m.State)
+	if m.Name == n.name {
+		return
+	}
+	if err := n.dp.SetPeer(m.Name, m.Meta.DataAddr); err != nil {
+		n.log.Warn("data-plane peer", "peer", m.Name, "addr", m.Meta.DataAddr, "error", err)
+		return
+	}
+	n.log.Info("member joined", "peer", m.Name, "data", m.Meta.DataAddr)
+	// A new or returning member gets, and gives, everything at once.
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		n.antiEntropy(m.Name)
+	}()
+}
+
+func (h *memberHandler) MemberUpdate(m membership.Member) {
+	n := h.node()
+	n.setState(m.Name, m.State)
+	if m.Name != n.name && m.Meta.DataAddr != "" {
+		_ = n.dp.SetPeer(m.Name, m.Meta.DataAddr)
+	}
+}
+
+func (h *memberHandler) MemberLeave(m membership.Member) {
+	n := h.node()
+	n.setState(m.Name, m.State)
+	n.log.Info("member gone", "peer", m.Name, "state", m.State)
+}
+
+func (h *memberHandler) MemberRemove(m membership.Member) {
+	n := h.node()
+	n.memMu.Lock()
+	delete(n.members, m.Name)
+	n.memMu.Unlock()
+	n.dp.RemovePeer(m.Name)
+	n.log.Info("member forgotten", "peer", m.Name)
+	// Its sessions will never come back: the first alive node by name
+	// deletes their records so routes stop pointing at it.
+	if alive := n.aliveMembers(); len(alive) > 0 && alive[0] == n.name {
+		n.deleteSessionsOf(m.Name)
+	}
+}
+
+func (n *Node) setState(name string, s membership.State) {
+	n.memMu.Lock()
+	n.members[name] = s
+	n.memMu.Unlock()
+}
+
+func (n *Node) state(name string) (membership.State, bool) {
+	n.memMu.RLock()
+	s, ok := n.members[name]
+	n.memMu.RUnlock()
+	return s, ok
+}
+
+// aliveMembers returns the names of alive (and suspect) members, sorted,
+// this node included.
+func (n *Node) aliveMembers() []string {
+	n.memMu.RLock()
+	out := make([]string, 0, len(n.members))
+	for name, s := range n.members {
+		if s == membership.Alive || s == membership.Suspect {
+			out = append(out, name)
+		}
+	}
+	n.memMu.RUnlock()
+	if !slices.Contains(out, n.name) {
+		out = append(out, n.name)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// --- replication --------------------------------------------------------
+
+// PutSession writes clientID's session record.
+func (n *Node) PutSession(clientID string, rec routes.SessionRecord) {
+	b, err := rec.MarshalBinary()
+	if err != nil {
+		n.log.Error("encode session record", "client", clientID, "error", err)
+		return
+	}
+	n.write(tableSessions, clientID, b, false)
+}
+
+// DeleteSession deletes clientID's session record.
+func (n *Node) DeleteSession(clientID string) { n.write(tableSessions, clientID, nil, true) }
+
+// PutRetained writes the retained message of topic.
+func (n *Node) PutRetained(topic string, value []byte, now time.Time) {
+	n.writeAt(tableRetained, topic, value, false, now)
+}
+
+// DeleteRetained deletes the retained message of topic.
+func (n *Node) DeleteRetained(topic string, now time.Time) {
+	n.writeAt(tableRetained, topic, nil, true, now)
+}
+
+// Retained returns the resolved retained value of topic.
+func (n *Node) Retained(topic string) ([]byte, bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	s, ok := n.store.Get(tableRetained, topic)
+	if !ok || !s.Live() {
+		return nil, false
+	}
+	return s.Value, true
+}
+
+// ReapplyRetained re-applies the resolved retained value of topic to the
+// broker, serialized with replication.
+func (n *Node) ReapplyRetained(topic string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	s, ok := n.store.Get(tableRetained, topic)
+	if ok && s.Live() {
+		n.broker.ApplyRetained(topic, s.Value)
+	} else {
+		n.broker.ApplyRetained(topic, nil)
+	}
+}
+
+func (n *Node) write(table, key string, value []byte, deleted bool) {
+	n.writeAt(table, key, value, deleted, time.Now())
+}
+
+func (n *Node) writeAt(table, key string, value []byte, deleted bool, now time.Time) {
+	n.mu.Lock()
+	var up replica.Update
+	var err error
+	if deleted {
+		up, err = n.store.Delete(table, key, now)
+	} else {
+		up, err = n.store.Put(table, key, value, now)
+	}
+	if err == nil {
+		n.applyLocked(up.Change, false)
+	}
+	n.mu.Unlock()
+	if err != nil {
+		n.log.Error("replicated write", "table", table, "key", key, "error", err)
+		return
+	}
+	n.broadcast(up.Out)
+}
+
+// applyLocked updates derived state for a change of a resolved value.
+// remote is true for changes that came from a peer (the broker already
+// has local writes).
+func (n *Node) applyLocked(c replica.Change, remote bool) {
+	switch c.Table {
+	case tableSessions:
+		if !c.Changed() {
+			return
+		}
+		if !c.New.Live() {
+			n.index.Delete(c.Key)
+			n.forgetRegistration(c.Key, "")
+			return
+		}
+		rec, err := routes.DecodeRecord(c.New.Value)
+		if err != nil {
+			n.log.Error("undecodable session record", "client", c.Key, "error", err)
+			n.index.Delete(c.Key)
+			return
+		}
+		n.index.Set(c.Key, rec)
+		if remote && rec.Node != n.name && n.broker.LocalSession(c.Key) {
+			// Another node holds this client now (a registration this
+			// node missed, e.g. across a netsplit): the newest record
+			// wins, so drop the local duplicate.
+			n.wg.Add(1)
+			go func() {
+				defer n.wg.Done()
+				if _, err := n.broker.TakeoverSession(c.Key, rec.Node); err != nil {
+					n.log.Warn("drop duplicate session", "client", c.Key, "error", err)
+				}
+			}()
+		}
+	case tableRetained:
+		if !remote || !c.Changed() {
+			return
+		}
+		if c.New.Live() {
+			n.broker.ApplyRetained(c.Key, c.New.Value)
+		} else {
+			n.broker.ApplyRetained(c.Key, nil)
+		}
+	}
+}
+
+// applyDeltas merges deltas from a peer.
+func (n *Node) applyDeltas(ds []replica.Delta) {
+	var out []replica.Delta
+	n.mu.Lock()
+	for _, d := range ds {
+		up := n.store.Apply(d)
+		n.applyLocked(up.Change, true)
+		out = append(out, up.Out...)
+	}
+	n.mu.Unlock()
+	n.stats.deltasApplied.Add(uint64(len(ds)))
+	n.broadcast(out)
+}
+
+// broadcast sends deltas to every other live member. A peer that misses
+// them (queue full, down) is repaired by anti-entropy.
+func (n *Node) broadcast(ds []replica.Delta) {
+	if len(ds) == 0 || !n.running.Load() {
+		return
+	}
+	payload := replica.AppendDeltas(nil, ds...)
+	for _, m := range n.aliveMembers() {
+		if m == n.name {
+			continue
+		}
+		if err := n.dp.Send(m, frameDeltas, payload); err == nil {
+			n.stats.deltasSent.Add(uint64(len(ds)))
+		}
+	}
+}
+
+// antiEntropy compares digests with peer and exchanges what differs in
+// both directions.
+func (n *Node) antiEntropy(peer string) {
+	n.mu.Lock()
+	d := n.store.Digest()
+	n.mu.Unlock()
+	req, err := d.AppendBinary(nil)
+	if err != nil {
+		n.log.Error("encode digest", "error", err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	n.stats.aeRounds.Add(1)
+	resp, err := n.dp.Call(ctx, peer, callDigest, req)
+	if err != nil {
+		n.stats.aeFailures.Add(1)
+		n.log.Debug("anti-entropy", "peer", peer, "error", err)
+		return
+	}
+	sets, theirs, err := decodeRepair(resp)
+	if err != nil {
+		n.stats.badFrames.Add(1)
+		n.log.Warn("anti-entropy answer", "peer", peer, "error", err)
+		return
+	}
+	n.applyDeltas(theirs)
+	n.stats.aeRepaired.Add(uint64(len(theirs)))
+	n.mu.Lock()
+	var mine []replica.Delta
+	for _, s := range sets {
+		mine = append(mine, n.store.EntriesIn(s.Table, s.Buckets)...)
+	}
+	n.mu.Unlock()
+	if len(mine) > 0 {
+		// Large repairs go in chunks that fit a frame.
+		for len(mine) > 0 {
+			k := min(len(mine), 2048)
+			if err := n.dp.SendWait(ctx, peer, frameDeltas, replica.AppendDeltas(nil, mine[:k]...)); err != nil {
+				n.stats.aeFailures.Add(1)
+				return
+			}
+			mine = mine[k:]
+		}
+	}
+}
+
+// answerDigest is the responder's half of anti-entropy.
+func (n *Node) answerDigest(req []byte) ([]byte, error) {
+	remote, err := replica.DecodeDigest(req)
+	if err != nil {
+		return nil, err
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	sets, err := n.store.Digest().Diff(remote)
+	if err != nil {
+		return nil, err
+	}
+	var mine []replica.Delta
+	for _, s := range sets {
+		mine = append(mine, n.store.EntriesIn(s.Table, s.Buckets)...)
+	}
+	return appendRepair(nil, sets, mine), nil
+}
+
+// background runs periodic anti-entropy, tombstone GC and reconciliation.
+func (n *Node) background() {
+	defer n.wg.Done()
+	ae := time.NewTicker(n.cfg.AntiEntropyInterval)
+	defer ae.Stop()
+	gc := time.NewTicker(time.Minute)
+	defer gc.Stop()
+	reconciled := false
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-ae.C:
+			peers := slices.DeleteFunc(n.aliveMembers(), func(s string) bool { return s == n.name })
+			if len(peers) > 0 {
+				n.antiEntropy(peers[rand.IntN(len(peers))])
+			}
+			if !reconciled {
+				// After the first sync, records that name this node but
+				// have no session here (left over from before a crash or
+				// restart) are removed.
+				n.reconcileOwn()
+				reconciled = true
+			}
+		case now := <-gc.C:
+			n.mu.Lock()
+			n.store.GC(now)
+			n.mu.Unlock()
+			n.reconcileOwn()
+		}
+	}
+}
+
+// reconcileOwn deletes session records naming this node without a local
+// session.
+func (n *Node) reconcileOwn() {
+	var stale []string
+	n.mu.Lock()
+	n.store.Range(tableSessions, func(key string, v replica.Sibling) bool {
+		if rec, err := routes.DecodeRecord(v.Value); err == nil && rec.Node == n.name {
+			stale = append(stale, key)
+		}
+		return true
+	})
+	n.mu.Unlock()
+	for _, id := range stale {
+		if !n.broker.LocalSession(id) {
+			n.DeleteSession(id)
+		}
+	}
+}
+
+func (n *Node) deleteSessionsOf(node string) {
+	var ids []string
+	n.mu.Lock()
+	n.store.Range(tableSessions, func(key string, v replica.Sibling) bool {
+		if rec, err := routes.DecodeRecord(v.Value); err == nil && rec.Node == node {
+			ids = append(ids, key)
+		}
+		return true
+	})
+	n.mu.Unlock()
+	for _, id := range ids {
+		n.DeleteSession(id)
+	}
+}
+
+// --- routing ------------------------------------------------------------
+
+// Forward sends a publish to the other nodes with matching subscribers;
+// see the package documentation for the guarantee. encode is called only
+// when some node needs the message.
+func (n *Node) Forward(ctx context.Context, topic string, qos byte, encode func() ([]byte, error)) error {
+	if !n.running.Load() {
+		return nil
+	}
+	res := n.matchPool.Get().(*routes.Result)
+	defer n.matchPool.Put(res)
+	n.index.MatchInto(topic, res)
+	if len(res.Nodes) == 0 && len(res.Shared) == 0 {
+		return nil
+	}
+	var targets map[string][]string
+	add := func(node, group string) {
+		if targets == nil {
+			targets = map[string][]string{}
+		}
+		g := targets[node]
+		if group != "" {
+			g = append(g, group)
+		}
+		targets[node] = g
+	}
+	for _, nd := range res.Nodes {
+		if nd != n.name {
+			add(nd, "")
+		}
+	}
+	for _, sm := range res.Shared {
+		if n.cfg.SharedSubscriptionPolicy == "prefer_local" && slices.Contains(sm.Nodes, n.name) {
+			continue // served by the local broker
+		}
+		if pick := n.pickShared(sm.Nodes); pick != n.name && pick != "" {
+			add(pick, "$share/"+sm.Group+"/"+sm.Filter)
+		}
+	}
+	if len(targets) == 0 {
+		return nil
+	}
+	msg, err := encode()
+	if err != nil {
+		return err
+	}
+	if qos == 0 {
+		for t, groups := range targets {
+			if !n.usable(t, false) {
+				continue
+			}
+			if err := n.dp.Send(t, frameForward, appendForward(nil, groups, msg)); err != nil {
+				n.stats.dropQueueFull.Add(1)
+				continue
+			}
+			n.stats.forwarded.Add(1)
+			n.stats.forwardedBytes.Add(uint64(len(msg)))
+		}
+		return nil
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var errs []error
+	for t, groups := range targets {
+		if !n.usable(t, true) {
+			mu.Lock()
+			errs = append(errs, fmt.Errorf("%w: %s", ErrUnreachable, t))
+			mu.Unlock()
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := n.dp.Call(ctx, t, callForward, appendForward(nil, groups, msg))
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, fmt.Errorf("forward to %s: %w", t, err))
+				return
+			}
+			n.stats.forwarded.Add(1)
+			n.stats.forwardedBytes.Add(uint64(len(msg)))
+		}()
+	}
+	wg.Wait()
+	if len(errs) > 0 {
+		n.stats.refusedUnreachable.Add(1)
+	}
+	return errors.Join(errs...)
+}
+
+// usable decides whether to send to a target of the routing index: alive
+// and suspect members get the message; members that left or were
+// forgotten are stale routes (skipped); failed members are unreachable.
+func (n *Node) usable(t string, reliable bool) bool {
+	s, known := n.state(t)
+	switch {
+	case !known || s == membership.Left:
+		n.stats.staleRoutes.Add(1)
+		return false
+	case s == membership.Dead:
+		if !reliable {
+			n.stats.dropUnreachable.Add(1)
+			return false
+		}
+		return false
+	}
+	return true
+}
+
+// pickShared picks the node that serves one shared group: a random alive
+// one among those with members.
+func (n *Node) pickShared(nodes []string) string {
+	alive := make([]string, 0, len(nodes))
+	for _, nd := range nodes {
+		if s, ok := n.state(nd); ok && (s == membership.Alive || s == membership.Suspect) {
+			alive = append(alive, nd)
+		}
+	}
+	if len(alive) == 0 {
+		return ""
+	}
+	return alive[rand.IntN(len(alive))]
+}
+
+// --- registration -------------------------------------------------------
+
+// Register claims clientID for this node (see clusterhook.Cluster).
+func (n *Node) Register(ctx context.Context, clientID string, clean bool) ([]byte, error) {
+	if !n.running.Load() {
+		return nil, ErrNotRunning
+	}
+	n.stats.registrations.Add(1)
+	c := claim{ClientID: clientID, Node: n.name, Clean: clean}
+	leader := rendezvous.Pick(clientID, n.aliveMembers())
+	if leader == n.name {
+		return n.lead(ctx, c)
+	}
+	return n.dp.Call(ctx, leader, callRegister, c.append(nil))
+}
+
+// lead handles a claim as the client id's leader: it remembers the new
+// owner and takes the session over from the previous one.
+func (n *Node) lead(ctx context.Context, c claim) ([]byte, error) {
+	mu := &n.claimMu[fnvIndex(c.ClientID, len(n.claimMu))]
+	mu.Lock()
+	defer mu.Unlock()
+	n.regMu.Lock()
+	owner, ok := n.registry[c.ClientID]
+	n.registry[c.ClientID] = c.Node
+	n.regMu.Unlock()
+	if !ok {
+		if rec, found := n.index.Session(c.ClientID); found {
+			owner = rec.Node
+		}
+	}
+	if owner == "" || owner == c.Node {
+		return nil, nil
+	}
+	if s, known := n.state(owner); !known || s == membership.Dead || s == membership.Left {
+		n.log.Info("previous session's node is gone; session not moved", "client", c.ClientID, "node", owner)
+		return nil, nil
+	}
+	n.stats.takeovers.Add(1)
+	tk := claim{ClientID: c.ClientID, Node: c.Node, Clean: c.Clean}
+	if owner == n.name {
+		return n.broker.TakeoverSession(c.ClientID, c.Node)
+	}
+	return n.dp.Call(ctx, owner, callTakeover, tk.append(nil))
+}
+
+// forgetRegistration drops the leader's entry for a deleted session.
+func (n *Node) forgetRegistration(clientID, node string) {
+	n.regMu.Lock()
+	if cur, ok := n.registry[clientID]; ok && (node == "" || cur == node) {
+		delete(n.registry, clientID)
+	}
+	n.regMu.Unlock()
+}
+
+func fnvIndex(s string, n int) int {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(s))
+	return int(h.Sum32() % uint32(n))
+}
+
+// --- data plane handler -------------------------------------------------
+
+type dpHandler Node
+
+func (h *dpHandler) HandleFrame(from string, typ uint8, payload []byte) {
+	n := (*Node)(h)
+	switch typ {
+	case frameDeltas:
+		ds, err := replica.DecodeDeltas(payload)
+		if err != nil {
+			n.stats.badFrames.Add(1)
+			n.log.Warn("bad deltas frame", "peer", from, "error", err)
+			return
+		}
+		n.applyDeltas(ds)
+	case frameForward:
+		if err := n.deliver(from, payload); err != nil {
+			n.log.Warn("deliver forwarded qos0", "peer", from, "error", err)
+		}
+	default:
+		n.stats.badFrames.Add(1)
+		n.log.Warn("unknown frame type", "peer", from, "type", typ)
+	}
+}
+
+func (h *dpHandler) HandleCall(from string, typ uint8, payload []byte) ([]byte, error) {
+	n := (*Node)(h)
+	switch typ {
+	case callForward:
+		return nil, n.deliver(from, payload)
+	case callDigest:
+		return n.answerDigest(payload)
+	case callRegister:
+		c, err := decodeClaim(payload)
+		if err != nil {
+			n.stats.badFrames.Add(1)
+			return nil, err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), n.cfg.RegisterTimeout)
+		defer cancel()
+		return n.lead(ctx, c)
+	case callTakeover:
+		c, err := decodeClaim(payload)
+		if err != nil {
+			n.stats.badFrames.Add(1)
+			return nil, err
+		}
+		blob, err := n.broker.TakeoverSession(c.ClientID, c.Node)
+		if c.Clean {
+			blob = nil
+		}
+		return blob, err
+	}
+	n.stats.badFrames.Add(1)
+	return nil, fmt.Errorf("cluster: unknown call type %d", typ)
+}
+
+func (n *Node) deliver(from string, payload []byte) error {
+	groups, msg, err := decodeForward(payload)
+	if err != nil {
+		n.stats.badFrames.Add(1)
+		return err
+	}
+	n.stats.received.Add(1)
+	return n.broker.DeliverForwarded(from, msg, groups)
+}
