@@ -104,15 +104,15 @@ type Node struct {
 }
 
 type counters struct {
-	forwarded, forwardedBytes         atomic.Uint64
-	dropQueueFull, dropUnreachable    atomic.Uint64
-	refusedUnreachable                atomic.Uint64
-	received                          atomic.Uint64
-	deltasSent, deltasApplied         atomic.Uint64
-	aeRounds, aeRepaired, aeFailures  atomic.Uint64
-	registrations, takeovers          atomic.Uint64
-	badFrames                         atomic.Uint64
-	staleRoutes                       atomic.Uint64
+	forwarded, forwardedBytes        atomic.Uint64
+	dropQueueFull, dropUnreachable   atomic.Uint64
+	refusedUnreachable               atomic.Uint64
+	received                         atomic.Uint64
+	deltasSent, deltasApplied        atomic.Uint64
+	aeRounds, aeRepaired, aeFailures atomic.Uint64
+	registrations, takeovers         atomic.Uint64
+	badFrames                        atomic.Uint64
+	staleRoutes                      atomic.Uint64
 }
 
 // New builds a node named name (node.name) for broker. Nothing touches

@@ -25,12 +25,12 @@ import (
 // default and what it trades off; configs/reference.yaml repeats them for
 // operators and a test keeps default.yaml and DefaultConfig in step.
 type Config struct {
-	Node    NodeConfig    `koanf:"node"`
-	Log     LogConfig     `koanf:"log"`
-	MQTT    MQTTConfig    `koanf:"mqtt"`
-	Admin   AdminConfig   `koanf:"admin"`
-	Auth    AuthConfig    `koanf:"auth"`
-	Storage StorageConfig `koanf:"storage"`
+	Node    NodeConfig     `koanf:"node"`
+	Log     LogConfig      `koanf:"log"`
+	MQTT    MQTTConfig     `koanf:"mqtt"`
+	Admin   AdminConfig    `koanf:"admin"`
+	Auth    AuthConfig     `koanf:"auth"`
+	Storage StorageConfig  `koanf:"storage"`
 	Cluster cluster.Config `koanf:"cluster"`
 }
 
