@@ -104,6 +104,7 @@ func New(cfg config.Config, log *slog.Logger) (*Broker, error) {
 	}
 	if cfg.Admin.Address != "" {
 		b.admin = admin.New(cfg.Admin.Address, b.registry, b.Ready, log)
+		b.mountAPI()
 	}
 	return b, nil
 }

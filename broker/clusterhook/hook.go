@@ -399,7 +399,10 @@ func (h *Hook) DeliverForwarded(from string, msg []byte, groups []string) error 
 	h.injecting.Store(inj.cl.ID, inj)
 	// Inline publishes are not tracked as inflight, but mochi validates
 	// that a QoS>0 PUBLISH carries an id.
-	pk.PacketID = 1
+	pk.PacketID = 0
+	if pk.FixedHeader.Qos > 0 {
+		pk.PacketID = 1 // and a QoS0 one must not [MQTT-2.2.1-2]
+	}
 	err = h.srv.InjectPacket(inj.cl, pk)
 	h.injecting.Delete(inj.cl.ID)
 	h.injectors.Put(inj)
