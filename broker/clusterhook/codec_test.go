@@ -1,0 +1,82 @@
+package clusterhook
+
+import (
+	"bytes"
+	"testing"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+func TestPublishRoundTrip(t *testing.T) {
+	pk := packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 2, Retain: true},
+		TopicName:   "a/b",
+		Payload:     []byte("hello"),
+		PacketID:    77,
+		Properties: packets.Properties{
+			ContentType: "text/plain", ResponseTopic: "r/t", CorrelationData: []byte{1, 2},
+			MessageExpiryInterval: 30, PayloadFormat: 1, PayloadFormatFlag: true,
+			User: []packets.UserProperty{{Key: "k", Val: "v"}}, TopicAlias: 5, TopicAliasFlag: true,
+		},
+	}
+	b, err := EncodePublish(pk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := DecodePublish(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.TopicName != "a/b" || !bytes.Equal(got.Payload, pk.Payload) || got.FixedHeader.Qos != 2 || !got.FixedHeader.Retain {
+		t.Fatalf("header/body lost: %+v", got)
+	}
+	p := got.Properties
+	if p.ContentType != "text/plain" || p.ResponseTopic != "r/t" || !bytes.Equal(p.CorrelationData, []byte{1, 2}) ||
+		p.MessageExpiryInterval != 30 || len(p.User) != 1 || p.User[0].Val != "v" {
+		t.Fatalf("properties lost: %+v", p)
+	}
+	if p.TopicAlias != 0 {
+		t.Fatalf("topic alias crossed nodes: %d", p.TopicAlias)
+	}
+}
+
+func TestDecodePublishRejects(t *testing.T) {
+	good, _ := EncodePublish(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "t", Payload: []byte("x")})
+	for name, b := range map[string][]byte{
+		"empty":       nil,
+		"one byte":    {0x30},
+		"not publish": {0x10, 0x00},
+		"qos 3":       {0x36, 0x00},
+		"truncated":   good[:len(good)-1],
+		"extra":       append(append([]byte{}, good...), 0),
+		"empty topic": {0x30, 0x03, 0x00, 0x00, 0x00},
+	} {
+		if _, err := DecodePublish(b); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+func FuzzDecodePublish(f *testing.F) {
+	for _, qos := range []byte{0, 1, 2} {
+		b, _ := EncodePublish(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos}, TopicName: "a/b",
+			Payload: []byte("p"), Properties: packets.Properties{User: []packets.UserProperty{{Key: "k", Val: "v"}}}})
+		f.Add(b)
+	}
+	f.Add([]byte{0x30, 0xff, 0xff, 0xff, 0xff, 0x7f})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		pk, err := DecodePublish(b)
+		if err != nil {
+			return
+		}
+		if _, err := EncodePublish(pk); err != nil {
+			t.Fatalf("decoded packet does not re-encode: %v", err)
+		}
+	})
+}
+
+func FuzzDecodeRetained(f *testing.F) {
+	v, _ := encodeRetained(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: true}, TopicName: "t", Payload: []byte("x"), Created: 1})
+	f.Add(v)
+	f.Fuzz(func(t *testing.T, b []byte) { _, _ = DecodeRetained(b) })
+}
