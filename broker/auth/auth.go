@@ -5,6 +5,10 @@ package auth
 
 import (
 	"bytes"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
 	"fmt"
 	"strings"
 	"sync"
@@ -66,17 +70,21 @@ type Hook struct {
 	mqtt.HookBase
 	opts Options
 
-	// cache remembers successful bcrypt checks (username+password ->
-	// ok) so a reconnect storm does not cost 50-100 ms of CPU each.
+	// cache remembers the last successful bcrypt check per user as a
+	// keyed SHA-256 of the password (never the password itself), so a
+	// reconnect storm does not cost 50-100 ms of CPU per CONNECT.
 	mu    sync.Mutex
-	cache map[string]string
+	cache map[string][sha256.Size]byte
+	salt  [32]byte
 }
 
 var _ mqtt.Hook = (*Hook)(nil)
 
 // New returns a hook for opts.
 func New(opts Options) *Hook {
-	return &Hook{opts: opts, cache: map[string]string{}}
+	h := &Hook{opts: opts, cache: map[string][sha256.Size]byte{}}
+	_, _ = rand.Read(h.salt[:])
+	return h
 }
 
 // ID names the hook.
@@ -97,18 +105,21 @@ func (h *Hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	if !ok {
 		return false
 	}
-	pass := string(pk.Connect.Password)
+	mac := hmac.New(sha256.New, h.salt[:])
+	mac.Write(pk.Connect.Password)
+	var sum [sha256.Size]byte
+	copy(sum[:], mac.Sum(nil))
 	h.mu.Lock()
 	cached, hit := h.cache[user]
 	h.mu.Unlock()
-	if hit && cached == pass {
+	if hit && subtle.ConstantTimeCompare(cached[:], sum[:]) == 1 {
 		return true
 	}
 	if bcrypt.CompareHashAndPassword([]byte(hash), pk.Connect.Password) != nil {
 		return false
 	}
 	h.mu.Lock()
-	h.cache[user] = pass
+	h.cache[user] = sum
 	h.mu.Unlock()
 	return true
 }
@@ -130,9 +141,12 @@ func Allowed(rules []Rule, clientID, username, topic string, write bool) bool {
 	if len(rules) == 0 {
 		return true
 	}
-	if strings.HasPrefix(topic, "$share/") {
-		// Authorize the filter the group subscribes to, not the group name.
-		if parts := strings.SplitN(topic, "/", 3); len(parts) == 3 {
+	if !write {
+		// Authorize the filter a shared subscription subscribes to, not the
+		// group name. Only for reads: a publish topic "$share/..." is an
+		// ordinary topic name and must match a rule as written. mochi
+		// recognises the prefix case-insensitively, so do the same.
+		if parts := strings.SplitN(topic, "/", 3); len(parts) == 3 && strings.EqualFold(parts[0], "$share") {
 			topic = parts[2]
 		}
 	}
@@ -144,8 +158,9 @@ func Allowed(rules []Rule, clientID, username, topic string, write bool) bool {
 			continue
 		}
 		f := strings.NewReplacer("%c", clientID, "%u", username).Replace(r.Filter)
-		if (clientID == "" && strings.Contains(r.Filter, "%c")) || (username == "" && strings.Contains(r.Filter, "%u")) {
-			// An empty substitution would widen the rule (a/%u/# -> a//#).
+		if (strings.Contains(r.Filter, "%c") && !substitutable(clientID)) || (strings.Contains(r.Filter, "%u") && !substitutable(username)) {
+			// The rule does not apply: the substitution would widen it
+			// (a/%u/# -> a//#, or a/+/# for a client that named itself "+").
 			continue
 		}
 		if !Covers(f, topic) {
@@ -163,6 +178,13 @@ func Allowed(rules []Rule, clientID, username, topic string, write bool) bool {
 		}
 	}
 	return false
+}
+
+// substitutable reports whether a client id or username can replace %c or
+// %u in a filter without changing its meaning: not empty, and no wildcard
+// characters (clients choose their ids; mosquitto refuses the same).
+func substitutable(s string) bool {
+	return s != "" && !strings.ContainsAny(s, "+#")
 }
 
 // Covers reports whether every topic matched by sub is also matched by

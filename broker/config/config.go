@@ -248,10 +248,13 @@ func (c *Config) Validate() error {
 		if _, _, err := net.SplitHostPort(l.Address); err != nil {
 			errs = append(errs, keyErr(key+".address", "%q is not host:port (%v)", l.Address, err))
 		}
-		if seen[l.Address] {
-			errs = append(errs, keyErr(key+".address", "%q is used by another listener", l.Address))
+		if _, port, _ := net.SplitHostPort(l.Address); port != "0" {
+			// Port 0 picks a free port per listener, so only fixed ports clash.
+			if seen[l.Address] {
+				errs = append(errs, keyErr(key+".address", "%q is used by another listener", l.Address))
+			}
+			seen[l.Address] = true
 		}
-		seen[l.Address] = true
 	}
 	if c.MQTT.MaxPacketSize != 0 && c.MQTT.MaxPacketSize < 64 {
 		errs = append(errs, keyErr("mqtt.max_packet_size", "%d bytes is too small for a CONNECT; use >= 64 (or 0 for the protocol maximum)", c.MQTT.MaxPacketSize))

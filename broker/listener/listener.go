@@ -11,9 +11,11 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
 	"golang.org/x/time/rate"
 
 	"github.com/mendmq/mendmq/broker/config"
@@ -22,6 +24,17 @@ import (
 // ErrRateLimited is returned (and logged by mochi) for a connection closed
 // because the listener's connect rate was exceeded.
 var ErrRateLimited = errors.New("listener: connect rate exceeded, connection closed")
+
+// ErrClosed is returned for a connection accepted while the listener was
+// closing; it is closed at once.
+var ErrClosed = errors.New("listener: closing, connection closed")
+
+// Reasons passed to Guard.Refused.
+const (
+	RefusedConnectRate    = "connect_rate"    // over mqtt.max_connect_rate
+	RefusedMaxConnections = "max_connections" // CONNACK server busy (mqtt.max_connections)
+	RefusedNotAuthorized  = "not_authorized"  // CONNACK bad user name or password
+)
 
 // Guard limits what a connection may do before CONNECT completes.
 type Guard struct {
@@ -63,7 +76,7 @@ func Build(i int, lc config.ListenerConfig, g Guard) (listeners.Listener, error)
 	default:
 		return nil, fmt.Errorf("mqtt.listeners[%d].type: unknown type %q", i, lc.Type)
 	}
-	gl := &guarded{Listener: l, g: g}
+	gl := &guarded{Listener: l, g: g, conns: map[net.Conn]struct{}{}}
 	if g.RatePerSecond > 0 {
 		gl.limiter = rate.NewLimiter(rate.Limit(g.RatePerSecond), g.RatePerSecond)
 	}
@@ -97,22 +110,81 @@ type guarded struct {
 	listeners.Listener
 	g       Guard
 	limiter *rate.Limiter
+
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{} // connections being served
+	closed bool
 }
 
-// Serve wraps the establish callback: refuse over-rate connections, then
-// arm the CONNECT deadline.
+// Serve wraps the establish callback: refuse over-rate connections, arm
+// the CONNECT deadline, track the connection until mochi is done with it,
+// and count the refusals mochi makes (it returns them as errors).
 func (l *guarded) Serve(establish listeners.EstablishFn) {
 	l.Listener.Serve(func(id string, c net.Conn) error {
 		if l.limiter != nil && !l.limiter.Allow() {
 			_ = c.Close()
-			if l.g.Refused != nil {
-				l.g.Refused("connect_rate")
-			}
+			l.refused(RefusedConnectRate)
 			return ErrRateLimited
 		}
+		if !l.track(c) {
+			_ = c.Close()
+			return ErrClosed
+		}
+		defer l.untrack(c)
 		if l.g.ConnectTimeout > 0 {
 			_ = c.SetDeadline(time.Now().Add(l.g.ConnectTimeout))
 		}
-		return establish(id, c)
+		err := establish(id, c)
+		// mochi returns these two only when it refused CONNECT with a
+		// CONNACK (server.go attachClient); other errors end connections
+		// that were accepted.
+		switch {
+		case errors.Is(err, packets.ErrServerBusy):
+			l.refused(RefusedMaxConnections)
+		case errors.Is(err, packets.ErrBadUsernameOrPassword):
+			l.refused(RefusedNotAuthorized)
+		}
+		return err
 	})
+}
+
+func (l *guarded) refused(reason string) {
+	if l.g.Refused != nil {
+		l.g.Refused(reason)
+	}
+}
+
+func (l *guarded) track(c net.Conn) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return false
+	}
+	l.conns[c] = struct{}{}
+	return true
+}
+
+func (l *guarded) untrack(c net.Conn) {
+	l.mu.Lock()
+	delete(l.conns, c)
+	l.mu.Unlock()
+}
+
+// Close stops accepting and lets mochi disconnect its clients (v5:
+// DISCONNECT 0x8B), then closes every connection still open. mochi's
+// shutdown waits for all connection goroutines, and it only knows clients
+// that completed CONNECT: one that has not sent it yet would hold shutdown
+// up until mqtt.connect_timeout.
+func (l *guarded) Close(closeClients listeners.CloseFn) {
+	l.Listener.Close(closeClients)
+	l.mu.Lock()
+	l.closed = true
+	conns := make([]net.Conn, 0, len(l.conns))
+	for c := range l.conns {
+		conns = append(conns, c)
+	}
+	l.mu.Unlock()
+	for _, c := range conns {
+		_ = c.Close()
+	}
 }

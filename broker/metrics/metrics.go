@@ -6,6 +6,7 @@ package metrics
 
 import (
 	"bytes"
+	"errors"
 	"sync/atomic"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -60,7 +61,16 @@ func (m *MQTT) ID() string { return "mendmq-metrics" }
 
 // Provides declares the handled hook methods.
 func (m *MQTT) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnPacketRead, mqtt.OnPacketSent, mqtt.OnPublishDropped, mqtt.OnQosDropped}, []byte{b})
+	return bytes.Contains([]byte{mqtt.OnPacketRead, mqtt.OnPacketSent, mqtt.OnPublishDropped, mqtt.OnQosDropped, mqtt.OnDisconnect}, []byte{b})
+}
+
+// OnDisconnect counts a packet over mqtt.max_packet_size: mochi refuses it
+// while reading the fixed header and ends the connection with
+// ErrPacketTooLarge, without any other hook seeing the packet.
+func (m *MQTT) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
+	if errors.Is(err, packets.ErrPacketTooLarge) {
+		m.dropped.WithLabelValues(ReasonPacketTooBig).Inc()
+	}
 }
 
 // OnPacketRead counts inbound PUBLISH packets by QoS.
@@ -83,8 +93,15 @@ func (m *MQTT) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
 	m.dropped.WithLabelValues(ReasonQueueFull).Inc()
 }
 
-// OnQosDropped counts inflight messages dropped.
+// OnQosDropped counts inflight messages dropped. mochi v2.7.9 also calls
+// it when nothing is lost: for the messages of a session that a reconnect
+// resumes (moved to the new client after the old one is marked taken
+// over), and a second time, with only a packet id, for every expired
+// message (server.go clearExpiredInflights after ClearExpiredInflights).
 func (m *MQTT) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
+	if cl.IsTakenOver() || pk.FixedHeader.Type == 0 {
+		return
+	}
 	m.dropped.WithLabelValues(ReasonInflightLimit).Inc()
 }
 
@@ -97,7 +114,7 @@ func (m *MQTT) Refused(reason string) { m.refused.WithLabelValues(reason).Inc() 
 var (
 	descMessages = prometheus.NewDesc("mendmq_messages_total", "PUBLISH packets by direction (in = from clients, out = to clients) and QoS.", []string{"direction", "qos"}, nil)
 	descClients  = prometheus.NewDesc("mendmq_clients_connected", "Currently connected clients.", nil, nil)
-	descTotal    = prometheus.NewDesc("mendmq_clients_total", "Known clients, connected or with a kept session.", nil, nil)
+	descTotal    = prometheus.NewDesc("mendmq_clients_known", "Known clients, connected or with a kept session (a gauge, so no _total suffix).", nil, nil)
 	descBytes    = prometheus.NewDesc("mendmq_bytes_total", "MQTT bytes by direction.", []string{"direction"}, nil)
 	descSubs     = prometheus.NewDesc("mendmq_subscriptions", "Current subscriptions on this node.", nil, nil)
 	descRetained = prometheus.NewDesc("mendmq_retained_messages", "Retained messages held by this node.", nil, nil)
