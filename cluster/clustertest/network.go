@@ -1,0 +1,297 @@
+// Package clustertest is an in-process fault-injecting network for
+// multi-node cluster tests.
+//
+// One Network connects any number of named nodes that all live on
+// 127.0.0.1. For every node it hands out
+//
+//   - a memberlist transport (Network.Transport): memberlist's own
+//     NetTransport (real UDP packets and TCP streams on 127.0.0.1) wrapped
+//     so that traffic across a cut link is dropped, and
+//   - a data-plane network (Network.DataNetwork): Listen/Dial on real TCP
+//     whose dials across a cut fail and whose open connections are closed
+//     when their link is cut.
+//
+// Links are symmetric and named by node: Cut(a, b) drops everything
+// between a and b in both directions and nothing else, so an indirect
+// memberlist probe from a through c to b still succeeds — exactly the
+// "single broken link" case the netsplit detector must see through the
+// data plane. Isolate, Partition and Heal are shorthands over the same
+// link table.
+//
+// Every node enforces the cut on what it sends (packets, dials) and the
+// Network closes the streams it saw dialed across a newly cut link, so a
+// cut is observed by both layers without any cooperation from the code
+// under test. Addresses are owned by the node that bound them; traffic to
+// an address no node owns passes untouched.
+//
+// Optional random faults (packet drop and delay for memberlist's UDP
+// traffic) come from one RNG seeded by Config.Seed; the seed is logged
+// through the test so a failing run can be replayed.
+package clustertest
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+)
+
+// ErrLinkCut is returned by dials (memberlist streams and data-plane
+// connections) across a cut link.
+var ErrLinkCut = errors.New("clustertest: link is cut")
+
+// Config holds the optional random faults of a Network.
+type Config struct {
+	// Seed seeds the fault RNG. 0 picks a seed from the clock; either way
+	// the seed is logged with tb.Logf and available from Network.Seed.
+	Seed uint64
+
+	// DropRate is the probability in [0, 1) that a memberlist packet (UDP)
+	// on an intact link is dropped. Default 0. Streams are never dropped
+	// randomly: TCP is reliable, and losing bytes mid-stream would model a
+	// broken kernel, not a lossy network.
+	DropRate float64
+
+	// MaxDelay delays every memberlist packet by a uniformly random
+	// duration in [0, MaxDelay], which also reorders packets. Default 0.
+	MaxDelay time.Duration
+}
+
+// Network is a set of nodes on 127.0.0.1 whose links can be cut and
+// healed. All methods are safe for concurrent use.
+type Network struct {
+	tb   testing.TB
+	seed uint64
+
+	mu       sync.Mutex
+	rng      *rand.Rand
+	dropRate float64
+	maxDelay time.Duration
+	owner    map[string]string     // address -> node that bound it
+	cut      map[[2]string]bool    // sorted node pair -> cut
+	isolated map[string]bool       // node -> cut from every other node
+	conns    map[*trackedConn]bool // open streams dialed through the Network
+	nextID   uint64                // trackedConn ids, for a stable close order
+}
+
+// New returns a Network with the given faults. The seed is logged through
+// tb; connections still open when the test ends are closed by tb.Cleanup.
+func New(tb testing.TB, cfg Config) *Network {
+	tb.Helper()
+	seed := cfg.Seed
+	if seed == 0 {
+		seed = uint64(time.Now().UnixNano())
+	}
+	tb.Logf("clustertest: seed %d (replay with clustertest.Config{Seed: %d})", seed, seed)
+	n := &Network{
+		tb:       tb,
+		seed:     seed,
+		rng:      rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
+		dropRate: cfg.DropRate,
+		maxDelay: cfg.MaxDelay,
+		owner:    make(map[string]string),
+		cut:      make(map[[2]string]bool),
+		isolated: make(map[string]bool),
+		conns:    make(map[*trackedConn]bool),
+	}
+	tb.Cleanup(n.closeAll)
+	return n
+}
+
+// Seed returns the seed of the fault RNG.
+func (n *Network) Seed() uint64 { return n.seed }
+
+// SetFaults changes the random packet faults at run time (see Config).
+func (n *Network) SetFaults(dropRate float64, maxDelay time.Duration) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.dropRate, n.maxDelay = dropRate, maxDelay
+}
+
+// Cut breaks the link between nodes a and b in both directions: packets
+// are dropped, new dials fail with ErrLinkCut and open streams between
+// them are closed. Links to other nodes are untouched.
+func (n *Network) Cut(a, b string) {
+	n.mu.Lock()
+	n.cut[pair(a, b)] = true
+	victims := n.blockedConnsLocked()
+	n.mu.Unlock()
+	n.tb.Logf("clustertest: cut %s <-> %s", a, b)
+	closeConns(victims)
+}
+
+// Isolate cuts node a from every other node, including nodes added later.
+func (n *Network) Isolate(a string) {
+	n.mu.Lock()
+	n.isolated[a] = true
+	victims := n.blockedConnsLocked()
+	n.mu.Unlock()
+	n.tb.Logf("clustertest: isolate %s", a)
+	closeConns(victims)
+}
+
+// Partition cuts every link between nodes of different sides; links
+// within a side and links of nodes not named are untouched. Partition
+// adds to existing cuts; call Heal first for a fresh split.
+func (n *Network) Partition(sides ...[]string) {
+	n.mu.Lock()
+	for i, side := range sides {
+		for _, other := range sides[i+1:] {
+			for _, a := range side {
+				for _, b := range other {
+					n.cut[pair(a, b)] = true
+				}
+			}
+		}
+	}
+	victims := n.blockedConnsLocked()
+	n.mu.Unlock()
+	n.tb.Logf("clustertest: partition %v", sides)
+	closeConns(victims)
+}
+
+// Heal restores every link (cuts and isolations). Closed streams stay
+// closed; the code under test has to reconnect.
+func (n *Network) Heal() {
+	n.mu.Lock()
+	clear(n.cut)
+	clear(n.isolated)
+	n.mu.Unlock()
+	n.tb.Logf("clustertest: heal")
+}
+
+// Linked reports whether traffic currently flows between a and b.
+func (n *Network) Linked(a, b string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return !n.blockedLocked(a, b)
+}
+
+// Owner returns the node that bound addr ("" if none).
+func (n *Network) Owner(addr string) string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.owner[addr]
+}
+
+func pair(a, b string) [2]string {
+	if b < a {
+		a, b = b, a
+	}
+	return [2]string{a, b}
+}
+
+func (n *Network) blockedLocked(a, b string) bool {
+	if a == b {
+		return false
+	}
+	return n.cut[pair(a, b)] || n.isolated[a] || n.isolated[b]
+}
+
+// route decides the fate of traffic from node `from` to address `to`:
+// blocked reports a cut link; peer is the owning node ("" if unknown).
+func (n *Network) route(from, to string) (peer string, blocked bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	peer = n.owner[to]
+	if peer == "" {
+		return "", false
+	}
+	return peer, n.blockedLocked(from, peer)
+}
+
+// packetFate draws the random fate of one packet on an intact link.
+func (n *Network) packetFate() (drop bool, delay time.Duration) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.dropRate > 0 && n.rng.Float64() < n.dropRate {
+		return true, 0
+	}
+	if n.maxDelay > 0 {
+		delay = time.Duration(n.rng.Int64N(int64(n.maxDelay) + 1))
+	}
+	return false, delay
+}
+
+func (n *Network) register(node, addr string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.owner[addr] = node
+}
+
+func (n *Network) unregister(addr string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	delete(n.owner, addr)
+}
+
+func (n *Network) blockedConnsLocked() []*trackedConn {
+	var out []*trackedConn
+	for c := range n.conns {
+		if n.blockedLocked(c.from, c.to) {
+			out = append(out, c)
+			delete(n.conns, c)
+		}
+	}
+	// Close in a stable order so runs with the same seed behave alike.
+	sort.Slice(out, func(i, j int) bool { return out[i].id < out[j].id })
+	return out
+}
+
+func (n *Network) closeAll() {
+	n.mu.Lock()
+	var all []*trackedConn
+	for c := range n.conns {
+		all = append(all, c)
+	}
+	clear(n.conns)
+	n.mu.Unlock()
+	closeConns(all)
+}
+
+func closeConns(cs []*trackedConn) {
+	for _, c := range cs {
+		_ = c.Conn.Close()
+	}
+}
+
+// trackedConn is a stream dialed through the Network; it is closed when
+// its link is cut.
+type trackedConn struct {
+	net.Conn
+	net      *Network
+	id       uint64
+	from, to string
+}
+
+// track registers c so that cutting from<->to closes it. If the link was
+// cut between the dial check and now, c is closed at once.
+func (n *Network) track(c net.Conn, from, to string) net.Conn {
+	n.mu.Lock()
+	n.nextID++
+	tc := &trackedConn{Conn: c, net: n, id: n.nextID, from: from, to: to}
+	if n.blockedLocked(from, to) {
+		n.mu.Unlock()
+		_ = c.Close()
+		return tc
+	}
+	n.conns[tc] = true
+	n.mu.Unlock()
+	return tc
+}
+
+// Close closes the stream and forgets it.
+func (c *trackedConn) Close() error {
+	c.net.mu.Lock()
+	delete(c.net.conns, c)
+	c.net.mu.Unlock()
+	return c.Conn.Close()
+}
+
+func cutError(from, to string) error {
+	return fmt.Errorf("%w: %s <-> %s", ErrLinkCut, from, to)
+}

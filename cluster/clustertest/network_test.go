@@ -1,0 +1,244 @@
+package clustertest
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+func TestLinkTable(t *testing.T) {
+	n := New(t, Config{Seed: 1})
+	type link struct{ a, b string }
+	check := func(step string, want map[link]bool) {
+		t.Helper()
+		for l, up := range want {
+			if got := n.Linked(l.a, l.b); got != up {
+				t.Errorf("%s: Linked(%s, %s) = %v, want %v", step, l.a, l.b, got, up)
+			}
+			if got := n.Linked(l.b, l.a); got != up {
+				t.Errorf("%s: Linked(%s, %s) = %v, want %v (links are symmetric)", step, l.b, l.a, got, up)
+			}
+		}
+	}
+	check("initial", map[link]bool{{"a", "b"}: true, {"a", "a"}: true})
+	n.Cut("a", "b")
+	check("cut", map[link]bool{{"a", "b"}: false, {"a", "c"}: true, {"b", "c"}: true})
+	n.Heal()
+	n.Isolate("c")
+	check("isolate", map[link]bool{{"a", "b"}: true, {"a", "c"}: false, {"c", "new"}: false, {"c", "c"}: true})
+	n.Heal()
+	n.Partition([]string{"a", "b"}, []string{"c"}, []string{"d", "e"})
+	check("partition", map[link]bool{
+		{"a", "b"}: true, {"d", "e"}: true, {"a", "c"}: false, {"b", "d"}: false, {"c", "e"}: false, {"a", "x"}: true,
+	})
+	n.Heal()
+	check("heal", map[link]bool{{"a", "c"}: true, {"b", "d"}: true})
+}
+
+func TestDataNetworkCut(t *testing.T) {
+	n := New(t, Config{})
+	a, b, c := n.DataNetwork("a"), n.DataNetwork("b"), n.DataNetwork("c")
+	if _, err := b.Listen("0.0.0.0:0"); err == nil {
+		t.Fatal("listening beyond 127.0.0.1 allowed")
+	}
+	ln, err := b.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if n.Owner(ln.Addr().String()) != "b" {
+		t.Fatalf("owner of %s = %q", ln.Addr(), n.Owner(ln.Addr().String()))
+	}
+	accepted := make(chan net.Conn, 4)
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- conn
+		}
+	}()
+	ctx := context.Background()
+	ab, err := a.Dial(ctx, ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ba := <-accepted
+	cb, err := c.Dial(ctx, ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	bc := <-accepted
+
+	n.Cut("a", "b")
+	// The open a<->b stream is closed (b reads EOF); c<->b still works.
+	_ = ba.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := ba.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("b reading the cut stream: %v, want EOF", err)
+	}
+	if _, err := ab.Write([]byte("x")); err == nil {
+		t.Fatal("a wrote to a cut stream")
+	}
+	if _, err := a.Dial(ctx, ln.Addr().String()); !errors.Is(err, ErrLinkCut) {
+		t.Fatalf("dial across cut = %v, want ErrLinkCut", err)
+	}
+	if _, err := cb.Write([]byte("y")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1)
+	_ = bc.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := io.ReadFull(bc, buf); err != nil || buf[0] != 'y' {
+		t.Fatalf("c->b after a<->b cut: %q, %v", buf, err)
+	}
+
+	n.Heal()
+	again, err := a.Dial(ctx, ln.Addr().String())
+	if err != nil {
+		t.Fatalf("dial after heal: %v", err)
+	}
+	_ = again.Close()
+	ln.Close()
+	if n.Owner(ln.Addr().String()) != "" {
+		t.Fatal("closed listener still owns its address")
+	}
+}
+
+// recvPacket waits up to d for a packet on tr.
+func recvPacket(tr *Transport, d time.Duration) (*memberlist.Packet, bool) {
+	select {
+	case p := <-tr.PacketCh():
+		return p, true
+	case <-time.After(d):
+		return nil, false
+	}
+}
+
+func TestTransportCut(t *testing.T) {
+	n := New(t, Config{})
+	var trs []*Transport
+	for _, name := range []string{"a", "b", "c"} {
+		tr, err := n.Transport(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tr.Shutdown()
+		trs = append(trs, tr)
+	}
+	a, b, c := trs[0], trs[1], trs[2]
+	if _, err := a.WriteTo([]byte("hello"), b.Addr()); err != nil {
+		t.Fatal(err)
+	}
+	if p, ok := recvPacket(b, 2*time.Second); !ok || string(p.Buf) != "hello" {
+		t.Fatalf("packet a->b before cut: %v %v", p, ok)
+	}
+	// A stream opened before the cut is closed by it.
+	s, err := a.DialTimeout(b.Addr(), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := <-b.StreamCh()
+	defer srv.Close()
+
+	n.Cut("a", "b")
+	if _, err := srv.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("read on cut stream: %v, want EOF", err)
+	}
+	_ = s.Close()
+	if _, err := a.WriteTo([]byte("lost"), b.Addr()); err != nil {
+		t.Fatal(err) // dropped silently, like a network would
+	}
+	if _, err := b.WriteTo([]byte("lost too"), a.Addr()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.DialTimeout(b.Addr(), time.Second); !errors.Is(err, ErrLinkCut) {
+		t.Fatalf("dial across cut = %v, want ErrLinkCut", err)
+	}
+	// Traffic through the third node still flows: a->c and c->b.
+	if _, err := a.WriteTo([]byte("via c"), c.Addr()); err != nil {
+		t.Fatal(err)
+	}
+	if p, ok := recvPacket(c, 2*time.Second); !ok || string(p.Buf) != "via c" {
+		t.Fatalf("packet a->c during a<->b cut: %v %v", p, ok)
+	}
+	if _, err := c.WriteTo([]byte("to b"), b.Addr()); err != nil {
+		t.Fatal(err)
+	}
+	if p, ok := recvPacket(b, 2*time.Second); !ok || string(p.Buf) != "to b" {
+		t.Fatalf("packet c->b: %v %v", p, ok)
+	}
+	if p, ok := recvPacket(b, 100*time.Millisecond); ok {
+		t.Fatalf("b received %q across the cut", p.Buf)
+	}
+	if p, ok := recvPacket(a, 100*time.Millisecond); ok {
+		t.Fatalf("a received %q across the cut", p.Buf)
+	}
+}
+
+func TestSeededFaults(t *testing.T) {
+	fates := func(seed uint64) []bool {
+		n := New(t, Config{Seed: seed, DropRate: 0.5})
+		out := make([]bool, 200)
+		for i := range out {
+			out[i], _ = n.packetFate()
+		}
+		return out
+	}
+	x, y, z := fates(42), fates(42), fates(43)
+	same, drops := true, 0
+	for i := range x {
+		same = same && x[i] == y[i]
+		if x[i] {
+			drops++
+		}
+	}
+	if !same {
+		t.Fatal("the same seed gave different faults")
+	}
+	if drops < 60 || drops > 140 {
+		t.Fatalf("%d of 200 packets dropped at rate 0.5", drops)
+	}
+	differ := false
+	for i := range x {
+		differ = differ || x[i] != z[i]
+	}
+	if !differ {
+		t.Fatal("different seeds gave identical faults")
+	}
+
+	// Delayed packets still arrive, and not across a cut made meanwhile.
+	n := New(t, Config{Seed: 7, MaxDelay: 50 * time.Millisecond})
+	a, err := n.Transport("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Shutdown()
+	b, err := n.Transport("b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Shutdown()
+	for range 5 {
+		if _, err := a.WriteTo([]byte("late"), b.Addr()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 5 {
+		if _, ok := recvPacket(b, 2*time.Second); !ok {
+			t.Fatalf("delayed packet %d never arrived", i)
+		}
+	}
+	n.SetFaults(0, time.Second)
+	if _, err := a.WriteTo([]byte("cut in flight"), b.Addr()); err != nil {
+		t.Fatal(err)
+	}
+	n.Cut("a", "b")
+	if p, ok := recvPacket(b, 1200*time.Millisecond); ok {
+		t.Fatalf("packet %q crossed a link cut while it was delayed", p.Buf)
+	}
+}

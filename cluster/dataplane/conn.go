@@ -1,0 +1,228 @@
+package dataplane
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+)
+
+// conn runs one authenticated connection: a reader (this goroutine) and a
+// writer draining q. An outbound conn writes the peer's queue and reads
+// replies; an inbound conn reads one-way frames and calls and writes
+// replies from its own queue.
+type conn struct {
+	pl       *Plane
+	p        *peer
+	raw      net.Conn      // the socket, tracked by the Plane
+	nc       net.Conn      // raw, or TLS over it
+	br       *bufio.Reader // over an idleReader, shared with the handshake
+	outbound bool
+	q        *sendQueue
+	calls    chan struct{} // inbound: HandleCall slots
+
+	done chan struct{}
+	once sync.Once
+	err  error
+	wg   sync.WaitGroup // the writer
+}
+
+func newConn(pl *Plane, p *peer, raw, nc net.Conn, br *bufio.Reader, outbound bool, q *sendQueue) *conn {
+	c := &conn{pl: pl, p: p, raw: raw, nc: nc, br: br, outbound: outbound, q: q, done: make(chan struct{})}
+	if !outbound {
+		c.calls = make(chan struct{}, pl.cfg.MaxConcurrentCalls)
+	}
+	return c
+}
+
+// close shuts the connection down once; the first error is kept. It
+// closes the socket, not the TLS layer: a TLS close_notify could block
+// on a peer that stopped reading, and framing already detects truncation.
+func (c *conn) close(err error) {
+	c.once.Do(func() {
+		c.err = err
+		close(c.done)
+		_ = c.raw.Close()
+	})
+}
+
+// run reads until the connection fails, then stops the writer and
+// returns why the connection ended.
+func (c *conn) run() error {
+	c.wg.Add(1)
+	go c.writeLoop()
+	err := c.readLoop()
+	c.close(err)
+	c.wg.Wait()
+	c.pl.untrack(c.raw)
+	if !c.outbound {
+		// Replies that could not be written are lost with the connection.
+		c.q.close()
+	}
+	return c.err
+}
+
+// idleReader is what a connection's bufio.Reader reads from. Once idle
+// is set (after the handshake, which runs under its own overall
+// deadline), it refreshes the read deadline before every read from the
+// socket, so a connection that receives nothing for idle fails.
+type idleReader struct {
+	nc   net.Conn
+	idle time.Duration
+}
+
+func (r *idleReader) Read(b []byte) (int, error) {
+	if r.idle > 0 {
+		if err := r.nc.SetReadDeadline(time.Now().Add(r.idle)); err != nil {
+			return 0, err
+		}
+	}
+	return r.nc.Read(b)
+}
+
+var errIdle = errors.New("dataplane: nothing received within the idle timeout")
+
+func (c *conn) readLoop() error {
+	fr := frameReader{r: c.br, max: c.pl.cfg.MaxFrameSize}
+	for {
+		f, err := fr.next()
+		if err != nil {
+			var ne net.Error
+			switch {
+			case isProtocolError(err):
+				c.protocolError(err)
+			case errors.As(err, &ne) && ne.Timeout():
+				err = errIdle
+			}
+			return err
+		}
+		if f.flags&flagControl != 0 {
+			continue // keepalive: its arrival refreshed the deadline
+		}
+		c.p.framesRecv.Add(1)
+		c.p.bytesRecv.Add(uint64(headerLen + f.bodyLen()))
+		if c.outbound {
+			if f.flags&flagReply == 0 {
+				err := fmt.Errorf("%w: frame with flags %#02x on a connection this node dialed", errBadFlags, f.flags)
+				c.protocolError(err)
+				return err
+			}
+			r := callResult{payload: f.payload}
+			if f.flags&flagError != 0 {
+				r = callResult{remote: string(f.payload)}
+			}
+			c.p.resolve(f.id, r)
+			continue
+		}
+		switch {
+		case f.flags&flagReply != 0:
+			err := fmt.Errorf("%w: reply on a connection the peer dialed", errBadFlags)
+			c.protocolError(err)
+			return err
+		case f.flags&flagCall != 0:
+			select {
+			case c.calls <- struct{}{}:
+			case <-c.done:
+				return c.err
+			}
+			go c.serveCall(f)
+		default:
+			c.pl.h.HandleFrame(c.p.name, f.typ, f.payload)
+		}
+	}
+}
+
+func (c *conn) protocolError(err error) {
+	c.pl.protocolErrors.Add(1)
+	c.p.recordErr(err)
+	c.pl.log.Warn("closing connection: peer violated the frame protocol", "peer", c.p.name, "err", err)
+}
+
+// serveCall runs HandleCall and queues the reply. Nothing waits for it:
+// a handler that outlives the connection finds its reply dropped.
+func (c *conn) serveCall(f frame) {
+	defer func() { <-c.calls }()
+	resp, err := c.pl.h.HandleCall(c.p.name, f.typ, f.payload)
+	reply := frame{typ: f.typ, flags: flagReply, id: f.id, payload: resp}
+	if err == nil && len(resp)+idLen > c.pl.cfg.MaxFrameSize {
+		err = fmt.Errorf("response of %d bytes exceeds the maximum frame size", len(resp))
+	}
+	if err != nil {
+		msg := err.Error()
+		if len(msg)+idLen > c.pl.cfg.MaxFrameSize {
+			msg = msg[:c.pl.cfg.MaxFrameSize-idLen]
+		}
+		reply.flags |= flagError
+		reply.payload = []byte(msg)
+	}
+	if err := c.q.push(context.Background(), c.done, reply); err != nil {
+		c.p.dropped.Add(1)
+	}
+}
+
+// writeLoop writes queued frames, flushing when the queue runs dry, and
+// sends a keepalive when nothing was written for KeepaliveInterval.
+func (c *conn) writeLoop() {
+	defer c.wg.Done()
+	bw := bufio.NewWriterSize(c.nc, c.pl.cfg.BufferSize)
+	tick := time.NewTicker(c.pl.cfg.KeepaliveInterval)
+	defer tick.Stop()
+	var batch []frame
+	wrote := false
+	fail := func(err error, unsent int) {
+		if unsent > 0 {
+			c.p.dropped.Add(uint64(unsent))
+		}
+		c.close(err)
+	}
+	for {
+		batch = c.q.takeAll(batch)
+		if len(batch) == 0 {
+			if bw.Buffered() > 0 {
+				if err := bw.Flush(); err != nil {
+					fail(err, 0)
+					return
+				}
+			}
+			select {
+			case <-c.done:
+				return
+			case <-c.q.ready:
+			case <-tick.C:
+				if !wrote {
+					ka := frame{typ: ctlKeepalive, flags: flagControl}
+					if _, err := writeFrame(bw, &ka); err != nil {
+						fail(err, 0)
+						return
+					}
+					if err := bw.Flush(); err != nil {
+						fail(err, 0)
+						return
+					}
+				}
+				wrote = false
+			}
+			continue
+		}
+		var frames, bytes uint64
+		for i := range batch {
+			n, err := writeFrame(bw, &batch[i])
+			if err != nil {
+				c.p.framesSent.Add(frames)
+				c.p.bytesSent.Add(bytes)
+				fail(err, len(batch)-i)
+				clear(batch)
+				return
+			}
+			frames++
+			bytes += uint64(n)
+		}
+		c.p.framesSent.Add(frames)
+		c.p.bytesSent.Add(bytes)
+		clear(batch)
+		wrote = true
+	}
+}

@@ -1,0 +1,761 @@
+// Package membership tracks which nodes form the cluster, on top of
+// hashicorp/memberlist (SWIM gossip, failure detection).
+//
+// It adds what mendmq needs around memberlist:
+//
+//   - admission: members of another cluster (Config.ClusterName) and a
+//     second node using a live member's name are refused; a node whose
+//     own name is taken fails to Start (ErrNameConflict);
+//   - reconnect: members that failed are re-joined periodically (serf's
+//     idea), so a cluster split for longer than the failure detector's
+//     timeout re-forms by itself after the network heals;
+//   - a member table with Dead and Left members and local suspicion,
+//     events to a consumer-owned EventHandler delivered serially from one
+//     goroutine through a bounded queue, and counters (Stats);
+//   - typed, versioned node metadata (NodeMeta) and a Config with
+//     DefaultConfig tuned for ~1-2 s failure detection on a LAN.
+//
+// Membership only knows nodes; the data plane and replicated state live
+// in other packages, glued together by package cluster.
+package membership
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// ErrNameConflict reports that another live member uses this node's name
+// at a different address. Node names must be unique; fix
+// cluster.node_name.
+var ErrNameConflict = errors.New("membership: node name already used by another member")
+
+// ErrClusterMismatch reports that the nodes contacted belong to another
+// cluster (cluster.name differs).
+var ErrClusterMismatch = errors.New("membership: member belongs to another cluster")
+
+// ErrNotRunning is returned by methods that need a started Membership.
+var ErrNotRunning = errors.New("membership: not running")
+
+// Membership is this node's membership in a cluster. Create it with New,
+// then Start it; it is safe for concurrent use.
+type Membership struct {
+	cfg     Config
+	handler EventHandler
+	log     *slog.Logger
+
+	// lookupIP resolves seed host names; tests replace it.
+	lookupIP func(ctx context.Context, host string) ([]net.IPAddr, error)
+
+	events *eventQueue
+
+	mu          sync.Mutex
+	table       *table
+	meta        NodeMeta
+	ml          *memberlist.Memberlist
+	started     bool
+	left        bool
+	stopped     bool
+	conflict    error // first name conflict about the local node
+	mismatch    error // first cluster mismatch seen while joining
+	refuseLog   map[string]time.Time
+	extra       Stats // counters kept outside the table
+	localAddr   atomic.Pointer[string]
+	stop        chan struct{}
+	wg          sync.WaitGroup
+	shutdownErr error
+}
+
+// New validates cfg and returns a Membership that reports to handler
+// (nil: events are discarded). Nothing touches the network before Start.
+func New(cfg Config, handler EventHandler) (*Membership, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if handler == nil {
+		handler = HandlerBase{}
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	logger = logger.With("node", cfg.NodeName)
+	cfg.Seeds = append([]string(nil), cfg.Seeds...)
+	cfg.SecretKey = append([]byte(nil), cfg.SecretKey...)
+	cfg.Meta.App = append([]byte(nil), cfg.Meta.App...)
+	return &Membership{
+		cfg:       cfg,
+		handler:   handler,
+		log:       logger,
+		lookupIP:  net.DefaultResolver.LookupIPAddr,
+		events:    newEventQueue(cfg.EventQueueLen),
+		table:     newTable(cfg.NodeName),
+		meta:      cfg.Meta,
+		refuseLog: make(map[string]time.Time),
+		stop:      make(chan struct{}),
+	}, nil
+}
+
+// DeriveKey returns the memberlist encryption key for secret: secret
+// itself if it is 16, 24 or 32 bytes long, else SHA-256 of it.
+func DeriveKey(secret []byte) []byte {
+	switch len(secret) {
+	case 0:
+		return nil
+	case 16, 24, 32:
+		return append([]byte(nil), secret...)
+	}
+	sum := sha256.Sum256(secret)
+	return sum[:]
+}
+
+// Start binds the gossip transport, joins Config.Seeds and starts the
+// background loops. It fails if the transport cannot be bound, if a seed
+// reports another live member with this node's name (ErrNameConflict),
+// or if seeds were reached but all belong to another cluster
+// (ErrClusterMismatch). Unreachable seeds are not an error: they are
+// retried every ReconnectInterval while this node is alone. On error
+// everything started is stopped again.
+func (m *Membership) Start() error {
+	m.mu.Lock()
+	if m.started || m.stopped {
+		m.mu.Unlock()
+		return errors.New("membership: Start called twice")
+	}
+	m.started = true
+	m.mu.Unlock()
+
+	mc, err := m.memberlistConfig()
+	if err != nil {
+		return err
+	}
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		m.events.deliver(m.handler, m.stop)
+	}()
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		m.stopLoops()
+		return fmt.Errorf("membership: start gossip on %s: %w", m.cfg.BindAddr, err)
+	}
+	local := ml.LocalNode().Address()
+	m.localAddr.Store(&local)
+	m.mu.Lock()
+	m.ml = ml
+	m.mu.Unlock()
+	m.log.Info("membership started", "gossip_addr", local, "cluster", m.cfg.ClusterName, "encrypted", len(m.cfg.SecretKey) > 0)
+
+	if len(m.cfg.Seeds) > 0 {
+		n, err := m.join(m.cfg.Seeds)
+		if cerr := m.startRefusal(n); cerr != nil {
+			m.shutdown()
+			return cerr
+		}
+		if n == 0 {
+			m.log.Warn("no other node reachable through the seeds yet; retrying while alone", "seeds", m.cfg.Seeds, "every", m.cfg.ReconnectInterval, "err", err)
+		}
+	}
+	m.wg.Add(1)
+	go m.reconnectLoop()
+	return nil
+}
+
+// startRefusal returns the error that makes Start fail after joining
+// the seeds with n successes.
+func (m *Membership) startRefusal(n int) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.conflict != nil {
+		return m.conflict
+	}
+	if n == 0 && m.mismatch != nil {
+		return m.mismatch
+	}
+	return nil
+}
+
+func (m *Membership) memberlistConfig() (*memberlist.Config, error) {
+	c := m.cfg
+	mc := memberlist.DefaultLANConfig()
+	mc.Name = c.NodeName
+	if c.Transport != nil {
+		mc.Transport = c.Transport
+	} else {
+		ip, port, err := splitIPPort(c.BindAddr, true)
+		if err != nil {
+			return nil, fmt.Errorf("cluster.gossip_address %q: %w", c.BindAddr, err)
+		}
+		if ip == "" {
+			ip = "0.0.0.0"
+		}
+		mc.BindAddr, mc.BindPort = ip, port
+		mc.AdvertisePort = port
+	}
+	if c.AdvertiseAddr != "" {
+		ip, port, err := splitIPPort(c.AdvertiseAddr, false)
+		if err != nil {
+			return nil, fmt.Errorf("cluster.gossip_advertise_address %q: %w", c.AdvertiseAddr, err)
+		}
+		mc.AdvertiseAddr, mc.AdvertisePort = ip, port
+	}
+	mc.SecretKey = DeriveKey(c.SecretKey)
+	mc.ProbeInterval = c.ProbeInterval
+	mc.ProbeTimeout = c.ProbeTimeout
+	mc.SuspicionMult = c.SuspicionMult
+	mc.GossipInterval = c.GossipInterval
+	mc.PushPullInterval = c.PushPullInterval
+	mc.TCPTimeout = c.StreamTimeout
+	// Keep gossiping to a dead member for as long as a full sync takes to
+	// reach everyone, so it can refute a false death; memberlist forgets
+	// it afterwards (the table and the reconnect loop do not).
+	mc.GossipToTheDeadTime = max(c.PushPullInterval, 10*c.ProbeInterval)
+	// Let a node restarted at a new address (a rescheduled pod) take its
+	// name back as soon as its old instance is declared dead.
+	mc.DeadNodeReclaimTime = c.ProbeInterval
+	d := &delegates{m: m}
+	mc.Delegate = d
+	mc.Events = d
+	mc.Alive = d
+	mc.Merge = d
+	mc.Conflict = d
+	mc.Ping = d
+	mc.Logger = log.New(&logBridge{log: m.log, onSuspect: d.localSuspect}, "", 0)
+	return mc, nil
+}
+
+// Join contacts the given "host[:port]" addresses (host names resolve
+// to all their addresses) and merges their clusters into this node's.
+// It returns how many nodes were contacted; the error is nil if any was.
+// A refusal for a name conflict or another cluster is reported with
+// ErrNameConflict or ErrClusterMismatch.
+func (m *Membership) Join(addrs []string) (int, error) {
+	for _, s := range addrs {
+		if _, _, err := splitSeed(s, 7946); err != nil {
+			return 0, fmt.Errorf("membership: join %q: %w", s, err)
+		}
+	}
+	m.mu.Lock()
+	running := m.ml != nil && !m.stopped
+	m.conflict, m.mismatch = nil, nil
+	m.mu.Unlock()
+	if !running {
+		return 0, ErrNotRunning
+	}
+	n, err := m.join(addrs)
+	if cerr := m.startRefusal(n); cerr != nil {
+		return n, cerr
+	}
+	return n, err
+}
+
+// join resolves addrs and joins them through memberlist.
+func (m *Membership) join(addrs []string) (int, error) {
+	m.mu.Lock()
+	ml := m.ml
+	m.mu.Unlock()
+	targets := m.resolve(addrs, int(ml.LocalNode().Port))
+	if len(targets) == 0 {
+		return 0, errors.New("membership: no address to join (seeds did not resolve or are this node)")
+	}
+	n, err := ml.Join(targets)
+	if err != nil {
+		err = fmt.Errorf("membership: join %v: %w", targets, err)
+	}
+	return n, err
+}
+
+// resolve turns "host[:port]" seeds into "ip:port" targets: a host name
+// yields all its A/AAAA records; failures are logged and skipped; this
+// node's own address is dropped.
+func (m *Membership) resolve(seeds []string, defPort int) []string {
+	self := ""
+	if p := m.localAddr.Load(); p != nil {
+		self = *p
+	}
+	seen := make(map[string]bool)
+	var out []string
+	add := func(ip string, port int) {
+		hp := net.JoinHostPort(ip, strconv.Itoa(port))
+		if hp != self && !seen[hp] {
+			seen[hp] = true
+			out = append(out, hp)
+		}
+	}
+	for _, s := range seeds {
+		host, port, err := splitSeed(s, defPort)
+		if err != nil {
+			m.log.Warn("skipping malformed seed", "seed", s, "err", err)
+			continue
+		}
+		if ip := net.ParseIP(host); ip != nil {
+			add(ip.String(), port)
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), m.cfg.StreamTimeout)
+		ips, err := m.lookupIP(ctx, host)
+		cancel()
+		if err != nil || len(ips) == 0 {
+			m.log.Warn("seed did not resolve; skipping it", "seed", s, "err", err)
+			continue
+		}
+		for _, ip := range ips {
+			add(ip.IP.String(), port)
+		}
+	}
+	return out
+}
+
+// LocalName returns this node's name.
+func (m *Membership) LocalName() string { return m.cfg.NodeName }
+
+// Members returns all known members, this node included, sorted by name:
+// Alive and Suspect ones, and Dead and Left ones until they are removed
+// (Forget, ReconnectTimeout). The slice and its Members are copies.
+func (m *Membership) Members() []Member {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.table.members()
+}
+
+// Member returns the named member, if known.
+func (m *Membership) Member(name string) (Member, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.table.lookup(name)
+}
+
+// UpdateMeta replaces this node's metadata and announces it, waiting up
+// to Config.StreamTimeout for the broadcast to go out.
+func (m *Membership) UpdateMeta(meta NodeMeta) error {
+	if err := checkMeta(m.cfg.ClusterName, meta); err != nil {
+		return err
+	}
+	meta.App = append([]byte(nil), meta.App...)
+	m.mu.Lock()
+	m.meta = meta
+	ml := m.ml
+	stopped := m.stopped
+	m.mu.Unlock()
+	if ml == nil || stopped {
+		return ErrNotRunning
+	}
+	if err := ml.UpdateNode(m.cfg.StreamTimeout); err != nil {
+		return fmt.Errorf("membership: announce metadata: %w", err)
+	}
+	return nil
+}
+
+// Leave announces that this node leaves the cluster on purpose; members
+// then see it Left and do not re-join it. It takes two broadcasts (a
+// leave flag in the metadata, then memberlist's leave notice), each
+// waited for up to timeout. It stops the reconnect loop; call Shutdown
+// afterwards.
+func (m *Membership) Leave(timeout time.Duration) error {
+	m.mu.Lock()
+	ml := m.ml
+	if ml == nil || m.stopped {
+		m.mu.Unlock()
+		return ErrNotRunning
+	}
+	m.left = true
+	m.mu.Unlock()
+	// Announce the leave flag first, so members record this node as Left
+	// rather than Dead when the leave notice arrives.
+	if err := ml.UpdateNode(timeout); err != nil {
+		m.log.Warn("leave flag not announced in time; some members may see this node fail", "err", err)
+	}
+	if err := ml.Leave(timeout); err != nil {
+		return fmt.Errorf("membership: leave: %w", err)
+	}
+	return nil
+}
+
+// Forget drops a Dead or Left member: it is no longer re-joined or listed
+// and MemberRemove is delivered. Alive and Suspect members cannot be
+// forgotten (ErrMemberAlive); unknown names give ErrUnknownMember. If the
+// member comes back by itself later it joins again as a new member.
+func (m *Membership) Forget(name string) error {
+	m.mu.Lock()
+	evs, err := m.table.forget(name)
+	m.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	m.log.Info("forgot member", "member", name)
+	m.emit(evs)
+	return nil
+}
+
+// Stats returns the current counters and gauges.
+func (m *Membership) Stats() Stats {
+	m.mu.Lock()
+	s := m.table.stats()
+	x := m.extra
+	m.mu.Unlock()
+	s.ReconnectAttempts = x.ReconnectAttempts
+	s.SeedJoinAttempts = x.SeedJoinAttempts
+	s.RefusedJoins = x.RefusedJoins
+	s.NameConflicts = x.NameConflicts
+	s.EventsDropped = m.events.droppedCount()
+	return s
+}
+
+// Shutdown stops gossip and the background loops without announcing a
+// leave (members will see this node fail; call Leave first for a
+// graceful exit). Pending events are discarded. Safe to call more than
+// once; it must not be called from an EventHandler method.
+func (m *Membership) Shutdown() error {
+	m.mu.Lock()
+	if m.stopped {
+		err := m.shutdownErr
+		m.mu.Unlock()
+		return err
+	}
+	m.mu.Unlock()
+	return m.shutdown()
+}
+
+func (m *Membership) shutdown() error {
+	m.mu.Lock()
+	m.stopped = true
+	ml := m.ml
+	m.mu.Unlock()
+	var err error
+	if ml != nil {
+		if err = ml.Shutdown(); err != nil {
+			err = fmt.Errorf("membership: shutdown: %w", err)
+		}
+	}
+	m.stopLoops()
+	m.mu.Lock()
+	m.shutdownErr = err
+	m.mu.Unlock()
+	return err
+}
+
+func (m *Membership) stopLoops() {
+	m.mu.Lock()
+	m.stopped = true
+	select {
+	case <-m.stop:
+	default:
+		close(m.stop)
+	}
+	m.mu.Unlock()
+	m.wg.Wait()
+}
+
+func (m *Membership) emit(evs []event) {
+	if n := m.events.push(evs...); n > 0 {
+		m.log.Error("membership events dropped: handler is too slow; consumers should re-read Members", "dropped", n)
+	}
+}
+
+// reconnectLoop re-joins failed members and, while alone, the seeds.
+func (m *Membership) reconnectLoop() {
+	defer m.wg.Done()
+	t := time.NewTicker(m.cfg.ReconnectInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-m.stop:
+			return
+		case now := <-t.C:
+			m.reconnectRound(now)
+		}
+	}
+}
+
+func (m *Membership) reconnectRound(now time.Time) {
+	m.mu.Lock()
+	removed := m.table.reap(now, m.cfg.ReconnectTimeout)
+	var due []Member
+	alone := false
+	if !m.left && !m.stopped {
+		due = m.table.dueReconnects(now, m.cfg.ReconnectInterval)
+		alone = !m.table.othersAlive() && len(m.cfg.Seeds) > 0
+	}
+	ml := m.ml
+	m.mu.Unlock()
+	for _, r := range removed {
+		m.log.Info("forgetting member after reconnect timeout", "member", r.m.Name, "state", r.m.State, "timeout", m.cfg.ReconnectTimeout)
+	}
+	m.emit(removed)
+	for _, d := range due {
+		select {
+		case <-m.stop:
+			return
+		default:
+		}
+		m.mu.Lock()
+		m.extra.ReconnectAttempts++
+		m.mu.Unlock()
+		if _, err := ml.Join([]string{d.GossipAddr}); err != nil {
+			m.log.Debug("reconnect to failed member did not succeed", "member", d.Name, "addr", d.GossipAddr, "err", err)
+		} else {
+			m.log.Info("reconnected to failed member", "member", d.Name, "addr", d.GossipAddr)
+		}
+	}
+	if alone {
+		m.mu.Lock()
+		m.extra.SeedJoinAttempts++
+		m.mu.Unlock()
+		if n, err := m.join(m.cfg.Seeds); n > 0 {
+			m.log.Info("joined seeds", "contacted", n)
+		} else {
+			m.log.Debug("seeds still unreachable", "err", err)
+		}
+	}
+}
+
+// refused counts and logs (at most once a minute per member) a refused
+// member.
+func (m *Membership) refused(name, reason string, conflict bool) {
+	now := time.Now()
+	m.mu.Lock()
+	m.extra.RefusedJoins++
+	if conflict {
+		m.extra.NameConflicts++
+	}
+	last, seen := m.refuseLog[name]
+	logIt := !seen || now.Sub(last) >= time.Minute
+	if logIt {
+		if len(m.refuseLog) > 1024 {
+			clear(m.refuseLog)
+		}
+		m.refuseLog[name] = now
+	}
+	m.mu.Unlock()
+	if logIt {
+		m.log.Error("refused member", "member", name, "reason", reason)
+	}
+}
+
+// delegates implements memberlist's delegate interfaces for a Membership.
+// Its methods run on memberlist's goroutines, the event, alive and
+// conflict ones while memberlist holds its node lock: they only touch
+// Membership state under m.mu and never call into memberlist.
+type delegates struct{ m *Membership }
+
+var (
+	_ memberlist.Delegate         = (*delegates)(nil)
+	_ memberlist.EventDelegate    = (*delegates)(nil)
+	_ memberlist.AliveDelegate    = (*delegates)(nil)
+	_ memberlist.MergeDelegate    = (*delegates)(nil)
+	_ memberlist.ConflictDelegate = (*delegates)(nil)
+	_ memberlist.PingDelegate     = (*delegates)(nil)
+)
+
+// NodeMeta implements memberlist.Delegate.
+func (d *delegates) NodeMeta(limit int) []byte {
+	d.m.mu.Lock()
+	meta := d.m.meta
+	w := wireMeta{cluster: d.m.cfg.ClusterName, NodeMeta: meta}
+	if d.m.left {
+		w.flags |= flagLeaving
+	}
+	d.m.mu.Unlock()
+	b := encodeWireMeta(w)
+	if len(b) > limit {
+		// UpdateMeta and Validate keep this from happening; never let
+		// memberlist panic over it.
+		w.App = nil
+		b = encodeWireMeta(w)
+	}
+	return b
+}
+
+// NotifyMsg implements memberlist.Delegate; user messages are not used.
+func (d *delegates) NotifyMsg([]byte) {}
+
+// GetBroadcasts implements memberlist.Delegate; nothing is piggybacked.
+func (d *delegates) GetBroadcasts(overhead, limit int) [][]byte { return nil }
+
+// LocalState implements memberlist.Delegate; no user state is exchanged.
+func (d *delegates) LocalState(join bool) []byte { return nil }
+
+// MergeRemoteState implements memberlist.Delegate.
+func (d *delegates) MergeRemoteState(buf []byte, join bool) {}
+
+// toMember converts a memberlist node; leaving is its meta's leave flag.
+func toMember(n *memberlist.Node) (mem Member, leaving bool) {
+	mem = Member{Name: n.Name, GossipAddr: n.Address()}
+	if w, err := decodeMeta(n.Meta); err == nil {
+		mem.Meta = w.NodeMeta
+		leaving = w.flags&flagLeaving != 0
+	}
+	return mem, leaving
+}
+
+// NotifyJoin implements memberlist.EventDelegate.
+func (d *delegates) NotifyJoin(n *memberlist.Node) {
+	m := d.m
+	mem, leaving := toMember(n)
+	m.mu.Lock()
+	evs := m.table.alive(mem, leaving, time.Now())
+	m.mu.Unlock()
+	if n.Name != m.cfg.NodeName {
+		m.log.Info("member joined", "member", n.Name, "addr", mem.GossipAddr)
+	}
+	m.emit(evs)
+}
+
+// NotifyUpdate implements memberlist.EventDelegate.
+func (d *delegates) NotifyUpdate(n *memberlist.Node) {
+	m := d.m
+	mem, leaving := toMember(n)
+	m.mu.Lock()
+	evs := m.table.alive(mem, leaving, time.Now())
+	m.mu.Unlock()
+	m.emit(evs)
+}
+
+// NotifyLeave implements memberlist.EventDelegate. memberlist calls it
+// for failures and graceful leaves alike and the Node it passes does not
+// say which; the leave flag a leaving node announces first (see Leave)
+// does.
+func (d *delegates) NotifyLeave(n *memberlist.Node) {
+	m := d.m
+	mem, _ := toMember(n)
+	m.mu.Lock()
+	evs := m.table.gone(mem, time.Now())
+	m.mu.Unlock()
+	for _, ev := range evs {
+		if ev.m.State == Left {
+			m.log.Info("member left", "member", ev.m.Name)
+		} else {
+			m.log.Warn("member failed", "member", ev.m.Name, "addr", ev.m.GossipAddr)
+		}
+	}
+	m.emit(evs)
+}
+
+// NotifyAlive implements memberlist.AliveDelegate: admission of every
+// member memberlist hears about.
+func (d *delegates) NotifyAlive(n *memberlist.Node) error {
+	m := d.m
+	if n.Name == m.cfg.NodeName {
+		return nil
+	}
+	w, err := decodeMeta(n.Meta)
+	if err != nil {
+		m.refused(n.Name, "unreadable metadata: "+err.Error(), false)
+		return err
+	}
+	if w.cluster != m.cfg.ClusterName {
+		err := fmt.Errorf("%w: %s at %s is in cluster %q, this node in %q", ErrClusterMismatch, n.Name, n.Address(), w.cluster, m.cfg.ClusterName)
+		m.refused(n.Name, err.Error(), false)
+		return err
+	}
+	if m.cfg.Admit != nil {
+		mem := Member{Name: n.Name, GossipAddr: n.Address(), Meta: w.NodeMeta}
+		if err := m.cfg.Admit(mem); err != nil {
+			m.refused(n.Name, "not admitted: "+err.Error(), false)
+			return err
+		}
+	}
+	return nil
+}
+
+// NotifyMerge implements memberlist.MergeDelegate: it vets the member
+// list of a node this one joins or that joins this one, refusing the
+// whole merge if it belongs to another cluster or lists this node's name
+// alive at another address. Members it lists as Left that this node
+// thinks Dead are marked Left (they are not re-joined).
+func (d *delegates) NotifyMerge(peers []*memberlist.Node) error {
+	m := d.m
+	self := ""
+	if p := m.localAddr.Load(); p != nil {
+		self = *p
+	}
+	for _, n := range peers {
+		w, err := decodeMeta(n.Meta)
+		if err == nil && w.cluster != m.cfg.ClusterName {
+			err := fmt.Errorf("%w: %s at %s is in cluster %q, this node in %q (check cluster.name and cluster.seeds)",
+				ErrClusterMismatch, n.Name, n.Address(), w.cluster, m.cfg.ClusterName)
+			m.refused(n.Name, err.Error(), false)
+			m.mu.Lock()
+			if m.mismatch == nil {
+				m.mismatch = err
+			}
+			m.mu.Unlock()
+			return err
+		}
+		if n.Name == m.cfg.NodeName && self != "" && n.Address() != self &&
+			(n.State == memberlist.StateAlive || n.State == memberlist.StateSuspect) {
+			err := fmt.Errorf("%w: %q is alive at %s, this node is at %s (give each node a unique cluster.node_name)",
+				ErrNameConflict, n.Name, n.Address(), self)
+			m.refused(n.Name, err.Error(), true)
+			m.mu.Lock()
+			if m.conflict == nil {
+				m.conflict = err
+			}
+			m.mu.Unlock()
+			return err
+		}
+	}
+	now := time.Now()
+	for _, n := range peers {
+		if n.State == memberlist.StateLeft {
+			m.mu.Lock()
+			evs := m.table.left(n.Name, now)
+			m.mu.Unlock()
+			m.emit(evs)
+		}
+	}
+	return nil
+}
+
+// NotifyConflict implements memberlist.ConflictDelegate: memberlist
+// refused an alive message for a known name at another address.
+func (d *delegates) NotifyConflict(existing, other *memberlist.Node) {
+	m := d.m
+	err := fmt.Errorf("%w: %q is known at %s, refused at %s", ErrNameConflict, existing.Name, existing.Address(), other.Address())
+	m.refused(other.Name, err.Error(), true)
+	if existing.Name == m.cfg.NodeName {
+		m.mu.Lock()
+		if m.conflict == nil {
+			m.conflict = err
+		}
+		m.mu.Unlock()
+	}
+}
+
+// AckPayload implements memberlist.PingDelegate.
+func (d *delegates) AckPayload() []byte { return nil }
+
+// NotifyPingComplete implements memberlist.PingDelegate: a direct probe
+// succeeded, so local suspicion of that member ends.
+func (d *delegates) NotifyPingComplete(other *memberlist.Node, rtt time.Duration, payload []byte) {
+	m := d.m
+	m.mu.Lock()
+	evs := m.table.suspect(other.Name, false, time.Now())
+	m.mu.Unlock()
+	m.emit(evs)
+}
+
+// localSuspect is called when memberlist logs that a local probe failed.
+func (d *delegates) localSuspect(name string) {
+	m := d.m
+	m.mu.Lock()
+	evs := m.table.suspect(name, true, time.Now())
+	m.mu.Unlock()
+	if len(evs) > 0 {
+		m.log.Warn("member suspected", "member", name)
+	}
+	m.emit(evs)
+}
+
+var _ io.Writer = (*logBridge)(nil)
