@@ -6,7 +6,7 @@ LDFLAGS := -s -w -X github.com/mendmq/mendmq/broker.Version=$(VERSION)
 # The whole suite must stay under 15 minutes on 2 cores (CI allows 90).
 TEST_TIMEOUT ?= 14m
 
-.PHONY: all build run test test-short vet fmt-check bench cluster clean
+.PHONY: all build run test test-short vet fmt-check bench cluster policies policies-check clean
 
 all: build
 
@@ -30,6 +30,14 @@ vet:
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+## policies: rebuild the merge-policy modules (Go built-ins, C examples, hostile test modules, jsonmerge)
+policies:
+	sh plugins/build-policies.sh
+
+## policies-check: check that the checked-in built-ins reproduce from source
+policies-check:
+	sh plugins/build-policies.sh check
 
 ## cluster: a local 3-node cluster (examples/cluster/node{1,2,3}.yaml); Ctrl-C stops all three
 cluster: build

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/mendmq/mendmq/broker/admin"
@@ -18,6 +19,44 @@ func (b *Broker) mountAPI() {
 	b.admin.Handle("POST /api/v1/cluster/join", http.HandlerFunc(b.apiClusterJoin))
 	b.admin.Handle("POST /api/v1/cluster/leave", http.HandlerFunc(b.apiClusterLeave))
 	b.admin.Handle("POST /api/v1/cluster/forget/{name}", http.HandlerFunc(b.apiClusterForget))
+	b.admin.Handle("GET /api/v1/policies", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		admin.WriteJSON(w, http.StatusOK, b.policies.List())
+	}))
+	b.admin.Handle("POST /api/v1/policies/reload", http.HandlerFunc(b.apiPoliciesReload))
+	b.admin.Handle("GET /api/v1/policies/conflicts", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		admin.WriteJSON(w, http.StatusOK, b.policies.Conflicts())
+	}))
+	b.admin.Handle("DELETE /api/v1/policies/conflicts/{id}", http.HandlerFunc(b.apiConflictDrop))
+}
+
+// apiPoliciesReload re-reads the configuration sources (when the node was
+// started from them) and the module files, validates, and swaps; on error
+// the running policies stay and the answer says why.
+func (b *Broker) apiPoliciesReload(w http.ResponseWriter, r *http.Request) {
+	var err error
+	if f := b.reload.Load(); f != nil {
+		err = (*f)()
+	} else {
+		err = b.policies.Reload()
+	}
+	if err != nil {
+		admin.WriteError(w, http.StatusUnprocessableEntity, err)
+		return
+	}
+	admin.WriteJSON(w, http.StatusOK, map[string]any{"ok": true})
+}
+
+func (b *Broker) apiConflictDrop(w http.ResponseWriter, r *http.Request) {
+	id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
+	if err != nil {
+		admin.WriteError(w, http.StatusBadRequest, errors.New("conflict id must be a number"))
+		return
+	}
+	if err := b.policies.DropConflict(id); err != nil {
+		admin.WriteError(w, http.StatusNotFound, err)
+		return
+	}
+	admin.WriteJSON(w, http.StatusOK, map[string]any{"ok": true})
 }
 
 var errNoCluster = errors.New("clustering is disabled on this node (cluster.enabled: false)")

@@ -25,6 +25,7 @@ import (
 	"github.com/mendmq/mendmq/broker/metrics"
 	"github.com/mendmq/mendmq/broker/storage"
 	"github.com/mendmq/mendmq/cluster"
+	"github.com/mendmq/mendmq/plugins"
 )
 
 // Version is the mendmq version, set at build time with
@@ -46,6 +47,8 @@ type Broker struct {
 	auth     *auth.Hook
 	chook    *clusterhook.Hook // nil when cluster.enabled is false
 	node     *cluster.Node     // nil when cluster.enabled is false
+	policies *plugins.Registry
+	reload   atomic.Pointer[func() error] // re-reads the configuration sources (serve sets it)
 	started  atomic.Bool
 	stopping atomic.Bool
 }
@@ -87,8 +90,15 @@ func New(cfg config.Config, log *slog.Logger) (*Broker, error) {
 	if err := b.addHooks(); err != nil {
 		return nil, err
 	}
+	reg, err := plugins.New(cfg.Plugins, log.With("component", "plugins"))
+	if err != nil {
+		return nil, fmt.Errorf("load merge policies: %w", err)
+	}
+	b.policies = reg
+	b.registry.MustRegister(reg.Collectors()...)
 	if cfg.Cluster.Enabled {
 		if err := b.addCluster(); err != nil {
+			_ = reg.Close()
 			return nil, err
 		}
 	}
@@ -155,6 +165,9 @@ func (b *Broker) addCluster() error {
 	if cc.Logger == nil {
 		cc.Logger = b.log
 	}
+	if cc.RetainedResolver == nil {
+		cc.RetainedResolver = clusterhook.RetainedResolver(b.policies, b.log)
+	}
 	b.chook = clusterhook.New(clusterhook.Options{
 		Server:          b.server,
 		Metrics:         b.metrics,
@@ -173,6 +186,36 @@ func (b *Broker) addCluster() error {
 		return fmt.Errorf("add cluster hook: %w", err)
 	}
 	b.registry.MustRegister(node)
+	return nil
+}
+
+// Policies is the merge-policy registry.
+func (b *Broker) Policies() *plugins.Registry { return b.policies }
+
+// SetReloader installs the function that re-reads the configuration
+// sources and applies them (Reconfigure); POST /api/v1/policies/reload and
+// the config-file watcher call it.
+func (b *Broker) SetReloader(f func() error) { b.reload.Store(&f) }
+
+// Reconfigure applies a new configuration to a running node. The merge
+// policies (policies, maps, retained, plugins.*) change live: the new set
+// is validated and built aside and swapped atomically, and on any error the
+// running one stays. Other keys need a restart; changes to them are
+// logged and ignored.
+func (b *Broker) Reconfigure(cfg config.Config) error {
+	if err := b.policies.Apply(cfg.Plugins); err != nil {
+		return fmt.Errorf("apply merge policies: %w", err)
+	}
+	old, next := b.cfg, cfg
+	old.Plugins, next.Plugins = plugins.Config{}, plugins.Config{}
+	old.Cluster.Logger, next.Cluster.Logger = nil, nil
+	old.Cluster.RetainedResolver, next.Cluster.RetainedResolver = nil, nil
+	old.Cluster.Transport, next.Cluster.Transport = nil, nil
+	old.Cluster.DataNetwork, next.Cluster.DataNetwork = nil, nil
+	if fmt.Sprintf("%+v", old) != fmt.Sprintf("%+v", next) {
+		b.log.Warn("configuration changed outside the merge policies; those changes take effect after a restart")
+	}
+	b.log.Info("configuration reloaded")
 	return nil
 }
 
@@ -280,6 +323,7 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 	if b.node != nil {
 		err = errors.Join(err, b.node.Stop())
 	}
+	err = errors.Join(err, b.policies.Close())
 	if b.admin != nil {
 		err = errors.Join(err, b.admin.Shutdown(ctx))
 	}

@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -50,8 +51,15 @@ func Config() config.Config {
 	cfg.Node.Name = "test"
 	cfg.MQTT.Listeners = []config.ListenerConfig{{Type: "tcp", Address: "127.0.0.1:0"}}
 	cfg.Admin.Address = "127.0.0.1:0"
+	// Compiling the built-in Go policy module takes ~1 s (~7 s under
+	// -race); share compiled code between test runs and packages.
+	cfg.Plugins.Host.CompilationCacheDir = TestCompilationCache
 	return cfg
 }
+
+// TestCompilationCache is the on-disk wazero cache tests share (the
+// plugins tests use the same directory).
+var TestCompilationCache = filepath.Join(os.TempDir(), "mendmq-test-wazero-cache")
 
 // Logger returns a logger that writes to t.Log at the level named by
 // $MENDMQ_TEST_LOG (default warn). Lines logged by goroutines that outlive

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/mendmq/mendmq/cluster"
+	"github.com/mendmq/mendmq/plugins"
 )
 
 // Config is the whole node configuration. Field comments give the key, the
@@ -32,6 +33,9 @@ type Config struct {
 	Auth    AuthConfig     `koanf:"auth"`
 	Storage StorageConfig  `koanf:"storage"`
 	Cluster cluster.Config `koanf:"cluster"`
+	// Plugins holds the merge-policy keys: policies.<name>.module,
+	// maps.<name>.merge_policy, retained.merge_policy and plugins.*.
+	Plugins plugins.Config `koanf:",squash"`
 }
 
 // NodeConfig identifies this node.
@@ -179,6 +183,7 @@ func DefaultConfig() Config {
 		Auth:    AuthConfig{AllowAnonymous: true, Users: []UserConfig{}, ACL: []ACLRule{}},
 		Storage: StorageConfig{},
 		Cluster: cluster.DefaultConfig(),
+		Plugins: plugins.DefaultConfig(),
 	}
 }
 
@@ -314,6 +319,9 @@ func (c *Config) Validate() error {
 		}
 	}
 	if err := c.Cluster.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.Plugins.Validate(); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)

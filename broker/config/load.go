@@ -109,6 +109,12 @@ func Load(src Sources) (Config, error) {
 	if err := strictDecode(k, &cfg); err != nil {
 		return Config{}, err
 	}
+	if src.File != "" {
+		// Module paths in the file are relative to the file.
+		if abs, err := filepath.Abs(src.File); err == nil {
+			cfg.Plugins.BaseDir = filepath.Dir(abs)
+		}
+	}
 	if err := cfg.Validate(); err != nil {
 		where := "configuration"
 		if len(layers) > 0 {

@@ -32,6 +32,9 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "build mendmq: %v\n%s", err, out)
 		os.Exit(1)
 	}
+	// Nodes compile the built-in policy module at start; share compiled
+	// code between processes and runs.
+	os.Setenv("MENDMQ_PLUGINS__COMPILATION_CACHE_DIR", filepath.Join(os.TempDir(), "mendmq-test-wazero-cache"))
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)

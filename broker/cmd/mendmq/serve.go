@@ -14,6 +14,7 @@ import (
 
 	"github.com/mendmq/mendmq/broker"
 	"github.com/mendmq/mendmq/broker/config"
+	"github.com/mendmq/mendmq/plugins/filewatch"
 )
 
 func init() {
@@ -49,6 +50,29 @@ func runServe(args []string) int {
 	if err := b.Start(); err != nil {
 		log.Error("cannot start", "error", err)
 		return 1
+	}
+	src := config.Sources{File: *cfgFile, Environ: os.Environ(), Sets: sets}
+	reload := func() error {
+		next, err := config.Load(src)
+		if err != nil {
+			return err
+		}
+		return b.Reconfigure(next)
+	}
+	b.SetReloader(reload)
+	if *cfgFile != "" {
+		// Hot reload: a changed config file is validated and applied; a
+		// broken one is refused and the running configuration stays.
+		w, err := filewatch.New(filewatch.Config{Logger: log}, []string{*cfgFile}, func([]string) {
+			if err := reload(); err != nil {
+				log.Error("config reload refused; keeping the running configuration", "file", *cfgFile, "error", err)
+			}
+		})
+		if err != nil {
+			log.Error("cannot watch the config file; hot reload disabled", "file", *cfgFile, "error", err)
+		} else {
+			defer w.Close()
+		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	<-ctx.Done()

@@ -1,0 +1,61 @@
+package clusterhook
+
+import (
+	"encoding/json"
+	"strconv"
+
+	"github.com/mochi-mqtt/server/v2/system"
+
+	"github.com/mendmq/mendmq/cluster"
+)
+
+// statusSource is implemented by *cluster.Node.
+type statusSource interface {
+	Status() cluster.Status
+}
+
+// OnSysInfoTick publishes the cluster's state under $SYS/broker/cluster/
+// with mochi's own $SYS topics (every mqtt.sys_interval), retained so a
+// new subscriber sees it at once:
+//
+//	$SYS/broker/cluster/node                     this node's name
+//	$SYS/broker/cluster/members                  JSON: [{name, state, reachable}]
+//	$SYS/broker/cluster/members/alive            count of alive members
+//	$SYS/broker/cluster/peers/<peer>/bytes/sent  data-plane bytes to <peer>
+//	$SYS/broker/cluster/peers/<peer>/bytes/received
+//	$SYS/broker/cluster/peers/<peer>/queue       frames waiting for <peer> (replication lag)
+//	$SYS/broker/cluster/forwarded                publishes forwarded to peers
+//	$SYS/broker/cluster/received                 publishes received from peers
+func (h *Hook) OnSysInfoTick(*system.Info) {
+	src, ok := h.cluster().(statusSource)
+	if !ok {
+		return
+	}
+	st := src.Status()
+	type member struct {
+		Name      string `json:"name"`
+		State     string `json:"state"`
+		Reachable bool   `json:"reachable"`
+	}
+	ms := make([]member, 0, len(st.Members))
+	alive := 0
+	pub := func(topic, v string) { _ = h.srv.Publish("$SYS/broker/cluster/"+topic, []byte(v), true, 0) }
+	for _, m := range st.Members {
+		ms = append(ms, member{Name: m.Name, State: m.State, Reachable: m.Reachable || m.Self})
+		if m.State == "alive" {
+			alive++
+		}
+		if m.Self {
+			continue
+		}
+		pub("peers/"+m.Name+"/bytes/sent", strconv.FormatUint(m.BytesSent, 10))
+		pub("peers/"+m.Name+"/bytes/received", strconv.FormatUint(m.BytesReceived, 10))
+		pub("peers/"+m.Name+"/queue", strconv.Itoa(m.QueueFrames))
+	}
+	b, _ := json.Marshal(ms)
+	pub("node", st.Node)
+	pub("members", string(b))
+	pub("members/alive", strconv.Itoa(alive))
+	pub("forwarded", strconv.FormatUint(st.Forwarded, 10))
+	pub("received", strconv.FormatUint(st.Received, 10))
+}

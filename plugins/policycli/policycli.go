@@ -1,0 +1,382 @@
+// Package policycli implements `mendmq policy`: run a merge policy locally
+// on two entries (the author's inner loop), and list or reload the policies
+// of a running node through its admin API. broker/cmd/mendmq/policy.go
+// registers it; it lives here so it is tested with the package it drives.
+package policycli
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/mendmq/mendmq/plugins"
+)
+
+// Summary is the one-line description for the command list.
+const Summary = "merge policies: test a module locally, list or reload a node's policies"
+
+const usage = `usage: mendmq policy <command> [flags]
+
+  test    run a policy on two entries locally and print the result as JSON
+            --module FILE.wasm | --builtin NAME   the policy
+            --map NAME          map name passed to the policy (default "test")
+            --merging JSON      the merging entry (required)
+            --existing JSON     the existing entry (omit: key absent)
+            --timeout D         per-call deadline (default 5s)
+            --memory-mib N      memory cap (default 64)
+            --cache-dir DIR     compiled-module cache (default: user cache dir;
+                                "" disables)
+          Entry JSON: {"key":"k","value":"text" | "value_b64":"…","cost":0,
+            "hits":0,"version":0,"creation_time":0,"last_access_time":0,
+            "last_update_time":0,"last_stored_time":0,"expiration_time":0}
+            (times in Unix ms; "key_b64" for binary keys).
+          Exit status: 0 the policy decided, 1 it failed (trap, timeout,
+            garbage or refusal; the reason is printed) or could not load,
+            2 usage.
+  list    GET {admin}/api/v1/policies and print a table (--json: raw)
+  reload  POST {admin}/api/v1/policies/reload; non-zero exit on error
+
+--admin defaults to $MENDMQ_ADMIN or http://127.0.0.1:8080.
+`
+
+// Run executes `mendmq policy` with args (after "policy") and returns the
+// exit status.
+func Run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stderr, usage)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	switch args[0] {
+	case "test":
+		return runTest(args[1:], stdout, stderr)
+	case "list":
+		return runList(args[1:], stdout, stderr)
+	case "reload":
+		return runReload(args[1:], stdout, stderr)
+	}
+	fmt.Fprintf(stderr, "mendmq policy: unknown command %q\n\n%s", args[0], usage)
+	return 2
+}
+
+// Entry is the JSON form of an EntryView for the command line: the value as
+// a string, or as base64 in value_b64 when it is not UTF-8 text.
+type Entry struct {
+	Key            *string `json:"key,omitempty"`
+	KeyB64         *string `json:"key_b64,omitempty"`
+	Value          *string `json:"value,omitempty"`
+	ValueB64       *string `json:"value_b64,omitempty"`
+	Cost           int64   `json:"cost"`
+	Hits           int64   `json:"hits"`
+	Version        int64   `json:"version"`
+	CreationTime   int64   `json:"creation_time"`
+	LastAccessTime int64   `json:"last_access_time"`
+	LastUpdateTime int64   `json:"last_update_time"`
+	LastStoredTime int64   `json:"last_stored_time"`
+	ExpirationTime int64   `json:"expiration_time"`
+}
+
+func parseEntry(flagName, s string) (*plugins.EntryView, error) {
+	dec := json.NewDecoder(strings.NewReader(s))
+	dec.DisallowUnknownFields()
+	var e Entry
+	if err := dec.Decode(&e); err != nil {
+		return nil, fmt.Errorf("--%s: %w", flagName, err)
+	}
+	key, err := pick(flagName, "key", e.Key, e.KeyB64)
+	if err != nil {
+		return nil, err
+	}
+	value, err := pick(flagName, "value", e.Value, e.ValueB64)
+	if err != nil {
+		return nil, err
+	}
+	return &plugins.EntryView{
+		Key: key, Value: value, Cost: e.Cost, Hits: e.Hits, Version: e.Version,
+		CreationTime: e.CreationTime, LastAccessTime: e.LastAccessTime, LastUpdateTime: e.LastUpdateTime,
+		LastStoredTime: e.LastStoredTime, ExpirationTime: e.ExpirationTime,
+	}, nil
+}
+
+func pick(flagName, field string, text, b64 *string) ([]byte, error) {
+	switch {
+	case text != nil && b64 != nil:
+		return nil, fmt.Errorf("--%s: give %s or %s_b64, not both", flagName, field, field)
+	case b64 != nil:
+		b, err := base64.StdEncoding.DecodeString(*b64)
+		if err != nil {
+			return nil, fmt.Errorf("--%s: %s_b64: %w", flagName, field, err)
+		}
+		return b, nil
+	case text != nil:
+		return []byte(*text), nil
+	}
+	return []byte{}, nil
+}
+
+func toEntry(e *plugins.EntryView) *Entry {
+	out := &Entry{
+		Cost: e.Cost, Hits: e.Hits, Version: e.Version, CreationTime: e.CreationTime,
+		LastAccessTime: e.LastAccessTime, LastUpdateTime: e.LastUpdateTime,
+		LastStoredTime: e.LastStoredTime, ExpirationTime: e.ExpirationTime,
+	}
+	out.Key, out.KeyB64 = textOrB64(e.Key)
+	out.Value, out.ValueB64 = textOrB64(e.Value)
+	return out
+}
+
+func textOrB64(b []byte) (text, b64 *string) {
+	if isText(b) {
+		s := string(b)
+		return &s, nil
+	}
+	s := base64.StdEncoding.EncodeToString(b)
+	return nil, &s
+}
+
+// isText accepts valid UTF-8 without control characters other than
+// whitespace, so the printed JSON stays readable.
+func isText(b []byte) bool {
+	for _, r := range string(b) {
+		if r == '\uFFFD' || (r < 0x20 && r != '\n' && r != '\r' && r != '\t') {
+			return false
+		}
+	}
+	return true
+}
+
+// Output is what `policy test` prints.
+type Output struct {
+	Policy  string `json:"policy"`
+	Map     string `json:"map"`
+	Verdict string `json:"verdict"`
+	// Entry is the entry to store (take_merging, put).
+	Entry *Entry `json:"entry,omitempty"`
+	// Failed is set when the policy failed; Kind and Reason say how.
+	Failed bool   `json:"failed,omitempty"`
+	Kind   string `json:"kind,omitempty"`
+	Reason string `json:"reason,omitempty"`
+}
+
+func runTest(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("policy test", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	module := fs.String("module", "", "policy module file (.wasm)")
+	builtin := fs.String("builtin", "", "built-in policy name")
+	mapName := fs.String("map", "test", "map name passed to the policy")
+	merging := fs.String("merging", "", "merging entry (JSON)")
+	existing := fs.String("existing", "", "existing entry (JSON); omit when the key is absent")
+	timeout := fs.Duration("timeout", 5*time.Second, "per-call deadline")
+	memory := fs.Uint("memory-mib", 64, "memory cap in MiB")
+	cacheDir := fs.String("cache-dir", defaultCacheDir(), `compiled-module cache directory ("" disables)`)
+	fs.Usage = func() { fmt.Fprint(stderr, usage) }
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if (*module == "") == (*builtin == "") || *merging == "" || fs.NArg() != 0 {
+		fmt.Fprintln(stderr, "mendmq policy test: give exactly one of --module and --builtin, and --merging")
+		return 2
+	}
+	m, err := parseEntry("merging", *merging)
+	if err != nil {
+		fmt.Fprintln(stderr, "mendmq policy test:", err)
+		return 2
+	}
+	var e *plugins.EntryView
+	if *existing != "" && *existing != "null" {
+		if e, err = parseEntry("existing", *existing); err != nil {
+			fmt.Fprintln(stderr, "mendmq policy test:", err)
+			return 2
+		}
+	}
+
+	cfg := plugins.DefaultConfig()
+	name := *builtin
+	if *module != "" {
+		name = "under-test"
+		cfg.Policies[name] = plugins.PolicyConfig{Module: *module}
+	}
+	// Every map (and $retained) uses the policy under test, so nothing
+	// else is loaded.
+	cfg.Maps[plugins.DefaultMap] = plugins.MapConfig{MergePolicy: name}
+	cfg.Retained.MergePolicy = name
+	cfg.Host.WatchModules = false
+	cfg.Host.PoolSize = 1
+	cfg.Host.CallTimeout = *timeout
+	cfg.Host.MemoryLimitMiB = uint32(*memory)
+	cfg.Host.CompilationCacheDir = *cacheDir
+	r, err := plugins.New(cfg, nil)
+	if err != nil {
+		fmt.Fprintln(stderr, "mendmq policy test:", err)
+		return 1
+	}
+	defer r.Close()
+
+	res, err := r.Merge(context.Background(), *mapName, m, e)
+	if err != nil {
+		fmt.Fprintln(stderr, "mendmq policy test:", err)
+		return 1
+	}
+	out := Output{Policy: name, Map: *mapName, Verdict: res.Verdict.String()}
+	if *module != "" {
+		out.Policy = *module
+	}
+	if res.Entry != nil {
+		out.Entry = toEntry(res.Entry)
+	}
+	status := 0
+	if res.ConflictID != 0 {
+		c, _ := r.Conflict(res.ConflictID)
+		out.Failed, out.Kind, out.Reason = true, string(c.Kind), c.Reason
+		status = 1
+	}
+	enc := json.NewEncoder(stdout)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(out); err != nil {
+		fmt.Fprintln(stderr, "mendmq policy test:", err)
+		return 1
+	}
+	return status
+}
+
+// defaultCacheDir keeps compiled modules between runs so the inner loop
+// does not pay a Go module's compilation (about a second) every time.
+func defaultCacheDir() string {
+	dir, err := os.UserCacheDir()
+	if err != nil {
+		return ""
+	}
+	return filepath.Join(dir, "mendmq", "wazero")
+}
+
+func adminFlags(name string, stderr io.Writer) (*flag.FlagSet, *string) {
+	fs := flag.NewFlagSet("policy "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	def := os.Getenv("MENDMQ_ADMIN")
+	if def == "" {
+		def = "http://127.0.0.1:8080"
+	}
+	admin := fs.String("admin", def, "admin API base URL")
+	fs.Usage = func() { fmt.Fprint(stderr, usage) }
+	return fs, admin
+}
+
+func baseURL(admin string) string {
+	base := strings.TrimRight(admin, "/")
+	if !strings.Contains(base, "://") {
+		base = "http://" + base
+	}
+	return base
+}
+
+func runList(args []string, stdout, stderr io.Writer) int {
+	fs, admin := adminFlags("list", stderr)
+	asJSON := fs.Bool("json", false, "print the API's JSON")
+	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
+		return 2
+	}
+	var raw json.RawMessage
+	if err := call(http.MethodGet, baseURL(*admin)+"/api/v1/policies", &raw); err != nil {
+		fmt.Fprintln(stderr, "mendmq policy list:", err)
+		return 1
+	}
+	if *asJSON {
+		var buf bytes.Buffer
+		_ = json.Indent(&buf, raw, "", "  ")
+		fmt.Fprintln(stdout, buf.String())
+		return 0
+	}
+	var infos []plugins.PolicyInfo
+	if err := json.Unmarshal(raw, &infos); err != nil {
+		fmt.Fprintln(stderr, "mendmq policy list: decode response:", err)
+		return 1
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tLOADED\tMAPS\tINSTANCES\tSHA256\tLOADED AT\tSOURCE")
+	for _, p := range infos {
+		loaded, at := "no", "-"
+		if p.Loaded {
+			loaded = "yes"
+			at = p.LoadedAt.Local().Format(time.DateTime)
+		}
+		maps := strings.Join(p.Maps, ",")
+		if maps == "" {
+			maps = "-"
+		}
+		sum := p.SHA256
+		if len(sum) > 12 {
+			sum = sum[:12]
+		}
+		if sum == "" {
+			sum = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", p.Name, loaded, maps, p.Instances, sum, at, p.Source)
+	}
+	_ = tw.Flush()
+	return 0
+}
+
+func runReload(args []string, stdout, stderr io.Writer) int {
+	fs, admin := adminFlags("reload", stderr)
+	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
+		return 2
+	}
+	if err := call(http.MethodPost, baseURL(*admin)+"/api/v1/policies/reload", nil); err != nil {
+		fmt.Fprintln(stderr, "mendmq policy reload:", err)
+		return 1
+	}
+	fmt.Fprintln(stdout, "policies reloaded")
+	return 0
+}
+
+// call does one admin API request. A non-2xx answer becomes an error with
+// the API's {"error": "..."} message.
+func call(method, url string, out any) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return fmt.Errorf("%s %s: read response: %w", method, url, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		var apiErr struct {
+			Error string `json:"error"`
+		}
+		if json.Unmarshal(body, &apiErr) == nil && apiErr.Error != "" {
+			return fmt.Errorf("%s %s: %s: %s", method, url, resp.Status, apiErr.Error)
+		}
+		return fmt.Errorf("%s %s: %s: %s", method, url, resp.Status, strings.TrimSpace(string(body)))
+	}
+	if out == nil {
+		var ok struct {
+			OK bool `json:"ok"`
+		}
+		if err := json.Unmarshal(body, &ok); err != nil || !ok.OK {
+			return errors.New("unexpected answer: " + strings.TrimSpace(string(body)))
+		}
+		return nil
+	}
+	return json.Unmarshal(body, out)
+}

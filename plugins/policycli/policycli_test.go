@@ -1,0 +1,166 @@
+package policycli
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/mendmq/mendmq/plugins"
+)
+
+var cacheDir = filepath.Join(os.TempDir(), "mendmq-test-wazero-cache")
+
+func run(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code := Run(args, &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+func TestPolicyTest(t *testing.T) {
+	counter := filepath.Join("..", "..", "examples", "policies", "c", "counter", "counter.wasm")
+	cases := []struct {
+		name    string
+		args    []string
+		code    int
+		verdict string
+		check   func(t *testing.T, o Output)
+	}{
+		{"builtin keeps newer existing", []string{"--builtin", "latestupdate",
+			"--merging", `{"key":"k","value":"new","last_update_time":5}`,
+			"--existing", `{"key":"k","value":"old","last_update_time":7}`}, 0, "keep_existing", nil},
+		{"builtin takes merging into absent key", []string{"--builtin", "putifabsent", "--map", "$retained",
+			"--merging", `{"key":"t/1","value":"payload","hits":3}`}, 0, "take_merging", func(t *testing.T, o Output) {
+			if o.Entry == nil || *o.Entry.Value != "payload" || o.Entry.Hits != 3 || o.Map != "$retained" {
+				t.Errorf("entry %+v", o.Entry)
+			}
+		}},
+		{"module puts binary value as base64", []string{"--module", counter, "--map", "counters",
+			"--merging", `{"key":"hits","value_b64":"AQAAAAAAAAAFAAAAAAAAAA=="}`,
+			"--existing", `{"key":"hits","value_b64":"AgAAAAAAAAAHAAAAAAAAAA=="}`}, 0, "put", func(t *testing.T, o Output) {
+			if o.Entry == nil || o.Entry.ValueB64 == nil || o.Entry.Value != nil ||
+				*o.Entry.ValueB64 != "AQAAAAAAAAAFAAAAAAAAAAIAAAAAAAAABwAAAAAAAAA=" {
+				t.Errorf("entry %+v", o.Entry)
+			}
+		}},
+		{"policy failure reported with status 1", []string{"--module", counter,
+			"--merging", `{"key":"hits","value":"nope"}`}, 1, "keep_existing", func(t *testing.T, o Output) {
+			if !o.Failed || o.Kind != "refused" || !strings.Contains(o.Reason, "16-byte slots") {
+				t.Errorf("output %+v", o)
+			}
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			args := append([]string{"test", "--cache-dir", cacheDir}, c.args...)
+			code, stdout, stderr := run(t, args...)
+			if code != c.code {
+				t.Fatalf("exit %d, want %d; stderr: %s", code, c.code, stderr)
+			}
+			var o Output
+			if err := json.Unmarshal([]byte(stdout), &o); err != nil {
+				t.Fatalf("output %q: %v", stdout, err)
+			}
+			if o.Verdict != c.verdict {
+				t.Fatalf("verdict %s, want %s", o.Verdict, c.verdict)
+			}
+			if c.check != nil {
+				c.check(t, o)
+			}
+		})
+	}
+}
+
+func TestPolicyTestUsageAndLoadErrors(t *testing.T) {
+	cases := []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"no policy", []string{"test", "--merging", `{"key":"k"}`}, 2, "exactly one of --module and --builtin"},
+		{"both policies", []string{"test", "--builtin", "discard", "--module", "x.wasm", "--merging", `{}`}, 2, "exactly one"},
+		{"no merging", []string{"test", "--builtin", "discard"}, 2, "--merging"},
+		{"bad JSON", []string{"test", "--builtin", "discard", "--merging", `{"key":`}, 2, "--merging"},
+		{"unknown field", []string{"test", "--builtin", "discard", "--merging", `{"keyy":"k"}`}, 2, "unknown field"},
+		{"value twice", []string{"test", "--builtin", "discard", "--merging", `{"value":"a","value_b64":"YQ=="}`}, 2, "not both"},
+		{"unknown builtin", []string{"test", "--builtin", "nope", "--merging", `{}`}, 1, `unknown policy "nope"`},
+		{"missing module", []string{"test", "--module", "/nonexistent.wasm", "--merging", `{}`}, 1, "policies.under-test.module"},
+		{"unknown command", []string{"frobnicate"}, 2, "unknown command"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			code, _, stderr := run(t, c.args...)
+			if code != c.code || !strings.Contains(stderr, c.want) {
+				t.Fatalf("exit %d, stderr %q; want %d and %q", code, stderr, c.code, c.want)
+			}
+		})
+	}
+}
+
+func TestListAndReload(t *testing.T) {
+	infos := []plugins.PolicyInfo{
+		{Name: "latestupdate", Source: plugins.SourceBuiltin, SHA256: strings.Repeat("ab", 32), Loaded: true,
+			LoadedAt: time.Unix(1700000000, 0), Maps: []string{"default", "$retained"}, Instances: 2, Batch: true},
+		{Name: "discard", Source: plugins.SourceBuiltin, Maps: []string{}},
+	}
+	var reloadFails atomic.Bool
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /api/v1/policies", func(w http.ResponseWriter, r *http.Request) {
+		_ = json.NewEncoder(w).Encode(infos)
+	})
+	mux.HandleFunc("POST /api/v1/policies/reload", func(w http.ResponseWriter, r *http.Request) {
+		if !reloadFails.Load() {
+			_, _ = w.Write([]byte(`{"ok":true}`))
+			return
+		}
+		w.WriteHeader(http.StatusUnprocessableEntity)
+		_, _ = w.Write([]byte(`{"error":"plugins: policies.p.module (/x.wasm): compile module: invalid magic number"}`))
+	})
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+
+	code, out, stderr := run(t, "list", "--admin", srv.URL)
+	if code != 0 {
+		t.Fatalf("list: %d %s", code, stderr)
+	}
+	for _, want := range []string{"NAME", "latestupdate", "yes", "default,$retained", "abababababab", "discard", "no"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("table lacks %q:\n%s", want, out)
+		}
+	}
+	code, out, _ = run(t, "list", "--json", "--admin", strings.TrimPrefix(srv.URL, "http://"))
+	if code != 0 || !strings.Contains(out, `"name": "latestupdate"`) {
+		t.Fatalf("list --json: %d %s", code, out)
+	}
+
+	if code, out, _ := run(t, "reload", "--admin", srv.URL); code != 0 || !strings.Contains(out, "reloaded") {
+		t.Fatalf("reload: %d %s", code, out)
+	}
+	reloadFails.Store(true)
+	code, _, stderr = run(t, "reload", "--admin", srv.URL)
+	if code != 1 || !strings.Contains(stderr, "invalid magic number") || !strings.Contains(stderr, "422") {
+		t.Fatalf("failed reload: %d %s", code, stderr)
+	}
+	srv.Close()
+	if code, _, _ := run(t, "list", "--admin", srv.URL); code != 1 {
+		t.Fatalf("list against a closed server: %d", code)
+	}
+}
+
+func TestTextOrB64(t *testing.T) {
+	cases := map[string]bool{"plain": true, "tab\tnewline\n": true, "héllo": true, "\x00bin": false, "\xff\xfe": false}
+	for in, text := range cases {
+		tx, b := textOrB64([]byte(in))
+		if (tx != nil) != text || (b != nil) == text {
+			t.Errorf("%q: text %v b64 %v", in, tx, b)
+		}
+	}
+}

@@ -1,0 +1,726 @@
+// Package plugins hosts mendmq's WebAssembly merge policies on wazero.
+//
+// A Registry maps every map (and "$retained") to a policy module, runs merges
+// through it, and swaps the whole set atomically on configuration or module
+// changes. A policy that traps, times out or answers garbage never loses
+// data: the existing entry stays and the merging entry is parked in a
+// bounded conflict store an operator can list and resolve.
+//
+// Module layout, ABI and sandbox rules: sdk/ABI.md and plugins/README.md.
+package plugins
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/mendmq/mendmq/plugins/filewatch"
+	"github.com/mendmq/mendmq/plugins/internal/abi"
+	"github.com/mendmq/mendmq/plugins/internal/builtins"
+	"github.com/mendmq/mendmq/plugins/internal/wasmhost"
+)
+
+// EntryView is one map entry with its metadata (key, value, cost, hits,
+// version, creation/last-access/last-update/last-stored/expiration times in
+// Unix milliseconds; ExpirationTime 0 means never). See abi.EntryView for
+// the fields.
+type EntryView = abi.EntryView
+
+// MergeItem is one entry of a batch: Existing is nil when the key is absent
+// on the surviving side.
+type MergeItem = abi.Item
+
+// Verdict is what a merge decided.
+type Verdict = abi.Verdict
+
+// Verdicts found in Result.
+const (
+	// KeepExisting: leave the existing entry (an absent one stays absent).
+	KeepExisting = abi.KeepExisting
+	// TakeMerging: store the merging entry (Result.Entry points to it).
+	TakeMerging = abi.TakeMerging
+	// Put: store Result.Entry, a new entry built by the policy.
+	Put = abi.Put
+	// Delete: remove the key.
+	Delete = abi.Delete
+)
+
+// Result is the outcome of one merge.
+type Result struct {
+	// Verdict says what to do with the key.
+	Verdict Verdict
+	// Entry is what to store for TakeMerging (the caller's merging entry,
+	// same pointer) and Put (a new entry owned by the caller); nil
+	// otherwise.
+	Entry *EntryView
+	// ConflictID is non-zero when the policy failed on this entry: Verdict
+	// is KeepExisting and the merging entry was parked under this id.
+	ConflictID uint64
+	// Unmerged is set when nothing happened: the policy failed and the
+	// conflict store was full, or the call was canceled or the registry
+	// closed. The caller still owns the merging entry; the method's error
+	// says why.
+	Unmerged bool
+}
+
+// ErrClosed is returned after Close.
+var ErrClosed = errors.New("plugins: registry closed")
+
+// Batching: a merge_batch call carries at most this many entries or bytes,
+// which bounds guest memory and the work done under one call deadline.
+const (
+	maxBatchItems = 256
+	maxBatchBytes = 1 << 20
+)
+
+// Registry resolves the merge policy of each map and runs merges. It is safe
+// for concurrent use; Merge and MergeBatch never block on Apply.
+type Registry struct {
+	logger    *slog.Logger
+	conflicts *conflictStore
+	metrics   *metrics
+	now       func() time.Time
+
+	// cur is the live policy set; merges pin it with a reference count, so
+	// a swap never pulls an instance from under a running merge.
+	cur    atomic.Pointer[policySet]
+	closed atomic.Bool
+
+	applyMu sync.Mutex // serialises Apply/Reload/Close
+	cfg     Config
+	watcher *filewatch.Watcher
+	pollFor time.Duration // watcher's poll interval, to notice changes
+
+	reload       chan struct{}
+	stop         chan struct{}
+	reloaderDone chan struct{}
+}
+
+// policySet is one immutable generation of the configuration.
+type policySet struct {
+	refs      atomic.Int64 // 1 for being current + 1 per running merge
+	policies  map[string]*policy
+	byMap     map[string]*policy
+	def       *policy
+	retained  *policy
+	modFiles  []string // module files to watch
+	appliedAt time.Time
+}
+
+func (s *policySet) tryRef() bool {
+	for {
+		n := s.refs.Load()
+		if n <= 0 {
+			return false
+		}
+		if s.refs.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+func (s *policySet) release() {
+	if s.refs.Add(-1) == 0 {
+		for _, p := range s.policies {
+			p.unref()
+		}
+	}
+}
+
+func (s *policySet) policyFor(mapName string) *policy {
+	if p := s.byMap[mapName]; p != nil {
+		return p
+	}
+	if mapName == RetainedMap {
+		return s.retained
+	}
+	return s.def
+}
+
+// New validates cfg, loads the policies it references (only those) and
+// starts watching their module files if cfg.Host.WatchModules. logger may be
+// nil (logs are discarded).
+func New(cfg Config, logger *slog.Logger) (*Registry, error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	r := &Registry{
+		logger:       logger,
+		now:          time.Now,
+		reload:       make(chan struct{}, 1),
+		stop:         make(chan struct{}),
+		reloaderDone: make(chan struct{}),
+	}
+	r.conflicts = newConflictStore(max(cfg.Host.ConflictsLimit, 1))
+	r.metrics = newMetrics(func() float64 { return float64(r.conflicts.len()) })
+	if err := r.Apply(cfg); err != nil {
+		close(r.reloaderDone)
+		return nil, err
+	}
+	go r.reloader()
+	return r, nil
+}
+
+// reloader turns module-file change notifications into Reloads, off the
+// watcher's goroutine so closing the watcher never waits on a reload.
+func (r *Registry) reloader() {
+	defer close(r.reloaderDone)
+	for {
+		select {
+		case <-r.stop:
+			return
+		case <-r.reload:
+			// Apply logs and counts a failure; the old set stays.
+			_ = r.Reload()
+		}
+	}
+}
+
+// Apply makes cfg the running configuration: it builds the new policy set
+// aside (reusing loaded policies whose module and sandbox settings did not
+// change, loading the others: compile, instantiate, ABI check, self-test),
+// then swaps it in atomically. Merges already running finish on the old set.
+// On any error nothing changes and the error names the key or file.
+func (r *Registry) Apply(cfg Config) error {
+	r.applyMu.Lock()
+	defer r.applyMu.Unlock()
+	return r.applyLocked(cfg)
+}
+
+// Reload re-reads every referenced module file and re-applies the current
+// configuration; unchanged modules are kept as they are.
+func (r *Registry) Reload() error {
+	r.applyMu.Lock()
+	defer r.applyMu.Unlock()
+	return r.applyLocked(r.cfg)
+}
+
+func (r *Registry) applyLocked(cfg Config) error {
+	if r.closed.Load() {
+		return ErrClosed
+	}
+	start := r.now()
+	next, err := r.build(cfg)
+	if err != nil {
+		r.metrics.reloads.WithLabelValues("error").Inc()
+		if r.cur.Load() != nil {
+			r.logger.Error("merge policies not applied; keeping the running ones", "err", err)
+		}
+		return err
+	}
+	cfg = cfg.clone()
+	r.watch(cfg.Host, next.modFiles)
+	r.conflicts.setLimit(cfg.Host.ConflictsLimit)
+	r.cfg = cfg
+	if old := r.cur.Swap(next); old != nil {
+		old.release()
+	}
+	r.metrics.reloads.WithLabelValues("ok").Inc()
+	names := make([]string, 0, len(next.policies))
+	for n := range next.policies {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	r.logger.Info("merge policies applied", "policies", names,
+		"default", cfg.Maps[DefaultMap].MergePolicy, "retained", cfg.Retained.MergePolicy,
+		"took", r.now().Sub(start))
+	return nil
+}
+
+// build loads the policy set for cfg, reusing policies of the current set.
+func (r *Registry) build(cfg Config) (_ *policySet, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	old := r.cur.Load()
+	next := &policySet{
+		policies:  map[string]*policy{},
+		byMap:     map[string]*policy{},
+		appliedAt: r.now(),
+	}
+	defer func() {
+		if err != nil {
+			for _, p := range next.policies {
+				p.unref()
+			}
+		}
+	}()
+	ctx := context.Background()
+	refs := cfg.referenced()
+	type loadJob struct {
+		name, source, key, sum string
+		bin                    []byte
+		p                      *policy
+		err                    error
+	}
+	var jobs []*loadJob
+	for _, name := range sortedKeys(refs) {
+		source, key := moduleSource(&cfg, name)
+		hk := hostKey(cfg.Host)
+		if old != nil && source == SourceBuiltin {
+			// A built-in's digest is known without decompressing it.
+			if p := old.policies[name]; p != nil && p.key == builtins.SHA256(name)+" "+hk {
+				p.refs.Add(1)
+				next.policies[name] = p
+				continue
+			}
+		}
+		bin, sum, err := readModule(name, source)
+		if err != nil {
+			return nil, fmt.Errorf("plugins: %s: read module: %w", key, err)
+		}
+		if source != SourceBuiltin {
+			next.modFiles = append(next.modFiles, source)
+		}
+		if old != nil {
+			if p := old.policies[name]; p != nil && p.key == sum+" "+hk && p.source == source {
+				p.refs.Add(1)
+				next.policies[name] = p
+				continue
+			}
+		}
+		jobs = append(jobs, &loadJob{name: name, source: source, key: key, sum: sum, bin: bin})
+	}
+	// Load (compile, start, self-test) the new modules in parallel: a Go
+	// module takes about a second to compile, and startup with several
+	// should not add them up on a multi-core machine.
+	sem := make(chan struct{}, max(runtime.GOMAXPROCS(0), 1))
+	var wg sync.WaitGroup
+	for _, j := range jobs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			j.p, j.err = loadPolicy(ctx, j.name, j.source, j.sum, j.bin, cfg.Host)
+		}()
+	}
+	wg.Wait()
+	var loadErr error
+	for _, j := range jobs {
+		if j.err != nil {
+			if loadErr == nil {
+				loadErr = fmt.Errorf("plugins: %s: %w", j.key, j.err)
+			}
+			continue
+		}
+		p, name := j.p, j.name
+		p.merges = r.metrics.merges.WithLabelValues(name)
+		p.pool.OnDiscard = func() { r.metrics.discarded.WithLabelValues(name).Inc() }
+		next.policies[name] = p // released by the deferred cleanup on error
+		r.logger.Info("merge policy loaded", "policy", name, "source", j.source, "sha256", j.sum,
+			"bytes", len(j.bin), "batch", p.pool.Module().HasBatch(), "took", p.loadDur)
+	}
+	if loadErr != nil {
+		return nil, loadErr
+	}
+	for m, mc := range cfg.Maps {
+		if mc.MergePolicy != "" && m != DefaultMap {
+			next.byMap[m] = next.policies[mc.MergePolicy]
+		}
+	}
+	next.def = next.policies[cfg.Maps[DefaultMap].MergePolicy]
+	next.retained = next.policies[cfg.Retained.MergePolicy]
+	next.refs.Store(1)
+	return next, nil
+}
+
+// watch starts, retargets or stops the module-file watcher. Called with
+// applyMu held; never waits on a reload (the callback only signals).
+func (r *Registry) watch(h HostConfig, files []string) {
+	poll := h.WatchPollInterval
+	if !h.WatchModules || len(files) == 0 || (r.watcher != nil && poll != r.pollFor) {
+		if r.watcher != nil {
+			_ = r.watcher.Close()
+			r.watcher = nil
+		}
+		if !h.WatchModules || len(files) == 0 {
+			return
+		}
+	}
+	if r.watcher != nil {
+		if err := r.watcher.SetPaths(files); err != nil {
+			r.logger.Warn("cannot watch policy modules; reload them with `mendmq policy reload`", "err", err)
+		}
+		return
+	}
+	w, err := filewatch.New(filewatch.Config{PollInterval: poll, Logger: r.logger}, files, func(changed []string) {
+		r.logger.Info("policy module changed; reloading", "files", changed)
+		select {
+		case r.reload <- struct{}{}:
+		default: // a reload is already pending
+		}
+	})
+	if err != nil {
+		r.logger.Warn("cannot watch policy modules; reload them with `mendmq policy reload`", "err", err)
+		return
+	}
+	r.watcher, r.pollFor = w, poll
+}
+
+// acquire pins the current set. The loop only repeats while a swap races
+// with it, and a swap stores the new set before releasing the old one.
+func (r *Registry) acquire() (*policySet, error) {
+	for range 1000 {
+		s := r.cur.Load()
+		if s == nil {
+			return nil, ErrClosed
+		}
+		if s.tryRef() {
+			return s, nil
+		}
+	}
+	return nil, errors.New("plugins: could not pin the policy set (reloads in a tight loop?)")
+}
+
+// Merge runs one merge through mapName's policy ("$retained" uses
+// retained.merge_policy, maps without their own use maps.default). existing
+// is nil when the key is absent. A policy failure is not an error: the
+// Result has Verdict KeepExisting and a ConflictID. Errors: ErrClosed, the
+// caller's context error, ErrConflictsFull — each with Result.Unmerged set.
+func (r *Registry) Merge(ctx context.Context, mapName string, merging, existing *EntryView) (Result, error) {
+	if merging == nil {
+		return Result{Unmerged: true}, errors.New("plugins: Merge needs a merging entry")
+	}
+	s, err := r.acquire()
+	if err != nil {
+		return Result{Unmerged: true}, err
+	}
+	defer s.release()
+	items := [1]MergeItem{{Merging: merging, Existing: existing}}
+	var out [1]Result
+	err = r.run(ctx, s.policyFor(mapName), mapName, items[:], out[:])
+	return out[0], err
+}
+
+// MergeBatch merges many entries of one map, using the module's merge_batch
+// export (up to 256 entries or 1 MiB per call) — the fast path for healing
+// a partition. It returns one Result per item, in order. When the policy
+// fails on a batch it retries the entries one by one to park only those it
+// fails on (after a timeout it parks the whole call's entries instead, so a
+// looping policy costs one deadline per call, not per entry). The error is
+// non-nil when some Result is Unmerged (see Merge).
+func (r *Registry) MergeBatch(ctx context.Context, mapName string, items []MergeItem) ([]Result, error) {
+	out := make([]Result, len(items))
+	for i := range items {
+		if items[i].Merging == nil {
+			markUnmerged(out)
+			return out, fmt.Errorf("plugins: MergeBatch item %d has no merging entry", i)
+		}
+	}
+	s, err := r.acquire()
+	if err != nil {
+		markUnmerged(out)
+		return out, err
+	}
+	defer s.release()
+	p := s.policyFor(mapName)
+	var firstErr error
+	for start := 0; start < len(items); {
+		end := chunkEnd(items, start)
+		if err := r.run(ctx, p, mapName, items[start:end], out[start:end]); err != nil {
+			if ctx.Err() != nil {
+				markUnmerged(out[end:])
+				return out, err
+			}
+			if firstErr == nil {
+				firstErr = err
+			}
+		}
+		start = end
+	}
+	return out, firstErr
+}
+
+// chunkEnd returns the end of the batch call starting at start.
+func chunkEnd(items []MergeItem, start int) int {
+	bytes := 0
+	end := start
+	for end < len(items) && end-start < maxBatchItems {
+		n := len(items[end].Merging.Key) + len(items[end].Merging.Value)
+		if e := items[end].Existing; e != nil {
+			n += len(e.Key) + len(e.Value)
+		}
+		if end > start && bytes+n > maxBatchBytes {
+			break
+		}
+		bytes += n
+		end++
+	}
+	return end
+}
+
+// run merges items (one guest call's worth) on one instance of p and fills
+// out.
+func (r *Registry) run(ctx context.Context, p *policy, mapName string, items []MergeItem, out []Result) error {
+	inst, err := p.pool.Get(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			markUnmerged(out)
+			return ctx.Err()
+		}
+		return r.park(p, mapName, items, out, FailureUnavailable, fmt.Errorf("start instance: %w", err))
+	}
+	dec, err := inst.Merge(ctx, mapName, items)
+	if err == nil {
+		var parkErr error
+		for i, d := range dec {
+			switch d.Verdict {
+			case abi.Fail:
+				if e := r.park(p, mapName, items[i:i+1], out[i:i+1], FailureRefused, errors.New("policy refused: "+d.Reason)); e != nil {
+					parkErr = e
+				}
+			case TakeMerging:
+				out[i] = Result{Verdict: TakeMerging, Entry: items[i].Merging}
+			case Put:
+				out[i] = Result{Verdict: Put, Entry: d.Entry}
+			default:
+				out[i] = Result{Verdict: d.Verdict}
+			}
+		}
+		// dec aliases the instance's buffers: return it only now.
+		p.pool.Put(inst)
+		p.merges.Add(float64(len(items)))
+		return parkErr
+	}
+	p.pool.Discard(inst)
+	switch {
+	case errors.Is(err, wasmhost.ErrCanceled):
+		markUnmerged(out)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return err
+	case errors.Is(err, wasmhost.ErrRequest):
+		markUnmerged(out)
+		return err
+	}
+	kind := failureKind(err)
+	if len(items) > 1 && kind != FailureTimeout {
+		// Find the entries the policy fails on: each alone, on a fresh
+		// instance when the previous one broke.
+		var firstErr error
+		for i := range items {
+			if e := r.run(ctx, p, mapName, items[i:i+1], out[i:i+1]); e != nil {
+				if ctx.Err() != nil {
+					markUnmerged(out[i:])
+					return e
+				}
+				if firstErr == nil {
+					firstErr = e
+				}
+			}
+		}
+		return firstErr
+	}
+	p.merges.Add(float64(len(items)))
+	return r.park(p, mapName, items, out, kind, err)
+}
+
+func failureKind(err error) FailureKind {
+	switch {
+	case errors.Is(err, wasmhost.ErrTimeout):
+		return FailureTimeout
+	case errors.Is(err, wasmhost.ErrGarbage):
+		return FailureGarbage
+	}
+	return FailureTrap
+}
+
+// park keeps the existing entries and parks the merging ones. It returns
+// ErrConflictsFull if some could not be parked (those are Unmerged).
+func (r *Registry) park(p *policy, mapName string, items []MergeItem, out []Result, kind FailureKind, cause error) error {
+	now := r.now()
+	var full error
+	parked := 0
+	for i := range items {
+		id, err := r.conflicts.park(now, mapName, p.name, kind, cause.Error(), items[i].Merging, items[i].Existing)
+		if err != nil {
+			out[i] = Result{Verdict: KeepExisting, Unmerged: true}
+			full = err
+			r.metrics.rejected.WithLabelValues(p.name).Inc()
+			continue
+		}
+		out[i] = Result{Verdict: KeepExisting, ConflictID: id}
+		parked++
+	}
+	if parked > 0 {
+		r.metrics.conflicts.WithLabelValues(p.name, string(kind)).Add(float64(parked))
+	}
+	level := slog.LevelWarn
+	if full != nil {
+		level = slog.LevelError
+	}
+	r.logger.Log(context.Background(), level, "merge policy failed; existing entries kept, merging entries parked",
+		"policy", p.name, "map", mapName, "kind", kind, "entries", len(items), "parked", parked,
+		"first_key", string(clip(items[0].Merging.Key)), "err", cause, "store_err", full)
+	return full
+}
+
+func markUnmerged(out []Result) {
+	for i := range out {
+		out[i] = Result{Verdict: KeepExisting, Unmerged: true}
+	}
+}
+
+func clip(b []byte) []byte {
+	if len(b) > 128 {
+		return b[:128]
+	}
+	return b
+}
+
+// PolicyFor returns the policy name mapName currently uses.
+func (r *Registry) PolicyFor(mapName string) string {
+	s, err := r.acquire()
+	if err != nil {
+		return ""
+	}
+	defer s.release()
+	return s.policyFor(mapName).name
+}
+
+// PolicyInfo describes one policy for operators (GET /api/v1/policies).
+type PolicyInfo struct {
+	// Name is the policy name used in merge_policy keys.
+	Name string `json:"name"`
+	// Source is "builtin" or the module file's absolute path.
+	Source string `json:"source"`
+	// SHA256 is the hex digest of the module (of the uncompressed module for
+	// built-ins); empty for a file policy not loaded.
+	SHA256 string `json:"sha256,omitempty"`
+	// Loaded says whether some map uses it (only those are compiled).
+	Loaded bool `json:"loaded"`
+	// LoadedAt is when the running module was loaded.
+	LoadedAt time.Time `json:"loaded_at,omitzero"`
+	// LoadMillis is how long loading took (read, compile, start, self-test).
+	LoadMillis float64 `json:"load_ms,omitzero"`
+	// Maps lists the maps using it: "default" for every map without its own
+	// policy, "$retained" for retained messages.
+	Maps []string `json:"maps"`
+	// Batch says whether the module exports merge_batch.
+	Batch bool `json:"batch"`
+	// Instances is the number of live instances.
+	Instances int `json:"instances"`
+}
+
+// List describes every policy: loaded ones, file policies defined but not
+// used, and the built-ins, sorted by name.
+func (r *Registry) List() []PolicyInfo {
+	r.applyMu.Lock()
+	cfg := r.cfg
+	r.applyMu.Unlock()
+	s, err := r.acquire()
+	if err != nil {
+		return nil
+	}
+	defer s.release()
+	refs := cfg.referenced()
+	var out []PolicyInfo
+	add := func(name string) {
+		info := PolicyInfo{Name: name, Maps: refs[name]}
+		if info.Maps == nil {
+			info.Maps = []string{}
+		}
+		if p := s.policies[name]; p != nil {
+			info.Source, info.SHA256, info.Loaded = p.source, p.sha256, true
+			info.LoadedAt = p.loadedAt
+			info.LoadMillis = float64(p.loadDur.Microseconds()) / 1000
+			info.Batch = p.pool.Module().HasBatch()
+			info.Instances = p.pool.Live()
+		} else {
+			info.Source, _ = moduleSource(&cfg, name)
+			if info.Source == SourceBuiltin {
+				info.SHA256 = builtins.SHA256(name)
+			}
+		}
+		out = append(out, info)
+	}
+	for _, name := range builtins.Names() {
+		add(name)
+	}
+	for _, name := range sortedKeys(cfg.Policies) {
+		add(name)
+	}
+	slices.SortFunc(out, func(a, b PolicyInfo) int {
+		if a.Name < b.Name {
+			return -1
+		}
+		if a.Name > b.Name {
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+// Config returns a copy of the running configuration.
+func (r *Registry) Config() Config {
+	r.applyMu.Lock()
+	defer r.applyMu.Unlock()
+	return r.cfg.clone()
+}
+
+// Conflicts lists the parked conflicts, oldest first.
+func (r *Registry) Conflicts() []Conflict { return r.conflicts.list() }
+
+// Conflict returns one parked conflict.
+func (r *Registry) Conflict(id uint64) (Conflict, bool) { return r.conflicts.get(id) }
+
+// ResolveConflict hands conflict id to apply — which writes the merging
+// entry (or a value the operator chose) into the map — and removes the
+// conflict only if apply succeeds, so a failed write loses nothing.
+// Concurrent resolutions of one id may both call apply; only one removes it.
+func (r *Registry) ResolveConflict(id uint64, apply func(Conflict) error) error {
+	c, ok := r.conflicts.get(id)
+	if !ok {
+		return fmt.Errorf("%w: %d", ErrNoConflict, id)
+	}
+	if err := apply(c); err != nil {
+		return fmt.Errorf("plugins: resolve conflict %d (map %s): %w", id, c.Map, err)
+	}
+	_, err := r.conflicts.remove(id)
+	return err
+}
+
+// DropConflict discards conflict id: the existing entry stays as it is.
+func (r *Registry) DropConflict(id uint64) error {
+	_, err := r.conflicts.remove(id)
+	return err
+}
+
+// Collectors returns the registry's Prometheus collectors for the caller to
+// register (nothing is registered globally): mendmq_policy_merges_total,
+// mendmq_policy_conflicts_total, mendmq_policy_conflicts_rejected_total,
+// mendmq_policy_conflicts_parked, mendmq_policy_instances_discarded_total,
+// mendmq_policy_reloads_total.
+func (r *Registry) Collectors() []prometheus.Collector { return r.metrics.collectors() }
+
+// Close stops the watcher and releases every policy; merges still running
+// finish first on their instances. Later calls return ErrClosed.
+func (r *Registry) Close() error {
+	if r.closed.Swap(true) {
+		return nil
+	}
+	close(r.stop)
+	<-r.reloaderDone
+	r.applyMu.Lock()
+	defer r.applyMu.Unlock()
+	var err error
+	if r.watcher != nil {
+		err = r.watcher.Close()
+		r.watcher = nil
+	}
+	if s := r.cur.Swap(nil); s != nil {
+		s.release()
+	}
+	return err
+}
