@@ -152,3 +152,20 @@ func TestValidFilter(t *testing.T) {
 		}
 	}
 }
+
+// configs/reference.yaml documents every key with its default: loading it
+// must give exactly the defaults, so it cannot drift from the code.
+func TestReferenceYAMLIsTheDefaults(t *testing.T) {
+	got, err := Load(Sources{File: "../../configs/reference.yaml"})
+	if err != nil {
+		t.Fatalf("reference.yaml does not load: %v", err)
+	}
+	want, err := Load(Sources{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got.Plugins.BaseDir = ""
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("configs/reference.yaml differs from the defaults:\nref:      %+v\ndefaults: %+v", got, want)
+	}
+}

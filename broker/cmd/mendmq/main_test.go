@@ -313,3 +313,74 @@ func TestEnvOverride(t *testing.T) {
 		t.Fatalf("MENDMQ_NODE__NAME not applied:\n%s", out)
 	}
 }
+
+// TestConfigHotReload edits the config file of a running node: a broken
+// policy name is refused (the running policies stay), a valid change is
+// applied without restart, and `mendmq policy list|reload` see it.
+func TestConfigHotReload(t *testing.T) {
+	p := &proc{mqtt: freePort(t), admin: freePort(t), out: newSyncBuffer(), exited: make(chan error, 1)}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "node.yaml")
+	write := func(policy string) {
+		cfg := fmt.Sprintf("mqtt:\n  listeners: [{type: tcp, address: \"127.0.0.1:%d\"}]\nadmin: {address: \"127.0.0.1:%d\"}\nretained: {merge_policy: %s}\n", p.mqtt, p.admin, policy)
+		// Editors replace files by rename; do the same.
+		tmp := filepath.Join(dir, ".node.yaml.tmp")
+		if err := os.WriteFile(tmp, []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("latestupdate")
+	p.cmd = exec.Command(binPath, "serve", "--config", path)
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.exited <- p.cmd.Wait() }()
+	defer p.stop(t)
+	admin := fmt.Sprintf("http://127.0.0.1:%d", p.admin)
+	list := func() string {
+		out, _ := exec.Command(binPath, "policy", "list", "--admin", admin).CombinedOutput()
+		return string(out)
+	}
+	retainedPolicy := func(out string) string {
+		for _, line := range strings.Split(out, "\n") {
+			if strings.Contains(line, "$retained") {
+				return strings.Fields(line)[0]
+			}
+		}
+		return ""
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for retainedPolicy(list()) != "latestupdate" {
+		if time.Now().After(deadline) {
+			t.Fatalf("node not serving its policies:\n%s\n%s", list(), p.out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	write("nosuch")
+	for !strings.Contains(p.out.String(), "config reload refused") {
+		if time.Now().After(deadline) {
+			t.Fatalf("broken config not refused:\n%s", p.out)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := retainedPolicy(list()); got != "latestupdate" {
+		t.Fatalf("broken config replaced the running policy: %q", got)
+	}
+	out, err := exec.Command(binPath, "policy", "reload", "--admin", admin).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "retained.merge_policy") {
+		t.Fatalf("policy reload of a broken config: err=%v\n%s", err, out)
+	}
+
+	write("higherhits")
+	for retainedPolicy(list()) != "higherhits" {
+		if time.Now().After(deadline) {
+			t.Fatalf("valid change not applied:\n%s\n%s", list(), p.out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
