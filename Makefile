@@ -6,7 +6,7 @@ LDFLAGS := -s -w -X github.com/mendmq/mendmq/broker.Version=$(VERSION)
 # The whole suite must stay under 15 minutes on 2 cores (CI allows 90).
 TEST_TIMEOUT ?= 14m
 
-.PHONY: all build run test test-short vet fmt-check bench cluster policies policies-check clean
+.PHONY: all build run test test-short vet fmt-check bench bench-cluster bench-go cluster policies policies-check clean
 
 all: build
 
@@ -30,6 +30,22 @@ vet:
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+## bench: single-node QoS0/QoS1 throughput and latency, mendmq vs mosquitto vs upstream mochi (alternated rounds, medians, ratios)
+BENCH_FLAGS ?=
+bench: build
+	$(GO) build -o bin/mqttbench ./broker/cmd/mqttbench
+	./bin/mqttbench suite -mendmq $(BIN) $(BENCH_FLAGS)
+	./bin/mqttbench suite -cluster -mendmq $(BIN) -brokers mendmq $(BENCH_FLAGS)
+
+## bench-cluster: same-node vs cross-node on the example 3-node cluster only
+bench-cluster: build
+	$(GO) build -o bin/mqttbench ./broker/cmd/mqttbench
+	./bin/mqttbench suite -cluster -mendmq $(BIN) -brokers mendmq $(BENCH_FLAGS)
+
+## bench-go: Go micro-benchmarks (merge policies, data plane, routing, replication)
+bench-go:
+	$(GO) test -run XXX -bench . -benchtime 1s ./plugins/ ./cluster/dataplane/ ./cluster/routes/ ./cluster/replica/
 
 ## policies: rebuild the merge-policy modules (Go built-ins, C examples, hostile test modules, jsonmerge)
 policies:

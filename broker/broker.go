@@ -23,6 +23,7 @@ import (
 	"github.com/mendmq/mendmq/broker/config"
 	"github.com/mendmq/mendmq/broker/listener"
 	"github.com/mendmq/mendmq/broker/metrics"
+	"github.com/mendmq/mendmq/broker/quirks"
 	"github.com/mendmq/mendmq/broker/storage"
 	"github.com/mendmq/mendmq/cluster"
 	"github.com/mendmq/mendmq/plugins"
@@ -145,6 +146,9 @@ func (b *Broker) addHooks() error {
 	b.auth = ah
 	if err := b.server.AddHook(ah, nil); err != nil {
 		return fmt.Errorf("add auth hook: %w", err)
+	}
+	if err := b.server.AddHook(new(quirks.Hook), nil); err != nil {
+		return fmt.Errorf("add quirks hook: %w", err)
 	}
 	if err := b.server.AddHook(b.metrics, nil); err != nil {
 		return fmt.Errorf("add metrics hook: %w", err)
