@@ -15,7 +15,11 @@
 // delivery (the call returns after the receiving node handed it to its
 // subscribers' sessions). If a node with matching subscribers is known but
 // unreachable, the publish is refused (v5: PUBACK 0x83, v3: disconnect
-// without ack) rather than acknowledged and lost. QoS 0 publishes are
+// without ack) rather than acknowledged and lost, and it is sent to no
+// node, so the publisher's retry does not duplicate it. (A target that
+// fails during the forward — timeout, connection loss — is only noticed
+// after the others got their copy; the retry then duplicates there.)
+// Routes to members that left are stale and skipped. QoS 0 publishes are
 // queued to peers without waiting and may be dropped (counted) when a
 // peer's queue is full or the peer is down.
 package cluster
@@ -96,8 +100,12 @@ type Node struct {
 
 	matchPool sync.Pool
 
-	stats    counters
-	stop     chan struct{}
+	stats counters
+	stop  chan struct{}
+	// ctx ends at Stop, so calls a background goroutine is waiting on
+	// (anti-entropy behind a slow peer) do not hold up the shutdown.
+	ctx      context.Context
+	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	running  atomic.Bool
 	stopOnce sync.Once
@@ -140,6 +148,7 @@ func New(name string, cfg Config, broker Broker) (*Node, error) {
 		members: map[string]membership.State{}, registry: map[string]string{}, stop: make(chan struct{}),
 	}
 	n.matchPool.New = func() any { return new(routes.Result) }
+	n.ctx, n.cancel = context.WithCancel(context.Background())
 
 	dc := dataplane.DefaultConfig()
 	dc.NodeName, dc.ClusterName, dc.BindAddr = name, cfg.Name, cfg.DataAddress
@@ -238,6 +247,7 @@ func (n *Node) Stop() error {
 		n.flushQueues(time.Second)
 		err = n.ml.Leave(2 * time.Second)
 		close(n.stop)
+		n.cancel()
 		n.wg.Wait()
 		n.running.Store(false)
 		err = errors.Join(err, n.ml.Shutdown(), n.dp.Close())
@@ -419,8 +429,8 @@ func (n *Node) writeAt(table, key string, value []byte, deleted bool, now time.T
 }
 
 // applyLocked updates derived state for a change of a resolved value.
-// remote is true for changes that came from a peer (the broker already
-// has local writes).
+// remote is true for changes that came from a peer (a local session
+// write needs no takeover check).
 func (n *Node) applyLocked(c replica.Change, remote bool) {
 	switch c.Table {
 	case tableSessions:
@@ -452,7 +462,12 @@ func (n *Node) applyLocked(c replica.Change, remote bool) {
 			}()
 		}
 	case tableRetained:
-		if !remote || !c.Changed() {
+		// Local writes are applied too: mochi retains a client's message
+		// before the hook writes it here, and replication may have
+		// applied a concurrent value to mochi in between; without this
+		// the node kept that value while its table (and every other
+		// node) resolved the local one.
+		if !c.Changed() {
 			return
 		}
 		if c.New.Live() {
@@ -505,7 +520,7 @@ func (n *Node) antiEntropy(peer string) {
 		n.log.Error("encode digest", "error", err)
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(n.ctx, 10*time.Second)
 	defer cancel()
 	n.stats.aeRounds.Add(1)
 	resp, err := n.dp.Call(ctx, peer, callDigest, req)
@@ -675,7 +690,12 @@ func (n *Node) Forward(ctx context.Context, topic string, qos byte, encode func(
 	}
 	if qos == 0 {
 		for t, groups := range targets {
-			if !n.usable(t, false) {
+			switch n.route(t) {
+			case routeStale:
+				n.stats.staleRoutes.Add(1)
+				continue
+			case routeDown:
+				n.stats.dropUnreachable.Add(1)
 				continue
 			}
 			if err := n.dp.Send(t, frameForward, appendForward(nil, groups, msg)); err != nil {
@@ -687,16 +707,26 @@ func (n *Node) Forward(ctx context.Context, topic string, qos byte, encode func(
 		}
 		return nil
 	}
+	// Every target is checked before any is sent to: a refused publish
+	// must reach nobody, or the publisher's retry duplicates it on the
+	// nodes that did get it (for QoS 2 too).
+	var errs []error
+	for t := range targets {
+		switch n.route(t) {
+		case routeStale:
+			n.stats.staleRoutes.Add(1)
+			delete(targets, t)
+		case routeDown:
+			errs = append(errs, fmt.Errorf("%w: %s", ErrUnreachable, t))
+		}
+	}
+	if len(errs) > 0 {
+		n.stats.refusedUnreachable.Add(1)
+		return errors.Join(errs...)
+	}
 	var wg sync.WaitGroup
 	var mu sync.Mutex
-	var errs []error
 	for t, groups := range targets {
-		if !n.usable(t, true) {
-			mu.Lock()
-			errs = append(errs, fmt.Errorf("%w: %s", ErrUnreachable, t))
-			mu.Unlock()
-			continue
-		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -718,23 +748,27 @@ func (n *Node) Forward(ctx context.Context, topic string, qos byte, encode func(
 	return errors.Join(errs...)
 }
 
-// usable decides whether to send to a target of the routing index: alive
-// and suspect members get the message; members that left or were
-// forgotten are stale routes (skipped); failed members are unreachable.
-func (n *Node) usable(t string, reliable bool) bool {
+// Route states of a target node of the routing index.
+const (
+	routeOK    = iota // alive or suspect: send
+	routeStale        // left or forgotten: its routes are stale, skip it
+	routeDown         // failed: unreachable
+)
+
+// route classifies a target of the routing index. Members that left (or
+// were forgotten) are skipped rather than counted unreachable: their
+// persistent sessions' records outlive them (until ReconnectTimeout), and
+// refusing every QoS 1/2 publish those sessions match for that long
+// would make their topics unusable after a scale-down.
+func (n *Node) route(t string) int {
 	s, known := n.state(t)
 	switch {
 	case !known || s == membership.Left:
-		n.stats.staleRoutes.Add(1)
-		return false
+		return routeStale
 	case s == membership.Dead:
-		if !reliable {
-			n.stats.dropUnreachable.Add(1)
-			return false
-		}
-		return false
+		return routeDown
 	}
-	return true
+	return routeOK
 }
 
 // pickShared picks the node that serves one shared group: a random alive

@@ -22,7 +22,11 @@ var errNotPublish = errors.New("clusterhook: not a PUBLISH packet")
 // properties) as a v5 PUBLISH packet, fixed header included.
 func EncodePublish(pk packets.Packet) ([]byte, error) {
 	pk.ProtocolVersion = 5
-	pk.Mods = packets.Mods{}
+	// mochi writes Response Topic and Correlation Data only with
+	// AllowResponseInfo (a per-client CONNACK rule [MQTT-3.1.2-28] that
+	// does not apply between nodes); without it they were lost across
+	// nodes. The receiving node re-encodes per subscriber.
+	pk.Mods = packets.Mods{AllowResponseInfo: true}
 	pk.FixedHeader.Type = packets.Publish
 	pk.FixedHeader.Dup = false
 	pk.Properties.TopicAlias = 0 // aliases are per connection [MQTT-3.3.2-10]

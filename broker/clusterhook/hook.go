@@ -147,7 +147,7 @@ func (h *Hook) Provides(b byte) bool {
 	return bytes.Contains([]byte{
 		mqtt.OnConnect, mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnSubscribed, mqtt.OnUnsubscribed,
 		mqtt.OnClientExpired, mqtt.OnPublish, mqtt.OnWillSent, mqtt.OnRetainMessage, mqtt.OnSelectSubscribers,
-		mqtt.OnStopped,
+		mqtt.OnStopped, mqtt.OnSysInfoTick,
 	}, []byte{b})
 }
 
@@ -364,7 +364,20 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	}
 	h.log.Warn("forward failed; publish refused", "client", cl.ID, "topic", pk.TopicName, "error", err)
 	if cl.Properties.ProtocolVersion == 5 {
-		return pk, packets.ErrImplementationSpecificError // v5 PUBACK 0x83
+		// mochi answers a hook error with a PUBACK even for QoS 2, so the
+		// ack is written here: PUBACK or PUBREC with reason 0x83.
+		ackType := packets.Puback
+		if qos == 2 {
+			ackType = packets.Pubrec
+		}
+		code := packets.ErrImplementationSpecificError
+		_ = cl.WritePacket(packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: ackType},
+			PacketID:    pk.PacketID,
+			ReasonCode:  code.Code,
+			Properties:  packets.Properties{ReasonString: code.Reason},
+		})
+		return pk, packets.ErrRejectPacket
 	}
 	_ = h.srv.DisconnectClient(cl, packets.ErrServerUnavailable)
 	return pk, packets.ErrRejectPacket

@@ -1,0 +1,132 @@
+package clustertests
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/mendmq/mendmq/broker/brokertest"
+)
+
+// TestCrashRestart: in a 5-node cluster, n5 crashes (cut off from every
+// peer, then stopped: its graceful leave reaches nobody, so the others
+// see it fail, not leave).
+//
+//   - While it is down, the survivors route among themselves, a QoS 0
+//     publish matching its stale subscription still reaches the
+//     survivors, and a QoS 2 publish matching it is refused (v5 0x83)
+//     and delivered nowhere, per the package cluster guarantee.
+//   - Restarted under the same name on new ports, it re-syncs (session
+//     and retained tables, retained messages set while it was down),
+//     its pre-crash session record is dropped, and routing to and from
+//     it works again.
+//   - Then n4 leaves gracefully while hosting a disconnected persistent
+//     session: its record stays, but routes to a node that left are
+//     stale, not unreachable, so QoS 1 publishes matching it are still
+//     accepted and delivered to the others.
+func TestCrashRestart(t *testing.T) {
+	c := newCluster(t, 5, clusterOptions{Faults: true})
+	const victim = "n5"
+	survivors := []string{"n1", "n2", "n3", "n4"}
+	subs := map[string]*brokertest.V5{}
+	pubs := map[string]*brokertest.V5{}
+	for _, n := range c.names {
+		s := brokertest.MustV5(t, c.url(n), "cr-sub-"+n)
+		s.MustSub("cr/#", 1)
+		if n != victim {
+			s.MustSub("surv/#", 1)
+		}
+		subs[n] = s
+		pubs[n] = brokertest.MustV5(t, c.url(n), "cr-pub-"+n)
+	}
+	pubs["n1"].MustPub("crr/before", 1, true, "before")
+	c.waitRetained("crr/before", "before")
+	c.waitRoutes()
+
+	// Crash.
+	c.net.Isolate(victim)
+	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+	_ = c.node(victim).Shutdown(ctx) // errors expected: it is cut off
+	cancel()
+	c.forget(victim)
+	c.eventually(victim+" to be seen dead", func() (bool, string) {
+		for _, n := range survivors {
+			for _, m := range c.node(n).Cluster().Status().Members {
+				if m.Name == victim && m.State != "dead" {
+					return false, fmt.Sprintf("%s sees %s %s", n, victim, m.State)
+				}
+			}
+		}
+		return true, ""
+	})
+
+	// Refused QoS 2 (the victim had a matching subscriber), then a QoS 0
+	// on the same topic, then a marker: the survivors get only the QoS 0.
+	if rc := pubs["n1"].Pub("cr/x", 2, false, "refused"); rc != 0x83 {
+		t.Errorf("QoS 2 publish matching a crashed node's subscriber: reason 0x%02x, want 0x83", rc)
+	}
+	pubs["n1"].MustPub("cr/x", 0, false, "qos0")
+	pubs["n1"].MustPub("surv/m", 1, false, "marker")
+	for _, n := range survivors {
+		expectOnce(t, "survivor "+n+" while "+victim+" is down", counts(subs[n].Until("surv/m")), []string{"qos0"})
+	}
+	// Every survivor reaches every other one.
+	for _, from := range survivors {
+		pubs[from].MustPub("surv/"+from, 1, false, "from-"+from)
+		pubs[from].MustPub("surv/m", 1, false, "marker")
+		for _, to := range survivors {
+			expectOnce(t, from+" -> "+to, counts(subs[to].Until("surv/m")), []string{"from-" + from})
+		}
+	}
+	pubs["n2"].MustPub("crr/during", 1, true, "during")
+	c.waitRetained("crr/during", "during")
+
+	// Restart under the same name, new ports.
+	c.net.Heal()
+	restarted := c.start(victim)
+	c.waitFormed()
+	c.waitTables()
+	c.waitRetained("crr/before", "before")
+	c.waitRetained("crr/during", "during")
+	c.waitRoutes() // the pre-crash record of cr-sub-n5 is gone
+	if st := restarted.Cluster().Status(); st.Subscriptions[victim] != 0 {
+		t.Errorf("restarted %s still routes %d subscriptions to itself from before the crash", victim, st.Subscriptions[victim])
+	}
+
+	s := brokertest.MustV5(t, c.url(victim), "cr-sub-"+victim+"-new")
+	s.MustSub("cr/#", 1)
+	subs[victim] = s
+	pubs[victim] = brokertest.MustV5(t, c.url(victim), "cr-pub-"+victim+"-new")
+	c.waitRoutes()
+	for _, from := range []string{"n1", victim} {
+		pubs[from].MustPub("cr/"+from, 2, false, "after-"+from)
+		pubs[from].MustPub("cr/m", 1, false, "marker")
+		for _, to := range c.names {
+			expectOnce(t, "after restart "+from+" -> "+to, counts(subs[to].Until("cr/m")), []string{"after-" + from})
+		}
+	}
+
+	// Graceful leave of a node hosting a persistent session.
+	const leaver = "n4"
+	ps := brokertest.MustV5(t, c.url(leaver), "cr-persistent", brokertest.V5Options{KeepSession: true, SessionExpiry: 300})
+	ps.MustSub("cr/#", 1)
+	ps.Close()
+	c.waitRoutes()
+	c.stop(leaver)
+	// Only the publishing node's view decides how it routes.
+	c.eventually("n1 to see "+leaver+" as left", func() (bool, string) {
+		for _, m := range c.node("n1").Cluster().Status().Members {
+			if m.Name == leaver && m.State != "left" {
+				return false, fmt.Sprintf("n1 sees %s %s", leaver, m.State)
+			}
+		}
+		return true, ""
+	})
+	if rc := pubs["n1"].Pub("cr/left", 1, false, "after-leave"); rc != 0 {
+		t.Errorf("QoS 1 publish matching a left node's persistent session: reason 0x%02x, want success", rc)
+	}
+	pubs["n1"].MustPub("cr/m", 1, false, "marker")
+	for _, to := range c.names {
+		expectOnce(t, "after "+leaver+" left -> "+to, counts(subs[to].Until("cr/m")), []string{"after-leave"})
+	}
+}
