@@ -66,10 +66,11 @@ type Config struct {
 	// RegisterTimeout is cluster.register_timeout: the longest a CONNECT
 	// waits for the client id's leader. Default 5s.
 	RegisterTimeout time.Duration `koanf:"register_timeout"`
-	// SharedSubscriptionPolicy is cluster.shared_subscription_policy:
-	// prefer_local (a group with a member on the publishing node is
-	// served there; otherwise by a random node with members) or random
-	// (a random node among all with members). Default prefer_local.
+	// SharedSubscriptionPolicy is cluster.shared_subscription_policy.
+	// The one policy is prefer_local: a group with a member on the
+	// publishing node is served there, otherwise by a random node with
+	// members. (A cluster-wide random pick would need mochi to skip its
+	// local selection; until then it would deliver twice.)
 	SharedSubscriptionPolicy string `koanf:"shared_subscription_policy"`
 	// TombstoneGrace is cluster.tombstone_grace: how long deletions are
 	// remembered for replication. A node partitioned away for longer may
@@ -141,7 +142,7 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s: %q is not host:port (%v)", a.key, a.v, err))
 		}
 	}
-	if c.GossipAddress == c.DataAddress {
+	if _, port, _ := net.SplitHostPort(c.DataAddress); c.GossipAddress == c.DataAddress && port != "0" {
 		errs = append(errs, fmt.Errorf("cluster.data_address: %q is also cluster.gossip_address; use another port", c.DataAddress))
 	}
 	if c.SecretKey != "" && len(c.SecretKey) < 16 {
@@ -154,9 +155,9 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("cluster.forward_timeout, cluster.register_timeout: must be > 0"))
 	}
 	switch c.SharedSubscriptionPolicy {
-	case "prefer_local", "random":
+	case "prefer_local":
 	default:
-		errs = append(errs, fmt.Errorf("cluster.shared_subscription_policy: %q is not prefer_local or random", c.SharedSubscriptionPolicy))
+		errs = append(errs, fmt.Errorf("cluster.shared_subscription_policy: %q is not supported; use prefer_local", c.SharedSubscriptionPolicy))
 	}
 	if c.TombstoneGrace < time.Minute {
 		errs = append(errs, errors.New("cluster.tombstone_grace: must be >= 1m"))

@@ -367,6 +367,46 @@ func (n *Node) PutSession(clientID string, rec routes.SessionRecord) {
 	n.write(tableSessions, clientID, b, false)
 }
 
+// PutSessionSync writes clientID's session record and waits until every
+// alive peer has applied it, so that no peer routes the client's messages
+// to its previous node after this returns. Used when a session moved here
+// (takeover), before the client gets its CONNACK.
+func (n *Node) PutSessionSync(ctx context.Context, clientID string, rec routes.SessionRecord) error {
+	b, err := rec.MarshalBinary()
+	if err != nil {
+		return fmt.Errorf("encode session record of %s: %w", clientID, err)
+	}
+	n.mu.Lock()
+	up, err := n.store.Put(tableSessions, clientID, b, time.Now())
+	if err == nil {
+		n.applyLocked(up.Change, false)
+	}
+	n.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("write session record of %s: %w", clientID, err)
+	}
+	payload := replica.AppendDeltas(nil, up.Out...)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var errs []error
+	for _, m := range n.aliveMembers() {
+		if m == n.name {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := n.dp.Call(ctx, m, callApply, payload); err != nil {
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("replicate session of %s to %s: %w", clientID, m, err))
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
 // DeleteSession deletes clientID's session record.
 func (n *Node) DeleteSession(clientID string) { n.write(tableSessions, clientID, nil, true) }
 
@@ -674,7 +714,7 @@ func (n *Node) Forward(ctx context.Context, topic string, qos byte, encode func(
 		}
 	}
 	for _, sm := range res.Shared {
-		if n.cfg.SharedSubscriptionPolicy == "prefer_local" && slices.Contains(sm.Nodes, n.name) {
+		if slices.Contains(sm.Nodes, n.name) { // prefer_local
 			continue // served by the local broker
 		}
 		if pick := n.pickShared(sm.Nodes); pick != n.name && pick != "" {
@@ -879,6 +919,14 @@ func (h *dpHandler) HandleCall(from string, typ uint8, payload []byte) ([]byte, 
 		return nil, n.deliver(from, payload)
 	case callDigest:
 		return n.answerDigest(payload)
+	case callApply:
+		ds, err := replica.DecodeDeltas(payload)
+		if err != nil {
+			n.stats.badFrames.Add(1)
+			return nil, err
+		}
+		n.applyDeltas(ds)
+		return nil, nil
 	case callRegister:
 		c, err := decodeClaim(payload)
 		if err != nil {

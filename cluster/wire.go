@@ -21,6 +21,7 @@ const (
 	callDigest   uint8 = 11 // replica digest -> bucket sets + deltas (anti-entropy)
 	callRegister uint8 = 12 // claim request -> session blob (at the client id's leader)
 	callTakeover uint8 = 13 // claim request -> session blob (at the session's node)
+	callApply    uint8 = 14 // replica.AppendDeltas -> empty, once applied (synchronous replication)
 )
 
 // protoVersion is announced in membership metadata; a node with another

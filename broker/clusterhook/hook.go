@@ -50,6 +50,9 @@ type Cluster interface {
 	// cluster's resolved one again (through ApplyRetained, serialized
 	// with replication).
 	ReapplyRetained(topic string)
+	// PutSessionSync writes the record and waits until every alive peer
+	// applied it.
+	PutSessionSync(ctx context.Context, clientID string, rec routes.SessionRecord) error
 	// Register claims clientID for this node with the client's leader,
 	// taking the session over from wherever it lives. It returns the
 	// moved session (nil if none or clean).
@@ -195,6 +198,14 @@ func (h *Hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 			// The session cannot be used; the client gets a new one
 			// (session present = false tells it so).
 			h.log.Error("import moved session", "client", cl.ID, "error", err)
+		} else if moved, ok := h.srv.Clients.Get(cl.ID); ok {
+			// Route the session's messages here on every node before
+			// the client is acknowledged: a publish acked after the
+			// CONNACK must not go to the node it came from, which no
+			// longer has the subscriptions.
+			if err := c.PutSessionSync(ctx, cl.ID, record(c.Name(), moved)); err != nil {
+				h.log.Warn("moved session's routes not confirmed by every node", "client", cl.ID, "error", err)
+			}
 		}
 	}
 	return nil

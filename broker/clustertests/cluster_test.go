@@ -25,6 +25,7 @@ func TestCluster(t *testing.T) {
 		{"RetainedConcurrentWrites", testRetainedConcurrent},
 		{"SessionMovesWithQueue", testSessionMove},
 		{"SessionTakenOver", testTakenOver},
+		{"PublishRightAfterMove", testPublishRightAfterMove},
 		{"WillAcrossNodes", testWill},
 		{"BadInput", testBadInput},
 	} {

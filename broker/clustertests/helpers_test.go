@@ -107,12 +107,6 @@ func (c *testCluster) config(name string) config.Config {
 		// The transport owns the gossip port; the address only has to
 		// differ from the data address to validate.
 		cfg.Cluster.GossipAddress = tr.Addr()
-	} else {
-		// LoopbackConfig binds both gossip and data to 127.0.0.1:0, which
-		// cluster.Config.Validate refuses as "the same address". Spelling
-		// port 0 differently passes and still lets the kernel pick a free
-		// port (brokertest.FreeAddr would race with other test runs).
-		cfg.Cluster.DataAddress = "127.0.0.1:00"
 	}
 	if len(c.names) > 0 {
 		cfg.Cluster.Seeds = []string{c.gossipAddr(c.names[0])}

@@ -182,3 +182,40 @@ func testWill(t *testing.T, c *testCluster) {
 	marker.MustPub("will/w", 1, true, "")
 	c.waitRetained("will/w", "")
 }
+
+// testPublishRightAfterMove: QoS 1 publishes from a third node, acked right
+// after a moved session's CONNACK, all reach the session on its new node.
+// Before the moved record was replicated synchronously at CONNECT, the
+// publisher's node could still route to the old node, which had dropped
+// the subscriptions: acked and lost. The session hops between n1 and n2
+// several times to give the race room.
+func testPublishRightAfterMove(t *testing.T, c *testCluster) {
+	const id = "quick-mover"
+	opts := brokertest.V5Options{KeepSession: true, SessionExpiry: 300}
+	first := brokertest.MustV5(t, c.url("n1"), id, opts)
+	first.MustSub("qm/#", 1)
+	first.Close()
+	c.waitRoutes()
+	pub := brokertest.MustV5(t, c.url("n3"), "qm-pub")
+	for hop := range 12 {
+		to := []string{"n2", "n1"}[hop%2]
+		cl := brokertest.MustV5(t, c.url(to), id, opts)
+		want := seq(fmt.Sprintf("qm%d-", hop), 5)
+		for _, p := range want {
+			pub.MustPub("qm/x", 1, false, p)
+		}
+		var got []*paho.Publish
+		for range want {
+			got = append(got, cl.Next())
+		}
+		expectOnce(t, fmt.Sprintf("hop %d to %s: publishes right after the move", hop, to), counts(got), want)
+		cl.Close()
+		srv := c.node(to).Server()
+		brokertest.Eventually(t, "the mover to be disconnected on "+to, func() bool {
+			old, ok := srv.Clients.Get(id)
+			return !ok || old.Closed()
+		})
+	}
+	pub.Close()
+	c.waitDisconnected()
+}
