@@ -89,14 +89,6 @@ func (c *testCluster) config(name string) config.Config {
 	cfg.Cluster.ProbeInterval = 300 * time.Millisecond
 	cfg.Cluster.ProbeTimeout = 200 * time.Millisecond
 	cfg.Cluster.SuspicionMult = 5
-	// A node with seeds and no live peer re-joins its seeds every
-	// ReconnectInterval, and membership's join reads memberlist's local
-	// node without a lock while Leave rewrites it: a data race (reported
-	// to the membership owner) that -race flags when such a node is
-	// stopped, e.g. the last node of a cluster whose first node already
-	// left. No test here relies on the reconnect loop (nodes join their
-	// seeds at start), so it is kept from ticking during a test.
-	cfg.Cluster.ReconnectInterval = time.Minute
 	if c.net != nil {
 		tr, err := c.net.Transport(name)
 		if err != nil {

@@ -265,7 +265,15 @@ func (m *Membership) join(addrs []string) (int, error) {
 	m.mu.Lock()
 	ml := m.ml
 	m.mu.Unlock()
-	targets := m.resolve(addrs, int(ml.LocalNode().Port))
+	// The local port comes from the address stored at Start: reading
+	// ml.LocalNode() races with Leave, which rewrites the local node.
+	port := 0
+	if p := m.localAddr.Load(); p != nil {
+		if _, ps, err := net.SplitHostPort(*p); err == nil {
+			port, _ = strconv.Atoi(ps)
+		}
+	}
+	targets := m.resolve(addrs, port)
 	if len(targets) == 0 {
 		return 0, errors.New("membership: no address to join (seeds did not resolve or are this node)")
 	}
