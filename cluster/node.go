@@ -766,22 +766,32 @@ func (n *Node) Forward(ctx context.Context, topic string, qos byte, encode func(
 	}
 	var wg sync.WaitGroup
 	var mu sync.Mutex
-	for t, groups := range targets {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_, err := n.dp.Call(ctx, t, callForward, appendForward(nil, groups, msg))
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				errs = append(errs, fmt.Errorf("forward to %s: %w", t, err))
-				return
-			}
-			n.stats.forwarded.Add(1)
-			n.stats.forwardedBytes.Add(uint64(len(msg)))
-		}()
+	call := func(t string, groups []string) {
+		_, err := n.dp.Call(ctx, t, callForward, appendForward(nil, groups, msg))
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("forward to %s: %w", t, err))
+			return
+		}
+		n.stats.forwarded.Add(1)
+		n.stats.forwardedBytes.Add(uint64(len(msg)))
 	}
-	wg.Wait()
+	if len(targets) == 1 {
+		// The common case: no goroutine per publish.
+		for t, groups := range targets {
+			call(t, groups)
+		}
+	} else {
+		for t, groups := range targets {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				call(t, groups)
+			}()
+		}
+		wg.Wait()
+	}
 	if len(errs) > 0 {
 		n.stats.refusedUnreachable.Add(1)
 	}
