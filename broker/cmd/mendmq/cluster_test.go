@@ -30,18 +30,7 @@ func TestExampleClusterProcesses(t *testing.T) {
 	var procs [3]*proc
 	for i := range procs {
 		p := &proc{out: newSyncBuffer(), exited: make(chan error, 1), mqtt: 1883 + i, admin: 8081 + i}
-		p.cmd = exec.Command(binPath, "serve", "--config", filepath.Join("..", "..", "..", "examples", "cluster", fmt.Sprintf("node%d.yaml", i+1)))
-		p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-		if err := p.cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		go func() { p.exited <- p.cmd.Wait() }()
-		t.Cleanup(func() {
-			if p.cmd.ProcessState == nil {
-				_ = p.cmd.Process.Kill()
-				<-p.exited
-			}
-		})
+		p.launch(t, filepath.Join("..", "..", "..", "examples", "cluster", fmt.Sprintf("node%d.yaml", i+1)))
 		procs[i] = p
 	}
 	// Every node sees three alive members.

@@ -86,19 +86,7 @@ func startNode(t *testing.T, yaml string, env ...string) *proc {
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p.cmd = exec.Command(binPath, "serve", "--config", path)
-	p.cmd.Env = append(os.Environ(), env...)
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.exited <- p.cmd.Wait() }()
-	t.Cleanup(func() {
-		if p.cmd.ProcessState == nil {
-			_ = p.cmd.Process.Kill()
-			<-p.exited
-		}
-	})
+	p.launch(t, path, env...)
 	deadline := time.Now().Add(15 * time.Second)
 	for time.Now().Before(deadline) {
 		select {
@@ -117,6 +105,25 @@ func startNode(t *testing.T, yaml string, env ...string) *proc {
 	}
 	t.Fatalf("node not ready in 15s:\n%s", p.out)
 	return nil
+}
+
+// launch starts `mendmq serve --config path`; the test's cleanup kills it
+// if it is still running.
+func (p *proc) launch(t *testing.T, path string, env ...string) {
+	t.Helper()
+	p.cmd = exec.Command(binPath, "serve", "--config", path)
+	p.cmd.Env = append(os.Environ(), env...)
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.exited <- p.cmd.Wait() }()
+	t.Cleanup(func() {
+		if p.cmd.ProcessState == nil {
+			_ = p.cmd.Process.Kill()
+			<-p.exited
+		}
+	})
 }
 
 // stop sends SIGTERM and returns the exit error.
@@ -333,12 +340,7 @@ func TestConfigHotReload(t *testing.T) {
 		}
 	}
 	write("latestupdate")
-	p.cmd = exec.Command(binPath, "serve", "--config", path)
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.exited <- p.cmd.Wait() }()
+	p.launch(t, path)
 	defer p.stop(t)
 	admin := fmt.Sprintf("http://127.0.0.1:%d", p.admin)
 	list := func() string {
