@@ -2,6 +2,7 @@ package clustertests
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/eclipse/paho.golang/paho"
@@ -204,9 +205,17 @@ func testPublishRightAfterMove(t *testing.T, c *testCluster) {
 		for _, p := range want {
 			pub.MustPub("qm/x", 1, false, p)
 		}
+		// A message of an earlier hop may come again: the client closed
+		// before its PUBACK was processed, so it stayed in the session
+		// and is redelivered (QoS 1 is at least once). Those are skipped.
 		var got []*paho.Publish
-		for range want {
-			got = append(got, cl.Next())
+		prefix := fmt.Sprintf("qm%d-", hop)
+		for len(got) < len(want) {
+			m := cl.Next()
+			if !strings.HasPrefix(string(m.Payload), prefix) {
+				continue
+			}
+			got = append(got, m)
 		}
 		expectOnce(t, fmt.Sprintf("hop %d to %s: publishes right after the move", hop, to), counts(got), want)
 		cl.Close()
