@@ -46,6 +46,7 @@ bench-cluster: build
 ## bench-go: Go micro-benchmarks (merge policies, data plane, routing, replication)
 bench-go:
 	$(GO) test -run XXX -bench . -benchtime 1s ./plugins/ ./cluster/dataplane/ ./cluster/routes/ ./cluster/replica/
+	$(GO) test -run XXX -bench JoinConvergence -benchtime 1x -count 3 ./broker/clustertests/
 
 ## policies: rebuild the merge-policy modules (Go built-ins, C examples, hostile test modules, jsonmerge)
 policies:
