@@ -40,7 +40,8 @@ const storageLockTimeout = 2 * time.Second
 // Broker is one mendmq node.
 type Broker struct {
 	cfg      config.Config
-	log      *slog.Logger
+	log      *slog.Logger // with the node attribute
+	baseLog  *slog.Logger // as passed to New
 	server   *mqtt.Server
 	registry *prometheus.Registry
 	metrics  *metrics.MQTT
@@ -60,6 +61,7 @@ func New(cfg config.Config, log *slog.Logger) (*Broker, error) {
 	if log == nil {
 		log = slog.Default()
 	}
+	base := log
 	log = log.With("node", cfg.Node.Name)
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumPacketSize = cfg.MQTT.MaxPacketSize
@@ -84,7 +86,7 @@ func New(cfg config.Config, log *slog.Logger) (*Broker, error) {
 		SysTopicResendInterval: int64(cfg.MQTT.SysInterval.Seconds()),
 		InlineClient:           true,
 	})
-	b := &Broker{cfg: cfg, log: log, server: server, registry: prometheus.NewRegistry()}
+	b := &Broker{cfg: cfg, log: log, baseLog: base, server: server, registry: prometheus.NewRegistry()}
 	b.metrics = metrics.New(server.Info)
 	b.registry.MustRegister(b.metrics, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
@@ -167,7 +169,8 @@ func (b *Broker) addHooks() error {
 func (b *Broker) addCluster() error {
 	cc := b.cfg.Cluster
 	if cc.Logger == nil {
-		cc.Logger = b.log
+		// membership and the data plane add the node attribute themselves.
+		cc.Logger = b.baseLog
 	}
 	if cc.RetainedResolver == nil {
 		cc.RetainedResolver = clusterhook.RetainedResolver(b.policies, b.log)

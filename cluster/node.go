@@ -79,10 +79,11 @@ var (
 
 // Node is this process's member of the cluster.
 type Node struct {
-	cfg    Config
-	name   string
-	log    *slog.Logger
-	broker Broker
+	cfg     Config
+	name    string
+	log     *slog.Logger // with the node attribute
+	baseLog *slog.Logger // for membership and dataplane, which add it themselves
+	broker  Broker
 
 	ml *membership.Membership
 	dp *dataplane.Plane
@@ -144,7 +145,7 @@ func New(name string, cfg Config, broker Broker) (*Node, error) {
 		return nil, fmt.Errorf("create replica store: %w", err)
 	}
 	n := &Node{
-		cfg: cfg, name: name, log: log, broker: broker, store: store, index: routes.NewIndex(),
+		cfg: cfg, name: name, log: log.With("node", name), baseLog: log, broker: broker, store: store, index: routes.NewIndex(),
 		members: map[string]membership.State{}, registry: map[string]string{}, stop: make(chan struct{}),
 	}
 	n.matchPool.New = func() any { return new(routes.Result) }
@@ -153,7 +154,7 @@ func New(name string, cfg Config, broker Broker) (*Node, error) {
 	dc := dataplane.DefaultConfig()
 	dc.NodeName, dc.ClusterName, dc.BindAddr = name, cfg.Name, cfg.DataAddress
 	dc.SecretKey = []byte(cfg.SecretKey)
-	dc.Logger = log
+	dc.Logger = log // the data plane adds the node attribute
 	if cfg.DataNetwork != nil {
 		dc.Network = cfg.DataNetwork
 		l := dataplane.LoopbackConfig()
@@ -179,7 +180,7 @@ func (n *Node) Start() error {
 	mc.ProbeInterval, mc.ProbeTimeout, mc.SuspicionMult = n.cfg.ProbeInterval, n.cfg.ProbeTimeout, n.cfg.SuspicionMult
 	mc.GossipInterval, mc.PushPullInterval = n.cfg.GossipInterval, n.cfg.PushPullInterval
 	mc.ReconnectInterval, mc.ReconnectTimeout = n.cfg.ReconnectInterval, n.cfg.ReconnectTimeout
-	mc.Transport, mc.Logger = n.cfg.Transport, n.log
+	mc.Transport, mc.Logger = n.cfg.Transport, n.baseLog
 	mc.Meta = membership.NodeMeta{DataAddr: n.dataAdvertise(""), Proto: protoVersion}
 	mc.Admit = func(m membership.Member) error {
 		if m.Meta.Proto != protoVersion {

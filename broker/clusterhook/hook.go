@@ -363,8 +363,14 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		return pk, nil
 	}
 	qos := pk.FixedHeader.Qos
-	ctx, cancel := context.WithTimeout(context.Background(), h.opts.ForwardTimeout)
-	defer cancel()
+	// QoS 0 forwards are queued without waiting: no deadline (and no
+	// timer) on that path, which is the hottest one.
+	ctx := context.Background()
+	if qos > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, h.opts.ForwardTimeout)
+		defer cancel()
+	}
 	err := c.Forward(ctx, pk.TopicName, qos, func() ([]byte, error) { return EncodePublish(pk) })
 	if err == nil {
 		return pk, nil
