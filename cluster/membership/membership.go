@@ -384,10 +384,44 @@ func (m *Membership) Leave(timeout time.Duration) error {
 	if err := ml.UpdateNode(timeout); err != nil {
 		m.log.Warn("leave flag not announced in time; some members may see this node fail", "err", err)
 	}
+	// Gossip may deliver the leave notice to a member before the flag
+	// (each broadcast reaches a few random members per round), and that
+	// member would then record a failure. A direct, reliable (TCP)
+	// notice to every member closes that race.
+	m.noticeLeaving(ml, timeout)
 	if err := ml.Leave(timeout); err != nil {
 		return fmt.Errorf("membership: leave: %w", err)
 	}
 	return nil
+}
+
+// noticeLeaving sends the leave notice to every other alive member over
+// memberlist's reliable channel, in parallel, waiting at most timeout.
+// A member it does not reach may record this node as failed.
+func (m *Membership) noticeLeaving(ml *memberlist.Memberlist, timeout time.Duration) {
+	msg := encodeLeavingNotice(m.cfg.NodeName)
+	var wg sync.WaitGroup
+	for _, n := range ml.Members() {
+		if n.Name == m.cfg.NodeName {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := ml.SendReliable(n, msg); err != nil {
+				m.log.Warn("leave notice not delivered; the member may see this node fail", "member", n.Name, "err", err)
+			}
+		}()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		m.log.Warn("leave notices not all delivered in time", "timeout", timeout)
+	}
 }
 
 // Forget drops a Dead or Left member: it is no longer re-joined or listed
@@ -585,8 +619,20 @@ func (d *delegates) NodeMeta(limit int) []byte {
 	return b
 }
 
-// NotifyMsg implements memberlist.Delegate; user messages are not used.
-func (d *delegates) NotifyMsg([]byte) {}
+// NotifyMsg implements memberlist.Delegate. The only user message is
+// a leaving member's direct leave notice (see Leave); anything else is
+// counted as refused input and dropped.
+func (d *delegates) NotifyMsg(b []byte) {
+	m := d.m
+	name, err := decodeLeavingNotice(b)
+	if err != nil {
+		m.log.Debug("dropped user message", "err", err)
+		return
+	}
+	m.mu.Lock()
+	m.table.leaving(name)
+	m.mu.Unlock()
+}
 
 // GetBroadcasts implements memberlist.Delegate; nothing is piggybacked.
 func (d *delegates) GetBroadcasts(overhead, limit int) [][]byte { return nil }

@@ -136,3 +136,24 @@ func defaultNodeName() string {
 	}
 	return h
 }
+
+// leavingNoticeTag starts a direct leave notice (user message), so that
+// a later message kind can be told apart.
+const leavingNoticeTag = 'L'
+
+// encodeLeavingNotice encodes the direct leave notice of node: tag, then
+// the node name (at most 255 bytes, as memberlist names are short).
+func encodeLeavingNotice(node string) []byte {
+	node = truncate(node, 255)
+	b := make([]byte, 0, 2+len(node))
+	b = append(b, leavingNoticeTag, byte(len(node)))
+	return append(b, node...)
+}
+
+// decodeLeavingNotice is the inverse of encodeLeavingNotice.
+func decodeLeavingNotice(b []byte) (string, error) {
+	if len(b) < 2 || b[0] != leavingNoticeTag || int(b[1]) != len(b)-2 || b[1] == 0 {
+		return "", fmt.Errorf("membership: malformed leave notice (%d bytes)", len(b))
+	}
+	return string(b[2:]), nil
+}

@@ -64,7 +64,8 @@ func (t *table) alive(m Member, leaving bool, now time.Time) []event {
 		t.st.Joins++
 		return []event{{evJoin, m}}
 	}
-	r.leaving = leaving
+	// Sticky: a direct leave notice may arrive before the flag.
+	r.leaving = r.leaving || leaving
 	changed := r.m.State != Alive || r.m.GossipAddr != m.GossipAddr || !metaEqual(r.m.Meta, m.Meta)
 	if r.m.State != Alive {
 		r.since = now
@@ -74,6 +75,15 @@ func (t *table) alive(m Member, leaving bool, now time.Time) []event {
 		return nil
 	}
 	return []event{{evUpdate, m}}
+}
+
+// leaving records a member's direct leave notice: when memberlist
+// declares it gone next, it is Left. Unknown or gone members are
+// unchanged (the notice may trail the leave itself).
+func (t *table) leaving(name string) {
+	if r, ok := t.recs[name]; ok && (r.m.State == Alive || r.m.State == Suspect) {
+		r.leaving = true
+	}
 }
 
 // gone records that memberlist declared a member gone: Left if it

@@ -113,6 +113,21 @@ func TestMetaRoundTrip(t *testing.T) {
 	}
 }
 
+func FuzzDecodeLeavingNotice(f *testing.F) {
+	f.Add(encodeLeavingNotice("n1"))
+	f.Add([]byte{'L', 0})
+	f.Add([]byte{'L', 5, 'a'})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		name, err := decodeLeavingNotice(b)
+		if err != nil {
+			return
+		}
+		if got, err := decodeLeavingNotice(encodeLeavingNotice(name)); err != nil || got != name {
+			t.Fatalf("round trip of %q: %q, %v", name, got, err)
+		}
+	})
+}
+
 func FuzzDecodeMeta(f *testing.F) {
 	f.Add(encodeWireMeta(wireMeta{cluster: "mendmq", NodeMeta: NodeMeta{DataAddr: "127.0.0.1:7947", Proto: 1, App: []byte("x")}}))
 	f.Add([]byte{1, 0, 0, 0, 0, 0, 0})
@@ -198,6 +213,20 @@ func TestTableLifecycle(t *testing.T) {
 		t.Fatalf("left member due for reconnect: %v", due)
 	}
 
+	// A direct leave notice ahead of the flag (gossip reordering) also
+	// makes it Left, and a stale flagless update does not undo it.
+	expect("e join", tb.alive(mem("e"), false, t0), evJoin)
+	tb.leaving("e")
+	expect("e stale update", tb.alive(mem("e"), false, t0))
+	expect("e gone", tb.gone(mem("e"), t0), evLeave)
+	if m, _ := tb.lookup("e"); m.State != Left {
+		t.Fatalf("e state %v after a leave notice, want left", m.State)
+	}
+	tb.leaving("zz") // unknown: no record appears
+	if _, ok := tb.lookup("zz"); ok {
+		t.Fatal("leave notice for an unknown member created a record")
+	}
+
 	// A dead member another node saw leave becomes Left.
 	expect("d join", tb.alive(mem("d"), false, t0), evJoin)
 	expect("d dies", tb.gone(mem("d"), t0), evLeave)
@@ -218,7 +247,7 @@ func TestTableLifecycle(t *testing.T) {
 	expect("forget c", evs, evRemove)
 	expect("reap disabled", tb.reap(t0.Add(1000*time.Hour), 0))
 	expect("reap early", tb.reap(t0.Add(time.Minute), time.Hour))
-	expect("reap d", tb.reap(t0.Add(time.Hour), time.Hour), evRemove)
+	expect("reap d and e", tb.reap(t0.Add(time.Hour), time.Hour), evRemove, evRemove)
 	names := []string{}
 	for _, m := range tb.members() {
 		names = append(names, m.Name)
