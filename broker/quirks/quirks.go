@@ -5,12 +5,15 @@ package quirks
 
 import (
 	"bytes"
+	"sync"
+	"sync/atomic"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
-// Hook applies the workarounds.
+// Hook applies the workarounds. Create it with New.
 //
 // Send-quota deadlock (mochi v2.7.9): after every packet from a client
 // with messages in flight and a positive send quota, mochi calls
@@ -25,22 +28,352 @@ import (
 // client's Receive Maximum (mqtt.max_inflight still bounds what is stored
 // per client). Clients that announce a small Receive Maximum may see more
 // in flight than they asked for.
+//
+// Publish before CONNACK, twice after it (mochi v2.7.9): a connecting
+// client is listed (Clients.Add) and subscribed before its CONNACK is
+// written, so a publish matching its subscriptions in between is written
+// first and the client fails the connection ("unexpected packet"); and
+// after a CONNACK with session present mochi resends the session's queue,
+// which also holds the QoS 1/2 publishes just queued and written by the
+// client's write loop, so those go out twice, in either order. The hook
+// holds a PUBLISH (OnPacketEncode) until the CONNACK went out (at most
+// connackWait), and writes each packet id once: until the session is
+// established a resend of one already written is withheld, and later the
+// write loop's copy of one already resent is (until the client acks it).
+//
+// Messages lost at a session takeover (mochi v2.7.9): when a client
+// resumes its session, mochi marks the old client taken over, clones its
+// queue into the new one, clears the old queue, and only then lists the
+// new client in place of the old. A QoS 1/2 message queued for the old
+// client after the clone (publishers still find the old client listed)
+// was lost. The hook collects those messages (OnQosDropped of the clear,
+// OnQosPublish for a taken-over client) and queues the ones the clone did
+// not carry over to the client that holds the session once its session
+// is established.
 type Hook struct {
 	mqtt.HookBase
+	srv *mqtt.Server
+
+	gateMu sync.Mutex
+	gates  map[*mqtt.Client]*gate
+	nGates atomic.Int32
+
+	resentMu sync.Mutex
+	resent   map[*mqtt.Client]map[uint16]packets.Packet
+	nResent  atomic.Int32 // clients in resent (fast path)
+
+	orphanMu sync.Mutex
+	orphans  map[string][]packets.Packet
+	settled  map[string]*settled // client id -> its session's established client
 }
 
+// gate tracks a connecting client from OnSessionEstablish until its
+// session is established.
+type gate struct {
+	open    chan struct{} // closed once the CONNACK is out
+	present bool          // the CONNACK's session present flag (set before open closes)
+	written map[uint16]packets.Packet
+}
+
+// settled is the client holding a session, with the queue it had when
+// its session was established (the takeover's clone, nothing acked yet).
+type settled struct {
+	cl     *mqtt.Client
+	cloned map[uint16]packets.Packet
+}
+
+// connackWait bounds how long a publish to a connecting client waits
+// for its CONNACK; after that it is written anyway (the connection is
+// probably failing).
+const connackWait = 2 * time.Second
+
+// maxOrphans bounds the messages collected per taken-over session.
+const maxOrphans = 1 << 14
+
 var _ mqtt.Hook = (*Hook)(nil)
+
+// New returns the hook for srv.
+func New(srv *mqtt.Server) *Hook {
+	return &Hook{srv: srv, gates: map[*mqtt.Client]*gate{}, orphans: map[string][]packets.Packet{},
+		settled: map[string]*settled{}, resent: map[*mqtt.Client]map[uint16]packets.Packet{}}
+}
 
 // ID names the hook.
 func (h *Hook) ID() string { return "mendmq-quirks" }
 
 // Provides declares the handled hook methods.
 func (h *Hook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnSessionEstablished}, []byte{b})
+	return bytes.Contains([]byte{
+		mqtt.OnSessionEstablish, mqtt.OnSessionEstablished, mqtt.OnPacketEncode, mqtt.OnPacketSent,
+		mqtt.OnDisconnect, mqtt.OnQosDropped, mqtt.OnQosPublish, mqtt.OnPacketRead,
+	}, []byte{b})
 }
 
-// OnSessionEstablished runs after mochi set the client's quotas and
-// inherited any previous session, before the client's first packet is read.
+// OnSessionEstablish runs before mochi lists the connecting client: from
+// here until its CONNACK is written, publishes to it wait.
+func (h *Hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
+	h.gateMu.Lock()
+	if _, ok := h.gates[cl]; !ok {
+		h.gates[cl] = &gate{open: make(chan struct{}), written: map[uint16]packets.Packet{}}
+		h.nGates.Add(1)
+	}
+	h.gateMu.Unlock()
+}
+
+// openGate releases the publishes held for cl; present is the CONNACK's
+// session present flag.
+func (h *Hook) openGate(cl *mqtt.Client, present bool) {
+	if h.nGates.Load() == 0 {
+		return
+	}
+	h.gateMu.Lock()
+	if g, ok := h.gates[cl]; ok {
+		select {
+		case <-g.open:
+		default:
+			g.present = present
+			close(g.open)
+		}
+	}
+	h.gateMu.Unlock()
+}
+
+// dropGate ends the tracking of cl (session established or failed).
+func (h *Hook) dropGate(cl *mqtt.Client) {
+	if h.nGates.Load() == 0 {
+		return
+	}
+	h.gateMu.Lock()
+	if g, ok := h.gates[cl]; ok {
+		select {
+		case <-g.open:
+		default:
+			close(g.open)
+		}
+		delete(h.gates, cl)
+		h.nGates.Add(-1)
+	}
+	h.gateMu.Unlock()
+}
+
+func samePublish(a, b packets.Packet) bool {
+	return a.TopicName == b.TopicName && bytes.Equal(a.Payload, b.Payload)
+}
+
+// OnPacketEncode holds a PUBLISH to a client whose CONNACK is not out and
+// writes each packet id once (see Hook). A packet it withholds gets an
+// invalid type, which makes WritePacket skip it.
+func (h *Hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type != packets.Publish || pk.FixedHeader.Qos == 0 {
+		if pk.FixedHeader.Type == packets.Publish && h.nGates.Load() > 0 {
+			h.hold(cl)
+		}
+		return pk
+	}
+	if h.nGates.Load() > 0 {
+		if g := h.hold(cl); g != nil {
+			h.gateMu.Lock()
+			defer h.gateMu.Unlock()
+			if h.gates[cl] == g {
+				w, ok := g.written[pk.PacketID]
+				switch {
+				case ok && samePublish(w, pk):
+					pk.FixedHeader.Type = packets.Reserved
+				case pk.FixedHeader.Dup:
+					g.written[pk.PacketID] = pk
+					h.noteResent(cl, pk)
+				default:
+					g.written[pk.PacketID] = pk
+				}
+				return pk
+			}
+		}
+	}
+	if !pk.FixedHeader.Dup && h.wasResent(cl, pk) {
+		pk.FixedHeader.Type = packets.Reserved
+	}
+	return pk
+}
+
+// hold waits until cl's CONNACK is out, if it is connecting, and returns
+// its gate (nil if none).
+func (h *Hook) hold(cl *mqtt.Client) *gate {
+	h.gateMu.Lock()
+	g, ok := h.gates[cl]
+	h.gateMu.Unlock()
+	if !ok {
+		return nil
+	}
+	select {
+	case <-g.open:
+	default:
+		t := time.NewTimer(connackWait)
+		select {
+		case <-g.open:
+		case <-t.C:
+			// The connection never got its CONNACK (mochi calls no
+			// hook for some failed connects): stop tracking it.
+			h.dropGate(cl)
+		}
+		t.Stop()
+	}
+	return g
+}
+
+// noteResent records a publish mochi resent at connect.
+func (h *Hook) noteResent(cl *mqtt.Client, pk packets.Packet) {
+	h.resentMu.Lock()
+	m := h.resent[cl]
+	if m == nil {
+		m = map[uint16]packets.Packet{}
+		h.resent[cl] = m
+		h.nResent.Add(1)
+	}
+	m[pk.PacketID] = pk
+	h.resentMu.Unlock()
+}
+
+// wasResent reports (once) whether pk went out already as a resend.
+func (h *Hook) wasResent(cl *mqtt.Client, pk packets.Packet) bool {
+	if h.nResent.Load() == 0 {
+		return false
+	}
+	h.resentMu.Lock()
+	defer h.resentMu.Unlock()
+	if w, ok := h.resent[cl][pk.PacketID]; ok && samePublish(w, pk) {
+		h.forgetResent(cl, int(pk.PacketID))
+		return true
+	}
+	return false
+}
+
+// forgetResent drops one resent entry (all of cl's if id < 0); resentMu
+// is held.
+func (h *Hook) forgetResent(cl *mqtt.Client, id int) {
+	m, ok := h.resent[cl]
+	if !ok {
+		return
+	}
+	if id >= 0 {
+		delete(m, uint16(id))
+	}
+	if id < 0 || len(m) == 0 {
+		delete(h.resent, cl)
+		h.nResent.Add(-1)
+	}
+}
+
+// OnPacketRead forgets a resent publish once the client acknowledged it
+// (its packet id may then be reused).
+func (h *Hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if t := pk.FixedHeader.Type; (t == packets.Puback || t == packets.Pubrec) && h.nResent.Load() > 0 {
+		h.resentMu.Lock()
+		h.forgetResent(cl, int(pk.PacketID))
+		h.resentMu.Unlock()
+	}
+	return pk, nil
+}
+
+// OnPacketSent opens the gate once the CONNACK is written.
+func (h *Hook) OnPacketSent(cl *mqtt.Client, pk packets.Packet, b []byte) {
+	if pk.FixedHeader.Type == packets.Connack {
+		h.openGate(cl, pk.SessionPresent)
+	}
+}
+
+// OnDisconnect ends the tracking of the client.
+func (h *Hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
+	h.dropGate(cl)
+	if h.nResent.Load() > 0 {
+		h.resentMu.Lock()
+		h.forgetResent(cl, -1)
+		h.resentMu.Unlock()
+	}
+	h.orphanMu.Lock()
+	if st := h.settled[cl.ID]; st != nil && st.cl == cl {
+		delete(h.settled, cl.ID)
+	}
+	h.orphanMu.Unlock()
+}
+
+// OnQosDropped collects the messages mochi drops from a session that a
+// reconnect took over.
+func (h *Hook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
+	if cl.IsTakenOver() && pk.FixedHeader.Type == packets.Publish {
+		h.orphan(cl, pk)
+	}
+}
+
+// OnQosPublish collects the messages queued for a client already taken
+// over.
+func (h *Hook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, resends int) {
+	if pk.FixedHeader.Type == packets.Publish && cl.IsTakenOver() {
+		h.orphan(cl, pk)
+	}
+}
+
+// orphan keeps pk, queued for the taken-over client old, for the client
+// that holds the session now, or queues it there if that one is set up.
+func (h *Hook) orphan(old *mqtt.Client, pk packets.Packet) {
+	h.orphanMu.Lock()
+	if st := h.settled[old.ID]; st != nil && st.cl != old {
+		if now, ok := h.srv.Clients.Get(old.ID); ok && now == st.cl {
+			h.orphanMu.Unlock()
+			h.adopt(st, []packets.Packet{pk})
+			return
+		}
+	}
+	if len(h.orphans[old.ID]) < maxOrphans {
+		h.orphans[old.ID] = append(h.orphans[old.ID], pk)
+	}
+	h.orphanMu.Unlock()
+}
+
+// OnSessionEstablished runs after mochi set the client's quotas,
+// inherited any previous session, sent the CONNACK and resent the
+// session's queue, before the client's first packet is read.
 func (h *Hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	cl.State.Inflight.ResetSendQuota(0)
+	h.dropGate(cl)
+	st := &settled{cl: cl, cloned: map[uint16]packets.Packet{}}
+	for _, p := range cl.State.Inflight.GetAll(false) {
+		if p.FixedHeader.Type == packets.Publish {
+			st.cloned[p.PacketID] = p
+		}
+	}
+	h.orphanMu.Lock()
+	orphans := h.orphans[cl.ID]
+	delete(h.orphans, cl.ID)
+	h.settled[cl.ID] = st
+	h.orphanMu.Unlock()
+	h.adopt(st, orphans)
+}
+
+// adopt queues orphans to the settled client, skipping those the
+// takeover's clone carried over.
+func (h *Hook) adopt(st *settled, orphans []packets.Packet) {
+	cl := st.cl
+	// A message queued for the old client between its clone and its
+	// clear is reported twice (queued, then dropped).
+	done := map[uint16]packets.Packet{}
+	for _, o := range orphans {
+		if c, ok := st.cloned[o.PacketID]; ok && c.Created == o.Created && samePublish(c, o) {
+			continue // carried over by the clone
+		}
+		if d, ok := done[o.PacketID]; ok && d.Created == o.Created && samePublish(d, o) {
+			continue
+		}
+		done[o.PacketID] = o
+		id, err := cl.NextPacketID()
+		if err != nil {
+			h.srv.Log.Warn("packet ids exhausted; message queued during a session takeover dropped", "client", cl.ID)
+			continue
+		}
+		o.PacketID = uint16(id)
+		o.FixedHeader.Dup = false
+		if cl.State.Inflight.Set(o) {
+			atomic.AddInt64(&h.srv.Info.Inflight, 1)
+		}
+		_ = cl.WritePacket(o)
+	}
 }

@@ -1,0 +1,137 @@
+package quirks_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/mendmq/mendmq/broker/brokertest"
+)
+
+// TestResumeUnderLoad: a persistent QoS 2 subscriber reconnects (taking
+// its own session over) again and again while a publisher streams QoS 2
+// messages at it. Every acknowledged message reaches the client on some
+// connection, no connection gets one twice, and no connection sees a
+// PUBLISH before its CONNACK. Without the hook, mochi v2.7.9 lost the
+// messages queued for the old connection after its queue was cloned, and
+// wrote publishes before the CONNACK (the client failed to connect).
+func TestResumeUnderLoad(t *testing.T) {
+	nd := brokertest.Start(t, brokertest.Config())
+	url := nd.URL(0)
+	const id, pubs, total, hops = "resumer", 4, 250, 20
+	opts := brokertest.V5Options{KeepSession: true, SessionExpiry: 300}
+
+	first := brokertest.MustV5(t, url, id, opts)
+	first.MustSub("rs/#", 2)
+	conns := []*brokertest.V5{first}
+
+	var mu sync.Mutex
+	var acked []string
+	var pubErr error
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for j := range pubs {
+		pub := brokertest.MustV5(t, url, fmt.Sprintf("rs-pub-%d", j))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := range total {
+				p := fmt.Sprintf("m-%d-%d", j, k)
+				ctx, cancel := context.WithTimeout(context.Background(), brokertest.Timeout)
+				resp, err := pub.Publish(ctx, &paho.Publish{Topic: "rs/x", QoS: 2, Payload: []byte(p)})
+				cancel()
+				mu.Lock()
+				if err != nil {
+					pubErr = err
+					mu.Unlock()
+					return
+				}
+				if resp.ReasonCode < 0x80 {
+					acked = append(acked, p)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	go func() { wg.Wait(); close(done) }()
+	for hop := 0; hop < hops; hop++ {
+		select {
+		case <-done:
+		case <-time.After(10 * time.Millisecond):
+		}
+		c, err := brokertest.ConnectV5(t, url, id, opts)
+		if err != nil {
+			t.Fatalf("reconnect %d under load: %v", hop, err)
+		}
+		if !c.Connack.SessionPresent {
+			t.Fatalf("reconnect %d: session present = false", hop)
+		}
+		conns = append(conns, c)
+	}
+	wg.Wait()
+	if pubErr != nil {
+		t.Fatal(pubErr)
+	}
+
+	last := conns[len(conns)-1]
+	got := make([]map[string]int, len(conns))
+	detail := map[string][]string{}
+	note := func(i int, m *paho.Publish) {
+		k := fmt.Sprintf("%d/%s", i, m.Payload)
+		detail[k] = append(detail[k], fmt.Sprintf("id=%d dup=%v", m.PacketID, m.Duplicate()))
+	}
+	drain := func(i int) {
+		for {
+			select {
+			case m := <-conns[i].Msgs():
+				got[i][string(m.Payload)]++
+				note(i, m)
+			default:
+				return
+			}
+		}
+	}
+	for i := range conns {
+		got[i] = map[string]int{}
+		drain(i)
+	}
+	missing := func() []string {
+		var out []string
+		for _, p := range acked {
+			n := 0
+			for i := range got {
+				n += got[i][p]
+			}
+			if n == 0 {
+				out = append(out, p)
+			}
+		}
+		return out
+	}
+	deadline := time.After(brokertest.Timeout)
+	for len(missing()) > 0 {
+		select {
+		case m := <-last.Msgs():
+			got[len(got)-1][string(m.Payload)]++
+			note(len(got)-1, m)
+		case <-deadline:
+			miss := missing()
+			t.Fatalf("%d of %d acknowledged messages never reached the client: %v", len(miss), len(acked), miss[:min(len(miss), 20)])
+		}
+	}
+	brokertest.MustV5(t, url, "rs-end").MustPub("rs/end", 1, false, "end")
+	for _, m := range last.Until("rs/end") {
+		got[len(got)-1][string(m.Payload)]++
+	}
+	for i := range got {
+		for p, n := range got[i] {
+			if n > 1 {
+				t.Errorf("connection %d got %s %d times: %v", i, p, n, detail[fmt.Sprintf("%d/%s", i, p)])
+			}
+		}
+	}
+}
