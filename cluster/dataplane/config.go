@@ -114,7 +114,9 @@ type Config struct {
 
 	// MaxConcurrentCalls bounds the HandleCall invocations running at
 	// once for one connection; further calls wait (back-pressure on that
-	// peer). Key cluster.data_max_concurrent_calls. Default 64.
+	// peer). It is also the most worker goroutines an inbound connection
+	// keeps (started on demand, ended with the connection). Key
+	// cluster.data_max_concurrent_calls. Default 64.
 	MaxConcurrentCalls int
 
 	// MaxPendingHandshakes bounds connections accepted but not yet

@@ -52,9 +52,10 @@ func (e *RemoteError) Error() string {
 // When a peer reconnects, frames of the old and the new connection may
 // briefly interleave.
 //
-// HandleCall is called for each Call, on its own goroutine: calls from
-// one peer may run concurrently (at most MaxConcurrentCalls) and in any
-// order. Its result, or its error as a RemoteError, is sent back.
+// HandleCall is called for each Call, off the connection's reader, on
+// one of at most MaxConcurrentCalls worker goroutines per connection:
+// calls from one peer may run concurrently and in any order. Its
+// result, or its error as a RemoteError, is sent back.
 //
 // payload is freshly allocated for each frame and owned by the handler.
 type Handler interface {
@@ -297,16 +298,20 @@ func (pl *Plane) Call(ctx context.Context, peer string, typ uint8, payload []byt
 		defer cancel()
 	}
 	id := pl.nextID.Add(1)
-	ch := make(chan callResult, 1)
+	ch := resultChans.Get().(chan callResult)
 	if err := p.addPending(id, ch); err != nil {
+		resultChans.Put(ch)
 		return nil, err
 	}
-	defer p.delPending(id)
 	if err := p.q.push(ctx, p.ctx.Done(), frame{typ: typ, flags: flagCall, id: id, payload: payload}); err != nil {
+		p.delPending(id) // ch may still be sent to: not reused
 		return nil, fmt.Errorf("dataplane: call %s type %d: %w", peer, typ, err)
 	}
 	select {
 	case r := <-ch:
+		// Whoever sent r (resolve, lost) removed ch from pending
+		// first, so nothing else refers to it.
+		resultChans.Put(ch)
 		if r.err != nil {
 			return nil, fmt.Errorf("dataplane: call %s type %d: %w", peer, typ, r.err)
 		}
@@ -315,9 +320,14 @@ func (pl *Plane) Call(ctx context.Context, peer string, typ uint8, payload []byt
 		}
 		return r.payload, nil
 	case <-ctx.Done():
+		p.delPending(id) // a reply may be on its way to ch: not reused
 		return nil, fmt.Errorf("dataplane: call %s type %d: %w", peer, typ, ctx.Err())
 	}
 }
+
+// resultChans recycles the reply channels of calls (capacity 1, empty
+// when put back).
+var resultChans = sync.Pool{New: func() any { return make(chan callResult, 1) }}
 
 // Reachable reports whether the outbound connection to peer is up and
 // authenticated.
