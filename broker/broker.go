@@ -149,7 +149,7 @@ func (b *Broker) addHooks() error {
 	if err := b.server.AddHook(ah, nil); err != nil {
 		return fmt.Errorf("add auth hook: %w", err)
 	}
-	if err := b.server.AddHook(new(quirks.Hook), nil); err != nil {
+	if err := b.server.AddHook(quirks.New(b.server), nil); err != nil {
 		return fmt.Errorf("add quirks hook: %w", err)
 	}
 	if err := b.server.AddHook(b.metrics, nil); err != nil {

@@ -53,20 +53,53 @@ const (
 // Broker is what the cluster needs from the MQTT front. Methods are called
 // from the cluster's goroutines, concurrently unless stated.
 type Broker interface {
-	// DeliverForwarded hands a publish forwarded by node from to local
-	// subscribers; groups are the shared subscriptions ("$share/g/f")
-	// this node must serve. It returns once the message is in the
-	// subscribers' sessions.
-	DeliverForwarded(from string, msg []byte, groups []string) error
+	// DeliverForwarded hands a publish forwarded by another node to local
+	// subscribers. It returns once the message is in the subscribers'
+	// sessions.
+	DeliverForwarded(d Delivery) error
 	// ApplyRetained sets (value != nil) or deletes the local retained
 	// message of topic. Calls are serialized, in the order of changes.
 	ApplyRetained(topic string, value []byte)
-	// TakeoverSession disconnects the local session of clientID (taken
-	// over by newNode) and returns it exported, or nil if there is none
-	// or it is not persistent.
-	TakeoverSession(clientID, newNode string) ([]byte, error)
-	// LocalSession reports whether clientID has a session on this node.
+	// TakeoverSession disconnects the local session of clientID, taken
+	// over by newNode. With handoff (the new connection keeps its
+	// session) it returns the session exported and keeps catching the
+	// session's messages until FinishTakeover; without, it discards the
+	// session and returns nil. It returns nil if there is no session or
+	// it is not persistent.
+	TakeoverSession(clientID, newNode string, handoff bool) ([]byte, error)
+	// FinishTakeover is newNode's signal that every node routes the
+	// session's messages to it: return the messages caught since the
+	// export and pass later stragglers on with Node.AppendSession.
+	FinishTakeover(clientID, newNode string) ([]byte, error)
+	// AppendSession adds messages caught by the old node of a session
+	// taken over by this node (encoded by that node's FinishTakeover or
+	// straggler shipping). An error makes the sender retry.
+	AppendSession(clientID string, msgs []byte) error
+	// LocalSession reports whether clientID has a session on this node
+	// (a session being handed off does not count).
 	LocalSession(clientID string) bool
+}
+
+// Delivery is a publish forwarded by another node.
+type Delivery struct {
+	// From is the forwarding node.
+	From string
+	// Msg is the broker's encoding of the publish.
+	Msg []byte
+	// Groups are the shared subscriptions ("$share/g/f") this node must
+	// serve.
+	Groups []string
+	// ID identifies the publish among those From forwarded (see
+	// Node.Forward); with From it is unique for the node's lifetime.
+	ID uint64
+}
+
+// Takeover is the outcome of a registration.
+type Takeover struct {
+	// From is the node the session was taken from, "" if none.
+	From string
+	// Session is the exported session, nil if none moved.
+	Session []byte
 }
 
 // Errors.
@@ -497,7 +530,7 @@ func (n *Node) applyLocked(c replica.Change, remote bool) {
 			n.wg.Add(1)
 			go func() {
 				defer n.wg.Done()
-				if _, err := n.broker.TakeoverSession(c.Key, rec.Node); err != nil {
+				if _, err := n.broker.TakeoverSession(c.Key, rec.Node, false); err != nil {
 					n.log.Warn("drop duplicate session", "client", c.Key, "error", err)
 				}
 			}()
@@ -687,8 +720,10 @@ func (n *Node) deleteSessionsOf(node string) {
 
 // Forward sends a publish to the other nodes with matching subscribers;
 // see the package documentation for the guarantee. encode is called only
-// when some node needs the message.
-func (n *Node) Forward(ctx context.Context, topic string, qos byte, encode func() ([]byte, error)) error {
+// when some node needs the message. id is passed on to the receivers
+// (Delivery.ID): the broker numbers its publishes so that one can be
+// recognized when it reaches a session by two paths (a session handoff).
+func (n *Node) Forward(ctx context.Context, topic string, qos byte, id uint64, encode func() ([]byte, error)) error {
 	if !n.running.Load() {
 		return nil
 	}
@@ -730,16 +765,18 @@ func (n *Node) Forward(ctx context.Context, topic string, qos byte, encode func(
 		return err
 	}
 	if qos == 0 {
-		for t, groups := range targets {
+		for t := range targets {
 			switch n.route(t) {
 			case routeStale:
 				n.stats.staleRoutes.Add(1)
-				continue
+				delete(targets, t)
 			case routeDown:
 				n.stats.dropUnreachable.Add(1)
-				continue
+				delete(targets, t)
 			}
-			if err := n.dp.Send(t, frameForward, appendForward(nil, groups, msg)); err != nil {
+		}
+		for t, groups := range targets {
+			if err := n.dp.Send(t, frameForward, appendForward(nil, groups, id, msg)); err != nil {
 				n.stats.dropQueueFull.Add(1)
 				continue
 			}
@@ -765,10 +802,13 @@ func (n *Node) Forward(ctx context.Context, topic string, qos byte, encode func(
 		n.stats.refusedUnreachable.Add(1)
 		return errors.Join(errs...)
 	}
+	if len(targets) == 0 {
+		return nil
+	}
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	call := func(t string, groups []string) {
-		_, err := n.dp.Call(ctx, t, callForward, appendForward(nil, groups, msg))
+		_, err := n.dp.Call(ctx, t, callForward, appendForward(nil, groups, id, msg))
 		mu.Lock()
 		defer mu.Unlock()
 		if err != nil {
@@ -839,10 +879,15 @@ func (n *Node) pickShared(nodes []string) string {
 
 // --- registration -------------------------------------------------------
 
-// Register claims clientID for this node (see clusterhook.Cluster).
-func (n *Node) Register(ctx context.Context, clientID string, clean bool) ([]byte, error) {
+// Register claims clientID for this node with the client id's leader,
+// which takes the session over from the node that holds it (see
+// Broker.TakeoverSession; clean: the new connection discards it). The
+// moved session, if any, comes back with the node it came from; once
+// every node routes the session here (PutSessionSync), call
+// FinishTakeover with that node.
+func (n *Node) Register(ctx context.Context, clientID string, clean bool) (Takeover, error) {
 	if !n.running.Load() {
-		return nil, ErrNotRunning
+		return Takeover{}, ErrNotRunning
 	}
 	n.stats.registrations.Add(1)
 	c := claim{ClientID: clientID, Node: n.name, Clean: clean}
@@ -850,12 +895,16 @@ func (n *Node) Register(ctx context.Context, clientID string, clean bool) ([]byt
 	if leader == n.name {
 		return n.lead(ctx, c)
 	}
-	return n.dp.Call(ctx, leader, callRegister, c.append(nil))
+	b, err := n.dp.Call(ctx, leader, callRegister, c.append(nil))
+	if err != nil {
+		return Takeover{}, err
+	}
+	return decodeTakeover(b)
 }
 
 // lead handles a claim as the client id's leader: it remembers the new
 // owner and takes the session over from the previous one.
-func (n *Node) lead(ctx context.Context, c claim) ([]byte, error) {
+func (n *Node) lead(ctx context.Context, c claim) (Takeover, error) {
 	mu := &n.claimMu[fnvIndex(c.ClientID, len(n.claimMu))]
 	mu.Lock()
 	defer mu.Unlock()
@@ -869,18 +918,45 @@ func (n *Node) lead(ctx context.Context, c claim) ([]byte, error) {
 		}
 	}
 	if owner == "" || owner == c.Node {
-		return nil, nil
+		return Takeover{}, nil
 	}
 	if s, known := n.state(owner); !known || s == membership.Dead || s == membership.Left {
 		n.log.Info("previous session's node is gone; session not moved", "client", c.ClientID, "node", owner)
-		return nil, nil
+		return Takeover{}, nil
 	}
 	n.stats.takeovers.Add(1)
 	tk := claim{ClientID: c.ClientID, Node: c.Node, Clean: c.Clean}
+	var blob []byte
+	var err error
 	if owner == n.name {
-		return n.broker.TakeoverSession(c.ClientID, c.Node)
+		blob, err = n.broker.TakeoverSession(c.ClientID, c.Node, !c.Clean)
+	} else {
+		blob, err = n.dp.Call(ctx, owner, callTakeover, tk.append(nil))
 	}
-	return n.dp.Call(ctx, owner, callTakeover, tk.append(nil))
+	if err != nil {
+		return Takeover{}, err
+	}
+	return Takeover{From: owner, Session: blob}, nil
+}
+
+// FinishTakeover tells from, the node a session was taken from (see
+// Register), that every node now routes clientID's messages here, and
+// returns the messages it caught for the session in the meantime.
+func (n *Node) FinishTakeover(ctx context.Context, from, clientID string) ([]byte, error) {
+	if from == n.name {
+		return n.broker.FinishTakeover(clientID, n.name)
+	}
+	return n.dp.Call(ctx, from, callHandoff, claim{ClientID: clientID, Node: n.name}.append(nil))
+}
+
+// AppendSession sends messages for clientID, whose session moved to
+// node, to that node (Broker.AppendSession there).
+func (n *Node) AppendSession(ctx context.Context, node, clientID string, msgs []byte) error {
+	if node == n.name {
+		return n.broker.AppendSession(clientID, msgs)
+	}
+	_, err := n.dp.Call(ctx, node, callAppend, appendSessionMsgs(nil, clientID, msgs))
+	return err
 }
 
 // forgetRegistration drops the leader's entry for a deleted session.
@@ -946,29 +1022,43 @@ func (h *dpHandler) HandleCall(from string, typ uint8, payload []byte) ([]byte, 
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), n.cfg.RegisterTimeout)
 		defer cancel()
-		return n.lead(ctx, c)
+		tk, err := n.lead(ctx, c)
+		if err != nil {
+			return nil, err
+		}
+		return appendTakeover(nil, tk), nil
 	case callTakeover:
 		c, err := decodeClaim(payload)
 		if err != nil {
 			n.stats.badFrames.Add(1)
 			return nil, err
 		}
-		blob, err := n.broker.TakeoverSession(c.ClientID, c.Node)
-		if c.Clean {
-			blob = nil
+		return n.broker.TakeoverSession(c.ClientID, c.Node, !c.Clean)
+	case callHandoff:
+		c, err := decodeClaim(payload)
+		if err != nil {
+			n.stats.badFrames.Add(1)
+			return nil, err
 		}
-		return blob, err
+		return n.broker.FinishTakeover(c.ClientID, c.Node)
+	case callAppend:
+		id, msgs, err := decodeSessionMsgs(payload)
+		if err != nil {
+			n.stats.badFrames.Add(1)
+			return nil, err
+		}
+		return nil, n.broker.AppendSession(id, msgs)
 	}
 	n.stats.badFrames.Add(1)
 	return nil, fmt.Errorf("cluster: unknown call type %d", typ)
 }
 
 func (n *Node) deliver(from string, payload []byte) error {
-	groups, msg, err := decodeForward(payload)
+	groups, id, msg, err := decodeForward(payload)
 	if err != nil {
 		n.stats.badFrames.Add(1)
 		return err
 	}
 	n.stats.received.Add(1)
-	return n.broker.DeliverForwarded(from, msg, groups)
+	return n.broker.DeliverForwarded(Delivery{From: from, Msg: msg, Groups: groups, ID: id})
 }

@@ -22,11 +22,13 @@ const (
 	callRegister uint8 = 12 // claim request -> session blob (at the client id's leader)
 	callTakeover uint8 = 13 // claim request -> session blob (at the session's node)
 	callApply    uint8 = 14 // replica.AppendDeltas -> empty, once applied (synchronous replication)
+	callHandoff  uint8 = 15 // claim (new node) -> messages caught for the moved session (at its old node)
+	callAppend   uint8 = 16 // client id + messages -> empty: messages for a session moved here
 )
 
 // protoVersion is announced in membership metadata; a node with another
 // version is refused at join.
-const protoVersion = 1
+const protoVersion = 2
 
 var errMalformed = errors.New("cluster: malformed message")
 
@@ -89,28 +91,66 @@ const (
 )
 
 // appendForward encodes a forwarded publish: the shared subscriptions
-// ("$share/g/f") the receiver must serve, then the encoded message.
-func appendForward(b []byte, groups []string, msg []byte) []byte {
+// ("$share/g/f") the receiver must serve, the publish's id (unique per
+// sending node; see Delivery.ID), then the encoded message.
+func appendForward(b []byte, groups []string, id uint64, msg []byte) []byte {
 	b = binary.AppendUvarint(b, uint64(len(groups)))
 	for _, g := range groups {
 		b = appendStr(b, g)
 	}
+	b = binary.AppendUvarint(b, id)
 	return append(b, msg...)
 }
 
-func decodeForward(b []byte) (groups []string, msg []byte, err error) {
+func decodeForward(b []byte) (groups []string, id uint64, msg []byte, err error) {
 	r := reader{b: b}
 	n := r.uvarint()
 	if n > maxGroups {
-		return nil, nil, fmt.Errorf("%w: %d groups", errMalformed, n)
+		return nil, 0, nil, fmt.Errorf("%w: %d groups", errMalformed, n)
 	}
 	for i := uint64(0); i < n && r.err == nil; i++ {
 		groups = append(groups, r.str(maxNameLen))
 	}
+	id = r.uvarint()
 	if r.err != nil {
-		return nil, nil, r.err
+		return nil, 0, nil, r.err
 	}
-	return groups, r.b, nil
+	return groups, id, r.b, nil
+}
+
+// appendTakeover encodes a registration's answer: the node the session
+// was taken from ("" if none) and the exported session.
+func appendTakeover(b []byte, t Takeover) []byte {
+	b = appendStr(b, t.From)
+	return append(b, t.Session...)
+}
+
+func decodeTakeover(b []byte) (Takeover, error) {
+	r := reader{b: b}
+	t := Takeover{From: r.str(maxNameLen)}
+	if r.err != nil {
+		return Takeover{}, r.err
+	}
+	if len(r.b) > 0 {
+		t.Session = r.b
+	}
+	return t, nil
+}
+
+// appendSessionMsgs encodes messages for a session: client id, then the
+// broker's encoding of the messages.
+func appendSessionMsgs(b []byte, clientID string, msgs []byte) []byte {
+	b = appendStr(b, clientID)
+	return append(b, msgs...)
+}
+
+func decodeSessionMsgs(b []byte) (clientID string, msgs []byte, err error) {
+	r := reader{b: b}
+	clientID = r.str(maxNameLen)
+	if r.err == nil && clientID == "" {
+		r.err = fmt.Errorf("%w: empty client id", errMalformed)
+	}
+	return clientID, r.b, r.err
 }
 
 // claim is a registration (at the leader) or takeover (at the owner)

@@ -37,8 +37,9 @@ type Cluster interface {
 	// Forward sends a publish to every other node with a matching
 	// subscription (one node per shared group, skipping groups with a
 	// local member). For qos > 0 it returns only once every target has
-	// accepted the message, or an error.
-	Forward(ctx context.Context, topic string, qos byte, encode func() ([]byte, error)) error
+	// accepted the message, or an error. id numbers the publish among
+	// this node's (cluster.Delivery.ID).
+	Forward(ctx context.Context, topic string, qos byte, id uint64, encode func() ([]byte, error)) error
 	// PutSession / DeleteSession write the client's record in the
 	// replicated session table.
 	PutSession(clientID string, rec routes.SessionRecord)
@@ -54,9 +55,14 @@ type Cluster interface {
 	// applied it.
 	PutSessionSync(ctx context.Context, clientID string, rec routes.SessionRecord) error
 	// Register claims clientID for this node with the client's leader,
-	// taking the session over from wherever it lives. It returns the
-	// moved session (nil if none or clean).
-	Register(ctx context.Context, clientID string, clean bool) ([]byte, error)
+	// taking the session over from wherever it lives.
+	Register(ctx context.Context, clientID string, clean bool) (cluster.Takeover, error)
+	// FinishTakeover tells the node a session came from that every node
+	// routes it here now, and returns what that node caught meanwhile.
+	FinishTakeover(ctx context.Context, from, clientID string) ([]byte, error)
+	// AppendSession sends messages caught for a moved session to its
+	// new node.
+	AppendSession(ctx context.Context, node, clientID string, msgs []byte) error
 }
 
 // Options configures the hook.
@@ -94,6 +100,22 @@ type Hook struct {
 	done    chan struct{}
 	wg      sync.WaitGroup
 	nextInj atomic.Uint64
+
+	// Sessions being handed off to another node (see handoff.go).
+	shadowMu  sync.Mutex
+	shadows   map[string]*shadow
+	nShadows  atomic.Int32
+	incoming  map[string]*incoming
+	nIncoming atomic.Int32
+	// While handoffs are under way: each local client's last publish.
+	lastMu  sync.Mutex
+	last    map[string]published
+	hasLast atomic.Bool
+	nextID  atomic.Uint64 // numbers this node's publishes
+	// Messages taken back before mochi wrote them (handoff.go withdraw).
+	wdMu       sync.Mutex
+	withdrawn  map[*mqtt.Client][]packets.Packet
+	nWithdrawn atomic.Int32
 }
 
 type clusterRef struct{ c Cluster }
@@ -104,7 +126,13 @@ type clusterRef struct{ c Cluster }
 type injector struct {
 	cl     *mqtt.Client
 	groups map[string]struct{}
+	from   string // the message being injected: its origin node,
+	id     uint64 // id there,
+	topic  string // and topic
 }
+
+// injectorPrefix starts the client ids of the injector pool.
+const injectorPrefix = "$cluster-injector-"
 
 var (
 	_ mqtt.Hook      = (*Hook)(nil)
@@ -120,9 +148,11 @@ func New(opts Options) *Hook {
 		opts.RegisterTimeout = 5 * time.Second
 	}
 	h := &Hook{opts: opts, srv: opts.Server, log: opts.Log, dirty: map[string]struct{}{}, moved: map[string]struct{}{},
-		kick: make(chan struct{}, 1), done: make(chan struct{})}
+		kick: make(chan struct{}, 1), done: make(chan struct{}),
+		shadows: map[string]*shadow{}, incoming: map[string]*incoming{}, last: map[string]published{},
+		withdrawn: map[*mqtt.Client][]packets.Packet{}}
 	h.injectors.New = func() any {
-		id := fmt.Sprintf("$cluster-injector-%d", h.nextInj.Add(1))
+		id := fmt.Sprintf("%s%d", injectorPrefix, h.nextInj.Add(1))
 		cl := h.srv.NewClient(nil, "cluster", id, true)
 		cl.Properties.ProtocolVersion = 5
 		return &injector{cl: cl, groups: map[string]struct{}{}}
@@ -150,7 +180,7 @@ func (h *Hook) Provides(b byte) bool {
 	return bytes.Contains([]byte{
 		mqtt.OnConnect, mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnSubscribed, mqtt.OnUnsubscribed,
 		mqtt.OnClientExpired, mqtt.OnPublish, mqtt.OnWillSent, mqtt.OnRetainMessage, mqtt.OnSelectSubscribers,
-		mqtt.OnStopped, mqtt.OnSysInfoTick,
+		mqtt.OnStopped, mqtt.OnSysInfoTick, mqtt.OnQosPublish, mqtt.OnWill, mqtt.OnPacketEncode,
 	}, []byte{b})
 }
 
@@ -177,9 +207,12 @@ func (h *Hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	if h.opts.Authenticate != nil && !h.opts.Authenticate(cl, pk) {
 		return nil // mochi authenticates next and refuses it
 	}
+	// A shadow of an earlier session of this id (handed off from here)
+	// must be gone before a new one is set up under the same id.
+	h.endShadowNow(cl.ID)
 	ctx, cancel := context.WithTimeout(context.Background(), h.opts.RegisterTimeout)
 	defer cancel()
-	blob, err := c.Register(ctx, cl.ID, pk.Connect.Clean)
+	tk, err := c.Register(ctx, cl.ID, pk.Connect.Clean)
 	if err != nil {
 		h.log.Warn("client registration failed; refusing CONNECT", "client", cl.ID, "error", err)
 		h.opts.Metrics.Refused("registration_failed")
@@ -189,34 +222,55 @@ func (h *Hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		_ = h.srv.SendConnack(cl, packets.ErrServerUnavailable, false, nil)
 		return packets.ErrServerUnavailable
 	}
-	if len(blob) > 0 && !pk.Connect.Clean {
-		s, err := decodeSession(blob)
-		if err == nil {
-			err = importSession(h.srv, cl.ID, s)
+	if len(tk.Session) == 0 || pk.Connect.Clean {
+		return nil
+	}
+	s, err := decodeSession(tk.Session)
+	if err == nil {
+		h.startIncoming(cl.ID)
+		err = importSession(h.srv, cl.ID, s)
+	}
+	if err != nil {
+		// The session cannot be used; the client gets a new one
+		// (session present = false tells it so).
+		h.log.Error("import moved session", "client", cl.ID, "error", err)
+		return nil
+	}
+	moved, ok := h.srv.Clients.Get(cl.ID)
+	if !ok {
+		return nil
+	}
+	// Route the session's messages here on every node before the client
+	// is acknowledged: a publish acked after the CONNACK must not go to
+	// the node it came from, which no longer has the subscriptions.
+	if err := c.PutSessionSync(ctx, cl.ID, record(c.Name(), moved)); err != nil {
+		h.log.Warn("moved session's routes not confirmed by every node", "client", cl.ID, "error", err)
+	}
+	// Then collect what the old node caught for the session meanwhile.
+	rest, err := c.FinishTakeover(ctx, tk.From, cl.ID)
+	if err == nil && len(rest) > 0 {
+		var caught session
+		if caught, err = decodeSession(rest); err == nil {
+			err = h.appendInflight(cl.ID, caught.Inflight)
 		}
-		if err != nil {
-			// The session cannot be used; the client gets a new one
-			// (session present = false tells it so).
-			h.log.Error("import moved session", "client", cl.ID, "error", err)
-		} else if moved, ok := h.srv.Clients.Get(cl.ID); ok {
-			// Route the session's messages here on every node before
-			// the client is acknowledged: a publish acked after the
-			// CONNACK must not go to the node it came from, which no
-			// longer has the subscriptions.
-			if err := c.PutSessionSync(ctx, cl.ID, record(c.Name(), moved)); err != nil {
-				h.log.Warn("moved session's routes not confirmed by every node", "client", cl.ID, "error", err)
-			}
-		}
+	}
+	if err != nil {
+		// The old node ships what it caught with AppendSession.
+		h.log.Warn("finish session takeover", "client", cl.ID, "from", tk.From, "error", err)
 	}
 	return nil
 }
 
 // TakeoverSession implements cluster.Broker: disconnect the local session
-// of clientID (v5 reason 0x8E session taken over) and export it.
-func (h *Hook) TakeoverSession(clientID, newNode string) ([]byte, error) {
+// of clientID (v5 reason 0x8E session taken over) and, with handoff, export
+// it and keep catching its messages (handoff.go); without, discard it.
+func (h *Hook) TakeoverSession(clientID, newNode string, handoff bool) ([]byte, error) {
 	cl, ok := h.srv.Clients.Get(clientID)
 	if !ok {
 		return nil, nil
+	}
+	if sh := h.shadowFor(clientID); sh != nil && sh.cl == cl {
+		return nil, nil // already handed off
 	}
 	h.log.Info("session taken over by another node", "client", clientID, "new_node", newNode)
 	// From here on the record belongs to newNode: this node's late
@@ -226,18 +280,11 @@ func (h *Hook) TakeoverSession(clientID, newNode string) ([]byte, error) {
 	h.dirtyMu.Unlock()
 	_ = h.srv.DisconnectClient(cl, packets.ErrSessionTakenOver)
 	cl.Stop(packets.ErrSessionTakenOver)
-	var blob []byte
-	if !isEphemeral(cl) {
-		s, err := exportSession(cl)
-		if err != nil {
-			return nil, err
-		}
-		if blob, err = encodeSession(s); err != nil {
-			return nil, err
-		}
+	if handoff && !isEphemeral(cl) {
+		return h.startShadow(cl, newNode)
 	}
-	// The session now lives on newNode: drop it here without touching
-	// the replicated record, which newNode rewrites.
+	// The session ends here without touching the replicated record,
+	// which newNode rewrites.
 	for filter := range cl.State.Subscriptions.GetAll() {
 		if h.srv.Topics.Unsubscribe(filter, clientID) {
 			atomic.AddInt64(&h.srv.Info.Subscriptions, -1)
@@ -248,7 +295,7 @@ func (h *Hook) TakeoverSession(clientID, newNode string) ([]byte, error) {
 	if cur, ok := h.srv.Clients.Get(clientID); ok && cur == cl {
 		h.srv.Clients.Delete(clientID)
 	}
-	return blob, nil
+	return nil, nil
 }
 
 // --- session table ------------------------------------------------------
@@ -260,7 +307,7 @@ func (h *Hook) TakeoverSession(clientID, newNode string) ([]byte, error) {
 // disconnect/unsubscribe interleavings come out right.
 
 func (h *Hook) markDirty(id string) {
-	if strings.HasPrefix(id, "$cluster-injector-") || id == mqtt.InlineClientId {
+	if strings.HasPrefix(id, injectorPrefix) || id == mqtt.InlineClientId {
 		return
 	}
 	h.dirtyMu.Lock()
@@ -326,9 +373,52 @@ func (h *Hook) SyncSessions() {
 // LocalSession reports whether clientID has a session on this node
 // (cluster.Broker).
 func (h *Hook) LocalSession(clientID string) bool {
-	_, ok := h.srv.Clients.Get(clientID)
+	cl, ok := h.srv.Clients.Get(clientID)
+	if ok {
+		if sh := h.shadowFor(clientID); sh != nil && sh.cl == cl {
+			return false
+		}
+	}
 	return ok
 }
+
+// OnQosPublish catches the messages mochi queues for a session being
+// handed off (handoff.go).
+func (h *Hook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, resends int) {
+	if pk.FixedHeader.Type != packets.Publish {
+		return
+	}
+	if sh := h.shadowFor(cl.ID); sh != nil && sh.cl == cl {
+		h.catch(sh, pk)
+	} else if in := h.incomingFor(cl.ID); in != nil {
+		h.seen(in, cl, pk)
+	}
+}
+
+// OnPacketEncode keeps a withdrawn message from being written (a session
+// handoff delivered it by the other path first): an invalid packet type
+// makes mochi skip the write.
+func (h *Hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if h.withheld(cl, pk) {
+		pk.FixedHeader.Type = packets.Reserved
+	}
+	return pk
+}
+
+// OnWill numbers a will while handoffs are under way (see OnPublish);
+// OnWillSent forwards it with that id after the local delivery.
+func (h *Hook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
+	if h.handoffs() {
+		h.notePublish(cl.ID, published{topic: will.TopicName, id: h.nextID.Add(1)})
+	} else if h.hasLast.Load() {
+		h.forgetPublish(cl.ID)
+	}
+	return will, nil
+}
+
+// handoffs reports whether sessions are being handed off from or to
+// this node.
+func (h *Hook) handoffs() bool { return h.nShadows.Load() > 0 || h.nIncoming.Load() > 0 }
 
 // OnSessionEstablished records the session.
 func (h *Hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
@@ -339,7 +429,10 @@ func (h *Hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 }
 
 // OnDisconnect updates or removes the record.
-func (h *Hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) { h.markDirty(cl.ID) }
+func (h *Hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
+	h.forgetWithdrawn(cl)
+	h.markDirty(cl.ID)
+}
 
 // OnSubscribed updates the record.
 func (h *Hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) { h.markDirty(cl.ID) }
@@ -371,7 +464,17 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		ctx, cancel = context.WithTimeout(ctx, h.opts.ForwardTimeout)
 		defer cancel()
 	}
-	err := c.Forward(ctx, pk.TopicName, qos, func() ([]byte, error) { return EncodePublish(pk) })
+	id := h.nextID.Add(1)
+	err := c.Forward(ctx, pk.TopicName, qos, id, func() ([]byte, error) { return EncodePublish(pk) })
+	// While sessions are handed off, remember this publish's id: mochi
+	// delivers it locally right after, maybe to a session in handoff.
+	// (Checked after the forward, which may wait for a peer: a handoff
+	// can start meanwhile.)
+	if h.handoffs() {
+		h.notePublish(cl.ID, published{topic: pk.TopicName, id: id})
+	} else if h.hasLast.Load() {
+		h.forgetPublish(cl.ID)
+	}
 	if err == nil {
 		return pk, nil
 	}
@@ -408,24 +511,33 @@ func (h *Hook) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), h.opts.ForwardTimeout)
 	defer cancel()
-	if err := c.Forward(ctx, pk.TopicName, pk.FixedHeader.Qos, func() ([]byte, error) { return EncodePublish(pk) }); err != nil {
+	id := uint64(0)
+	if p, ok := h.lastPublish(cl.ID); ok && p.topic == pk.TopicName {
+		id = p.id // numbered by OnWill
+	}
+	if id == 0 {
+		id = h.nextID.Add(1)
+	}
+	if err := c.Forward(ctx, pk.TopicName, pk.FixedHeader.Qos, id, func() ([]byte, error) { return EncodePublish(pk) }); err != nil {
 		h.log.Warn("forward will", "client", cl.ID, "topic", pk.TopicName, "error", err)
 	}
 }
 
 // DeliverForwarded implements cluster.Broker: publish a message that
-// another node forwarded to this node's subscribers. groups lists the
+// another node forwarded to this node's subscribers, limited to the
 // shared subscriptions ("$share/g/f") this node was chosen to serve.
-func (h *Hook) DeliverForwarded(from string, msg []byte, groups []string) error {
-	pk, err := DecodePublish(msg)
+func (h *Hook) DeliverForwarded(d cluster.Delivery) error {
+	from := d.From
+	pk, err := DecodePublish(d.Msg)
 	if err != nil {
 		return fmt.Errorf("deliver message from %s: %w", from, err)
 	}
 	inj := h.injectors.Get().(*injector)
 	clear(inj.groups)
-	for _, g := range groups {
+	for _, g := range d.Groups {
 		inj.groups[g] = struct{}{}
 	}
+	inj.from, inj.id, inj.topic = d.From, d.ID, pk.TopicName
 	h.injecting.Store(inj.cl.ID, inj)
 	// Inline publishes are not tracked as inflight, but mochi validates
 	// that a QoS>0 PUBLISH carries an id.
@@ -435,6 +547,7 @@ func (h *Hook) DeliverForwarded(from string, msg []byte, groups []string) error 
 	}
 	err = h.srv.InjectPacket(inj.cl, pk)
 	h.injecting.Delete(inj.cl.ID)
+	inj.from, inj.id, inj.topic = "", 0, ""
 	h.injectors.Put(inj)
 	if err != nil {
 		return fmt.Errorf("inject message from %s: %w", from, err)

@@ -228,8 +228,9 @@ func testBadInput(t *testing.T, c *testCluster) {
 	}
 	// A well-framed forward whose publish is garbage: mochi's decoder
 	// must not take the node down.
-	in.frame(typeForward, 0, append([]byte{0}, garbage(40)...))
-	in.frame(typeForward, 0, []byte{0, 0x30, 0x7f, 0x00, 0x05, 'a'}) // PUBLISH claiming 127 bytes
+	// (No shared groups, no target list, then the publish.)
+	in.frame(typeForward, 0, append([]byte{0, 0}, garbage(40)...))
+	in.frame(typeForward, 0, []byte{0, 0, 0x30, 0x7f, 0x00, 0x05, 'a'}) // PUBLISH claiming 127 bytes
 	if e := in.callErr(callRegister, 1, garbage(3)); e == "" {
 		t.Error("register call with garbage: empty error")
 	}

@@ -26,6 +26,7 @@ func TestCluster(t *testing.T) {
 		{"SessionMovesWithQueue", testSessionMove},
 		{"SessionTakenOver", testTakenOver},
 		{"PublishRightAfterMove", testPublishRightAfterMove},
+		{"TakeoverUnderLoad", testTakeoverUnderLoad},
 		{"WillAcrossNodes", testWill},
 		{"BadInput", testBadInput},
 	} {

@@ -3,7 +3,9 @@ package clustertests
 import (
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/eclipse/paho.golang/paho"
 
@@ -227,4 +229,129 @@ func testPublishRightAfterMove(t *testing.T, c *testCluster) {
 	}
 	pub.Close()
 	c.waitDisconnected()
+}
+
+// testTakeoverUnderLoad: a persistent session on n1 is taken over by a
+// connection on n2 while QoS 2 messages stream in from publishers on n1
+// (the old node's own clients), n2 (the new node) and n3 (a third node).
+// Every acknowledged message reaches the client, on the old connection
+// before the takeover or on the new one after it, and the new connection
+// never gets one twice. Without the handoff (broker/clusterhook
+// handoff.go) the old node dropped what arrived between its export and
+// the moment every node routed to the new one.
+func testTakeoverUnderLoad(t *testing.T, c *testCluster) {
+	const (
+		id     = "streamer"
+		before = 60 // messages per publisher before the takeover
+		total  = 160
+	)
+	opts := brokertest.V5Options{KeepSession: true, SessionExpiry: 300}
+	old := brokertest.MustV5(t, c.url("n1"), id, opts)
+	old.MustSub("ld/#", 2)
+	c.waitRoutes()
+
+	type result struct {
+		acked []string
+		err   error
+	}
+	pubNodes := []string{"n1", "n2", "n3"}
+	results := make([]result, len(pubNodes))
+	reached := make(chan struct{}, len(pubNodes))
+	goOn := make(chan struct{})
+	var wg sync.WaitGroup
+	for i, n := range pubNodes {
+		p := brokertest.MustV5(t, c.url(n), "ld-pub-"+n)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := &results[i]
+			for k := range total {
+				if k == before {
+					reached <- struct{}{}
+					<-goOn
+				}
+				payload := fmt.Sprintf("%s-%d", n, k)
+				ctx, cancel := timeoutCtx()
+				resp, err := p.Publish(ctx, &paho.Publish{Topic: "ld/" + n, QoS: 2, Payload: []byte(payload)})
+				cancel()
+				if err != nil {
+					r.err = fmt.Errorf("publish %s: %w", payload, err)
+					if k < before {
+						reached <- struct{}{}
+						<-goOn
+					}
+					return
+				}
+				if resp.ReasonCode < 0x80 {
+					r.acked = append(r.acked, payload)
+				}
+			}
+		}()
+	}
+	for range pubNodes {
+		<-reached
+	}
+	close(goOn)
+	nw := brokertest.MustV5(t, c.url("n2"), id, opts)
+	if !nw.Connack.SessionPresent {
+		t.Fatal("reconnect on n2 under load: session present = false")
+	}
+	wg.Wait()
+
+	var want []string
+	for i, r := range results {
+		if r.err != nil {
+			t.Fatalf("publisher on %s: %v", pubNodes[i], r.err)
+		}
+		want = append(want, r.acked...)
+	}
+	oldGot := map[string]int{}
+	for drained := false; !drained; {
+		select {
+		case m := <-old.Msgs():
+			oldGot[string(m.Payload)]++
+		default:
+			drained = true
+		}
+	}
+	newGot := map[string]int{}
+	missing := func() []string {
+		var out []string
+		for _, p := range want {
+			if oldGot[p] == 0 && newGot[p] == 0 {
+				out = append(out, p)
+			}
+		}
+		return out
+	}
+	deadline := time.After(brokertest.Timeout)
+	for len(missing()) > 0 {
+		select {
+		case m := <-nw.Msgs():
+			newGot[string(m.Payload)]++
+		case <-deadline:
+			miss := missing()
+			t.Fatalf("%d of %d acknowledged messages never reached the client (old got %d, new got %d): %v",
+				len(miss), len(want), len(oldGot), len(newGot), miss[:min(len(miss), 20)])
+		}
+	}
+	// Nothing more than once on the new connection, including what is
+	// still in flight: a marker from each publishing node closes it.
+	for _, n := range pubNodes {
+		m := brokertest.MustV5(t, c.url(n), "ld-marker-"+n)
+		m.MustPub("ld/m", 1, false, "marker")
+		for _, p := range nw.Until("ld/m") {
+			newGot[string(p.Payload)]++
+		}
+		m.Close()
+	}
+	for p, k := range newGot {
+		if k > 1 {
+			t.Errorf("new connection got QoS 2 message %s %d times", p, k)
+		}
+	}
+	t.Logf("%d acknowledged: %d on the old connection, %d on the new one", len(want), len(oldGot), len(newGot))
+	nw.Close()
+	brokertest.MustV5(t, c.url("n2"), id).Close() // discard the session
+	c.waitRoutes()
 }

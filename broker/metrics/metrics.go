@@ -24,6 +24,7 @@ const (
 	ReasonNetsplit      = "netsplit"           // refused while split (cluster gating)
 	ReasonPeerQueueFull = "peer_queue_full"    // cross-node queue full (QoS0 only)
 	ReasonNoRoute       = "no_matching_client" // published with no subscriber anywhere
+	ReasonHandoff       = "handoff_failed"     // caught for a moved session, its new node unreachable
 )
 
 // MQTT holds the counters; one per node (tests run several nodes in one
@@ -107,6 +108,9 @@ func (m *MQTT) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
 
 // Dropped counts a message dropped for reason (one of the Reason constants).
 func (m *MQTT) Dropped(reason string) { m.dropped.WithLabelValues(reason).Inc() }
+
+// DroppedN counts n messages dropped for reason.
+func (m *MQTT) DroppedN(reason string, n int) { m.dropped.WithLabelValues(reason).Add(float64(n)) }
 
 // Refused counts a refused connection for reason.
 func (m *MQTT) Refused(reason string) { m.refused.WithLabelValues(reason).Inc() }
