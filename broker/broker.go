@@ -47,6 +47,7 @@ type Broker struct {
 	metrics  *metrics.MQTT
 	admin    *admin.Server
 	auth     *auth.Hook
+	store    *storage.Hook     // nil without storage.path
 	chook    *clusterhook.Hook // nil when cluster.enabled is false
 	node     *cluster.Node     // nil when cluster.enabled is false
 	policies *plugins.Registry
@@ -149,15 +150,22 @@ func (b *Broker) addHooks() error {
 	if err := b.server.AddHook(ah, nil); err != nil {
 		return fmt.Errorf("add auth hook: %w", err)
 	}
-	if err := b.server.AddHook(quirks.New(b.server), nil); err != nil {
+	var store quirks.Store
+	var sh *storage.Hook
+	var storeOpts any
+	if b.cfg.Storage.Path != "" {
+		h, opts := storage.New(b.cfg.Storage.Path, storageLockTimeout)
+		sh, store, storeOpts = h, h, opts
+		b.store = h
+	}
+	if err := b.server.AddHook(quirks.New(b.server, store), nil); err != nil {
 		return fmt.Errorf("add quirks hook: %w", err)
 	}
 	if err := b.server.AddHook(b.metrics, nil); err != nil {
 		return fmt.Errorf("add metrics hook: %w", err)
 	}
-	if b.cfg.Storage.Path != "" {
-		h, opts := storage.New(b.cfg.Storage.Path, storageLockTimeout)
-		if err := b.server.AddHook(h, opts); err != nil {
+	if sh != nil {
+		if err := b.server.AddHook(sh, storeOpts); err != nil {
 			return fmt.Errorf("storage.path: open %s: %w", b.cfg.Storage.Path, err)
 		}
 	}

@@ -42,8 +42,10 @@ type Config struct {
 	// name resolves to all its addresses (Kubernetes headless service).
 	Seeds []string `koanf:"seeds"`
 	// SecretKey is cluster.secret_key: encrypts gossip and authenticates
-	// the data plane. Empty disables both (trusted networks only). 16,
-	// 24 or 32 bytes are an AES key; other lengths (>= 16) a passphrase.
+	// the data plane; the same on every node. Required when the cluster
+	// is enabled: without it any process that reaches the data address
+	// could inject publishes and rewrite the replicated tables. 16, 24
+	// or 32 bytes are an AES key; other lengths (>= 16) a passphrase.
 	SecretKey string `koanf:"secret_key"`
 
 	// Membership timing; see membership.Config for each trade-off.
@@ -126,8 +128,13 @@ func LoopbackConfig() Config {
 	c.AntiEntropyInterval = 300 * time.Millisecond
 	c.ForwardTimeout = 3 * time.Second
 	c.RegisterTimeout = 3 * time.Second
+	c.SecretKey = LoopbackSecret
 	return c
 }
+
+// LoopbackSecret is LoopbackConfig's cluster.secret_key, for tests that
+// speak the data-plane protocol themselves.
+const LoopbackSecret = "loopback-test-only-secret-32byte"
 
 // Validate checks the cluster section; errors name the key.
 func (c *Config) Validate() error {
@@ -145,7 +152,11 @@ func (c *Config) Validate() error {
 	if _, port, _ := net.SplitHostPort(c.DataAddress); c.GossipAddress == c.DataAddress && port != "0" {
 		errs = append(errs, fmt.Errorf("cluster.data_address: %q is also cluster.gossip_address; use another port", c.DataAddress))
 	}
-	if c.SecretKey != "" && len(c.SecretKey) < 16 {
+	switch {
+	case c.SecretKey == "":
+		errs = append(errs, errors.New("cluster.secret_key: required when cluster.enabled is true (it authenticates nodes to each other); "+
+			"set the same value on every node, e.g. the output of `openssl rand -base64 24`"))
+	case len(c.SecretKey) < 16:
 		errs = append(errs, errors.New("cluster.secret_key: shorter than 16 bytes; use a 16/24/32-byte key or a longer passphrase"))
 	}
 	if c.AntiEntropyInterval <= 0 {

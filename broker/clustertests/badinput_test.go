@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/mendmq/mendmq/broker/brokertest"
+	"github.com/mendmq/mendmq/cluster"
 )
 
 // Data-plane wire constants (cluster/dataplane: doc.go, handshake.go,
@@ -43,9 +44,9 @@ func dpHello(cluster, from, to string, nonce [32]byte) []byte {
 	return append(b, nonce[:]...)
 }
 
-// dpProof is a handshake HMAC for a cluster without a secret key.
-func dpProof(role, cluster, dialer, acceptor string, dn, an [32]byte) []byte {
-	k := hmac.New(sha256.New, nil)
+// dpProof is a handshake HMAC for a cluster whose secret key is secret.
+func dpProof(secret, role, cluster, dialer, acceptor string, dn, an [32]byte) []byte {
+	k := hmac.New(sha256.New, []byte(secret))
 	k.Write([]byte("mendmq dataplane auth v1"))
 	m := hmac.New(sha256.New, k.Sum(nil))
 	var b []byte
@@ -58,8 +59,8 @@ func dpProof(role, cluster, dialer, acceptor string, dn, an [32]byte) []byte {
 }
 
 // intruder is a data-plane connection from a process that is not a
-// cluster member but knows the (empty) secret, as anything on a trusted
-// network without cluster.secret_key does.
+// cluster member but knows the secret key (a compromised host, or a buggy
+// member): the node must still survive what it sends.
 type intruder struct {
 	t  testing.TB
 	nc net.Conn
@@ -92,7 +93,7 @@ func dialIntruder(t testing.TB, addr, name string) *intruder {
 		t.Fatalf("challenge from %q, want %q", got[:l], name)
 	}
 	an := [32]byte(got[l : l+32])
-	if _, err := nc.Write(dpProof("dialer", "mendmq", "intruder", name, dn, an)); err != nil {
+	if _, err := nc.Write(dpProof(cluster.LoopbackSecret, "dialer", "mendmq", "intruder", name, dn, an)); err != nil {
 		t.Fatalf("send proof: %v", err)
 	}
 	if st, err := br.ReadByte(); err != nil || st != 0 {

@@ -124,6 +124,8 @@ func TestLoadErrorsNameTheKey(t *testing.T) {
 			[]string{"auth.acl[0].access", "auth.acl[0].filter"}},
 		{"plaintext password", Sources{File: writeFile(t, "i.yaml", "auth:\n  users:\n    - {username: u, password_hash: secret}\n")},
 			[]string{"auth.users[0].password_hash", "bcrypt"}},
+		{"cluster without secret", Sources{Sets: []string{"cluster.enabled=true"}}, []string{"cluster.secret_key", "required"}},
+		{"short cluster secret", Sources{Sets: []string{"cluster.enabled=true", "cluster.secret_key=short"}}, []string{"cluster.secret_key", "16 bytes"}},
 		{"missing file", Sources{File: "/nonexistent/mendmq.yaml"}, []string{"/nonexistent/mendmq.yaml"}},
 		{"syntax error", Sources{File: writeFile(t, "j.yaml", "mqtt: [unclosed\n")}, []string{"j.yaml"}},
 	}

@@ -52,7 +52,8 @@ import (
 // is established.
 type Hook struct {
 	mqtt.HookBase
-	srv *mqtt.Server
+	srv   *mqtt.Server
+	store Store
 
 	gateMu sync.Mutex
 	gates  map[*mqtt.Client]*gate
@@ -92,9 +93,16 @@ const maxOrphans = 1 << 14
 
 var _ mqtt.Hook = (*Hook)(nil)
 
-// New returns the hook for srv.
-func New(srv *mqtt.Server) *Hook {
-	return &Hook{srv: srv, gates: map[*mqtt.Client]*gate{}, orphans: map[string][]packets.Packet{},
+// Store is told about messages the hook queues outside mochi's own
+// delivery, so that a storage hook persists them as it persists mochi's.
+// mochi's storage hooks implement it.
+type Store interface {
+	OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, resends int)
+}
+
+// New returns the hook for srv; store may be nil (no storage).
+func New(srv *mqtt.Server, store Store) *Hook {
+	return &Hook{srv: srv, store: store, gates: map[*mqtt.Client]*gate{}, orphans: map[string][]packets.Packet{},
 		settled: map[string]*settled{}, resent: map[*mqtt.Client]map[uint16]packets.Packet{}}
 }
 
@@ -373,6 +381,9 @@ func (h *Hook) adopt(st *settled, orphans []packets.Packet) {
 		o.FixedHeader.Dup = false
 		if cl.State.Inflight.Set(o) {
 			atomic.AddInt64(&h.srv.Info.Inflight, 1)
+		}
+		if h.store != nil {
+			h.store.OnQosPublish(cl, o, o.Created, 0)
 		}
 		_ = cl.WritePacket(o)
 	}
