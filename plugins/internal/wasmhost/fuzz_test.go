@@ -25,7 +25,7 @@ func FuzzCHeaderRequest(f *testing.F) {
 	f.Fuzz(func(t *testing.T, req []byte) {
 		_, sitems, serr := sdk.DecodeRequest(req, nil)
 		ctx := context.Background()
-		buf, err := in.request(ctx, ctx, uint32(len(req)))
+		buf, err := in.request(ctx, uint32(len(req)))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,7 +1,8 @@
 // Package wasmhost runs merge-policy modules on wazero: it compiles and
 // checks a module, instantiates it in a sandbox (no file system, no network,
 // frozen clock, fixed random seed, capped memory), calls merge/merge_batch
-// under a per-call deadline and pools instances for concurrent merges.
+// under a per-call deadline (enforced by a watchdog, see watchdog.go) and
+// pools instances for concurrent merges.
 //
 // Contract with the caller: an Instance is used by one goroutine at a time;
 // after any error from Instance.Merge the instance must be discarded
@@ -58,7 +59,8 @@ type Options struct {
 	Cache wazero.CompilationCache
 	// MemoryLimitPages caps each instance's linear memory (64 KiB pages).
 	MemoryLimitPages uint32
-	// CallTimeout bounds one merge or merge_batch call.
+	// CallTimeout bounds one merge or merge_batch call (> 0). A call that
+	// overruns it is stopped within a tenth of it (at most 100 ms) more.
 	CallTimeout time.Duration
 	// InitTimeout bounds instantiation (a Go guest's runtime start takes
 	// milliseconds; a hostile start function must not hang the host).
@@ -74,6 +76,7 @@ type Module struct {
 	hasBatch bool
 	start    []string
 	opts     Options
+	wd       *watchdog
 	closeMu  sync.Mutex
 	closed   bool
 }
@@ -83,6 +86,9 @@ type Module struct {
 func Compile(ctx context.Context, bin []byte, o Options) (_ *Module, err error) {
 	if o.Cache == nil {
 		return nil, errors.New("wasmhost: Options.Cache is nil")
+	}
+	if o.CallTimeout <= 0 {
+		return nil, fmt.Errorf("wasmhost: Options.CallTimeout is %v, want > 0", o.CallTimeout)
 	}
 	if o.InitTimeout <= 0 {
 		o.InitTimeout = 10 * time.Second
@@ -100,7 +106,7 @@ func Compile(ctx context.Context, bin []byte, o Options) (_ *Module, err error) 
 	if err != nil {
 		return nil, fmt.Errorf("compile module: %w", err)
 	}
-	m := &Module{rt: rt, compiled: compiled, opts: o}
+	m := &Module{rt: rt, compiled: compiled, opts: o, wd: newWatchdog(o.CallTimeout)}
 	needWASI, err := checkImports(compiled)
 	if err != nil {
 		return nil, err
@@ -206,6 +212,7 @@ func (m *Module) Close(ctx context.Context) error {
 		return nil
 	}
 	m.closed = true
+	m.wd.close()
 	return m.rt.Close(ctx)
 }
 
@@ -228,12 +235,13 @@ func (m *Module) Instantiate(ctx context.Context) (*Instance, error) {
 		return nil, fmt.Errorf("instantiate: %w", classify(ctx, err, out))
 	}
 	in := &Instance{
-		mod:     mod,
-		mem:     mod.Memory(),
-		alloc:   mod.ExportedFunction(ExportAlloc),
-		merge:   mod.ExportedFunction(ExportMerge),
-		timeout: m.opts.CallTimeout,
-		out:     out,
+		mod:   mod,
+		mem:   mod.Memory(),
+		alloc: mod.ExportedFunction(ExportAlloc),
+		merge: mod.ExportedFunction(ExportMerge),
+		out:   out,
+		ctx:   newCallCtx(),
+		wd:    m.wd,
 	}
 	if m.hasBatch {
 		in.batch = mod.ExportedFunction(ExportMergeBatch)
@@ -250,6 +258,10 @@ func (m *Module) Instantiate(ctx context.Context) (*Instance, error) {
 	if v := uint32(stack[0]); v != abi.Version {
 		_ = mod.Close(ctx)
 		return nil, fmt.Errorf("module speaks ABI version %d, this host speaks %d: rebuild it with the current sdk", v, abi.Version)
+	}
+	if !m.wd.add(in) {
+		_ = mod.Close(ctx)
+		return nil, errors.New("instantiate: module closed")
 	}
 	return in, nil
 }
