@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/mendmq/mendmq/cluster/replica"
 )
@@ -94,6 +95,11 @@ const (
 // ("$share/g/f") the receiver must serve, the publish's id (unique per
 // sending node; see Delivery.ID), then the encoded message.
 func appendForward(b []byte, groups []string, id uint64, msg []byte) []byte {
+	n := 2*binary.MaxVarintLen64 + len(msg)
+	for _, g := range groups {
+		n += binary.MaxVarintLen64 + len(g)
+	}
+	b = slices.Grow(b, n) // one allocation, not one per append
 	b = binary.AppendUvarint(b, uint64(len(groups)))
 	for _, g := range groups {
 		b = appendStr(b, g)

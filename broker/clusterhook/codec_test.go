@@ -2,6 +2,7 @@ package clusterhook
 
 import (
 	"bytes"
+	"reflect"
 	"testing"
 
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -129,6 +130,34 @@ func FuzzEncodeBarePublish(f *testing.F) {
 		got := encodeBarePublish(&pk)
 		if want := mochiEncode(t, pk); !bytes.Equal(got, want) {
 			t.Fatalf("fast path differs from mochi: %x vs %x", got, want)
+		}
+	})
+}
+
+func FuzzDecodeBarePublishMatchesMochi(f *testing.F) {
+	for _, qos := range []byte{0, 1, 2} {
+		for _, retain := range []bool{false, true} {
+			b, _ := EncodePublish(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos, Retain: retain},
+				TopicName: "a/b", Payload: []byte("payload")})
+			f.Add(b)
+		}
+	}
+	f.Add([]byte{0x30, 0x04, 0x00, 0x01, 't', 0x00})                 // empty payload
+	f.Add([]byte{0x30, 0x85, 0x00, 0x00, 0x01, 't', 0x00, 'x', 'y'}) // non-minimal length
+	f.Add([]byte{0x38, 0x04, 0x00, 0x01, 't', 0x00})                 // dup
+	f.Add([]byte{0x30, 0x05, 0x00, 0x02, 0xc3, 0x28, 0x00})          // invalid UTF-8
+	f.Add([]byte{0x30, 0x05, 0x00, 0x02, 't', 0x00, 0x00})           // NUL in topic
+	f.Fuzz(func(t *testing.T, b []byte) {
+		fast, ok := decodeBarePublish(b)
+		if !ok {
+			return
+		}
+		slow, err := decodePublishGeneral(b)
+		if err != nil {
+			t.Fatalf("fast path accepted what mochi refuses (%v): %x", err, b)
+		}
+		if !reflect.DeepEqual(fast, slow) {
+			t.Fatalf("fast path differs from mochi for %x:\n fast %+v\n mochi %+v", b, fast, slow)
 		}
 	})
 }

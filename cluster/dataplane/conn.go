@@ -31,8 +31,9 @@ type conn struct {
 	// broker by value) and each new goroutine grew its stack two or
 	// three times per call: 19% of a receiving node's CPU under QoS 1
 	// forwarding. A worker keeps its grown stack.
-	callq   chan frame // unbuffered: handed to an idle worker
-	workers int        // started; touched by the reader only
+	callq   chan frame   // unbuffered: handed to an idle worker
+	workers int          // started; touched by the reader only
+	inline  InlineCaller // nil unless the Handler implements it
 
 	done chan struct{}
 	once sync.Once
@@ -44,6 +45,7 @@ func newConn(pl *Plane, p *peer, raw, nc net.Conn, br *bufio.Reader, outbound bo
 	c := &conn{pl: pl, p: p, raw: raw, nc: nc, br: br, outbound: outbound, q: q, done: make(chan struct{})}
 	if !outbound {
 		c.callq = make(chan frame)
+		c.inline, _ = pl.h.(InlineCaller)
 	}
 	return c
 }
@@ -132,6 +134,8 @@ func (c *conn) readLoop() error {
 			err := fmt.Errorf("%w: reply on a connection the peer dialed", errBadFlags)
 			c.protocolError(err)
 			return err
+		case f.flags&flagCall != 0 && c.inline != nil && c.inline.InlineCall(f.typ):
+			c.serveCall(f)
 		case f.flags&flagCall != 0:
 			if !c.dispatchCall(f) {
 				return c.err

@@ -54,13 +54,25 @@ func (e *RemoteError) Error() string {
 //
 // HandleCall is called for each Call, off the connection's reader, on
 // one of at most MaxConcurrentCalls worker goroutines per connection:
-// calls from one peer may run concurrently and in any order. Its
+// calls from one peer may run concurrently and in any order (except the
+// types an InlineCaller runs on the reader). Its
 // result, or its error as a RemoteError, is sent back.
 //
 // payload is freshly allocated for each frame and owned by the handler.
 type Handler interface {
 	HandleFrame(from string, typ uint8, payload []byte)
 	HandleCall(from string, typ uint8, payload []byte) ([]byte, error)
+}
+
+// InlineCaller is an optional extension of Handler. Calls of the types
+// for which InlineCall reports true are handled on the connection's
+// reader, one at a time in arrival order, like one-way frames, instead
+// of on a call worker: no goroutine hand-off per call, which is most of
+// the cost of a small call. Only for calls that are quick and never wait
+// for anything the same peer must send first (a reply on this connection
+// is not read while the handler runs).
+type InlineCaller interface {
+	InlineCall(typ uint8) bool
 }
 
 // ConnState is the state of the outbound connection to a peer.
