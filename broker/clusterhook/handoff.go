@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -118,8 +117,10 @@ func (h *Hook) startShadow(cl *mqtt.Client, newNode string) ([]byte, error) {
 	s, err := exportSession(cl)
 	var blob []byte
 	if err == nil {
-		for _, pk := range cl.State.Inflight.GetAll(false) {
-			if cl.State.Inflight.Delete(pk.PacketID) {
+		// Exactly what was exported: a message queued since (its
+		// catch waits for sh.mu) is the catch's.
+		for _, m := range s.Inflight {
+			if cl.State.Inflight.Delete(m.PacketID) {
 				atomic.AddInt64(&h.srv.Info.Inflight, -1)
 			}
 		}
@@ -135,26 +136,38 @@ func (h *Hook) startShadow(cl *mqtt.Client, newNode string) ([]byte, error) {
 	return blob, nil
 }
 
-// keyOf tells which publish pk (queued for some session) is: forwarded
-// by a peer (an injector's message) or published by a local client
-// (noted by OnPublish while handoffs are under way). ok is false when
-// it cannot tell.
-func (h *Hook) keyOf(pk packets.Packet) (k msgKey, topic string, ok bool) {
-	if v, found := h.injecting.Load(pk.Origin); found {
-		inj := v.(*injector)
-		return msgKey{inj.from, inj.id}, inj.topic, inj.id != 0
+// A publish's identity (origin node and id) and topic ride in the packet
+// itself to every delivery mochi makes of it, queued copies included, in
+// fields of the packet's CONNECT parameters, which a PUBLISH does not use
+// and mochi copies into every delivery (Packet.Copy): the origin in the
+// client identifier, the id in the will properties' session expiry (high
+// 32 bits) and maximum packet size (low 32 bits), the topic in the will
+// topic (a delivery may carry a topic alias instead). OnPublish stamps a
+// local client's publish, DeliverForwarded a forwarded one; noting them
+// anywhere else would race with the deliveries that follow on the same
+// goroutine.
+
+// stamp records the publish's origin node, id and topic in pk.
+func stamp(pk *packets.Packet, from string, id uint64) {
+	pk.Connect.ClientIdentifier = from
+	pk.Connect.WillProperties.SessionExpiryInterval = uint32(id >> 32)
+	pk.Connect.WillProperties.MaximumPacketSize = uint32(id)
+	pk.Connect.WillTopic = pk.TopicName
+}
+
+// keyOf returns what stamp recorded in pk; ok is false for a publish
+// without one (a will, a message restored from storage).
+func keyOf(pk packets.Packet) (k msgKey, topic string, ok bool) {
+	id := uint64(pk.Connect.WillProperties.SessionExpiryInterval)<<32 | uint64(pk.Connect.WillProperties.MaximumPacketSize)
+	if id == 0 || pk.Connect.ClientIdentifier == "" {
+		return msgKey{}, "", false
 	}
-	if p, found := h.lastPublish(pk.Origin); found {
-		if c := h.cluster(); c != nil {
-			return msgKey{c.Name(), p.id}, p.topic, p.id != 0
-		}
-	}
-	return msgKey{}, "", false
+	return msgKey{pk.Connect.ClientIdentifier, id}, pk.Connect.WillTopic, true
 }
 
 // catch takes a message mochi queued for a shadow (OnQosPublish).
 func (h *Hook) catch(sh *shadow, pk packets.Packet) {
-	k, topic, _ := h.keyOf(pk)
+	k, topic, _ := keyOf(pk)
 	// mochi may have replaced the topic by an alias of the connection
 	// that is gone; the original publish still names it.
 	if pk.TopicName == "" {
@@ -186,10 +199,16 @@ func (h *Hook) catch(sh *shadow, pk packets.Packet) {
 	}
 }
 
-// startIncoming opens the new node's side of a handoff of id; it ends
-// when the old node's grace period is surely over.
-func (h *Hook) startIncoming(id string) {
+// startIncoming opens the new node's side of a handoff of id, whose
+// exported queue is snapshot; it ends when the old node's grace period
+// is surely over. Call it before the session is subscribed here.
+func (h *Hook) startIncoming(id string, snapshot []inflightMsg) {
 	in := &incoming{seen: map[msgKey]struct{}{}, handed: map[msgKey]struct{}{}}
+	for _, m := range snapshot {
+		if m.ID != 0 {
+			in.add(h, id, in.handed, msgKey{m.From, m.ID})
+		}
+	}
 	h.shadowMu.Lock()
 	if _, ok := h.incoming[id]; !ok {
 		h.nIncoming.Add(1)
@@ -222,7 +241,7 @@ func (h *Hook) seen(in *incoming, cl *mqtt.Client, pk packets.Packet) {
 	if pk.FixedHeader.Dup {
 		return // mochi resending the queue, not a new delivery
 	}
-	k, _, ok := h.keyOf(pk)
+	k, _, ok := keyOf(pk)
 	if !ok {
 		return
 	}
@@ -468,11 +487,7 @@ func (h *Hook) endShadow(sh *shadow, reason string) {
 		delete(h.shadows, sh.id)
 		h.nShadows.Add(-1)
 	}
-	empty := len(h.shadows) == 0
 	h.shadowMu.Unlock()
-	if empty {
-		h.clearLastPublishes()
-	}
 	close(sh.done)
 	h.log.Debug("session handoff ended", "client", sh.id, "new_node", sh.newNode, "reason", reason,
 		"shipped", shipped, "discarded", discarded)
@@ -577,46 +592,4 @@ func (h *Hook) appendInflight(clientID string, msgs []inflightMsg) error {
 		}
 	}
 	return nil
-}
-
-// --- publish targets ----------------------------------------------------
-
-// published is what the handoff needs to know about a local client's
-// last publish while handoffs are under way.
-type published struct {
-	topic string
-	id    uint64 // its id (Delivery.ID) among this node's publishes
-}
-
-// notePublish records, while handoffs are under way, a local client's
-// publish, for keyOf: mochi's local delivery of the same publish follows
-// right after, on the same goroutine.
-func (h *Hook) notePublish(clientID string, p published) {
-	h.hasLast.Store(true)
-	h.lastMu.Lock()
-	h.last[clientID] = p
-	h.lastMu.Unlock()
-}
-
-func (h *Hook) forgetPublish(clientID string) {
-	h.lastMu.Lock()
-	delete(h.last, clientID)
-	h.lastMu.Unlock()
-}
-
-func (h *Hook) lastPublish(clientID string) (published, bool) {
-	if strings.HasPrefix(clientID, injectorPrefix) {
-		return published{}, false
-	}
-	h.lastMu.Lock()
-	defer h.lastMu.Unlock()
-	p, ok := h.last[clientID]
-	return p, ok
-}
-
-func (h *Hook) clearLastPublishes() {
-	h.lastMu.Lock()
-	h.hasLast.Store(false)
-	clear(h.last)
-	h.lastMu.Unlock()
 }

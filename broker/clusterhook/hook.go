@@ -107,11 +107,9 @@ type Hook struct {
 	nShadows  atomic.Int32
 	incoming  map[string]*incoming
 	nIncoming atomic.Int32
-	// While handoffs are under way: each local client's last publish.
-	lastMu  sync.Mutex
-	last    map[string]published
-	hasLast atomic.Bool
-	nextID  atomic.Uint64 // numbers this node's publishes
+	nextID    atomic.Uint64 // numbers this node's publishes
+	// The deadline of QoS 1/2 forwards (forwardContext).
+	fwdDeadline atomic.Pointer[forwardDeadline]
 	// Messages taken back before mochi wrote them (handoff.go withdraw).
 	wdMu       sync.Mutex
 	withdrawn  map[*mqtt.Client][]packets.Packet
@@ -126,9 +124,6 @@ type clusterRef struct{ c Cluster }
 type injector struct {
 	cl     *mqtt.Client
 	groups map[string]struct{}
-	from   string // the message being injected: its origin node,
-	id     uint64 // id there,
-	topic  string // and topic
 }
 
 // injectorPrefix starts the client ids of the injector pool.
@@ -149,7 +144,7 @@ func New(opts Options) *Hook {
 	}
 	h := &Hook{opts: opts, srv: opts.Server, log: opts.Log, dirty: map[string]struct{}{}, moved: map[string]struct{}{},
 		kick: make(chan struct{}, 1), done: make(chan struct{}),
-		shadows: map[string]*shadow{}, incoming: map[string]*incoming{}, last: map[string]published{},
+		shadows: map[string]*shadow{}, incoming: map[string]*incoming{},
 		withdrawn: map[*mqtt.Client][]packets.Packet{}}
 	h.injectors.New = func() any {
 		id := fmt.Sprintf("%s%d", injectorPrefix, h.nextInj.Add(1))
@@ -180,7 +175,7 @@ func (h *Hook) Provides(b byte) bool {
 	return bytes.Contains([]byte{
 		mqtt.OnConnect, mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnSubscribed, mqtt.OnUnsubscribed,
 		mqtt.OnClientExpired, mqtt.OnPublish, mqtt.OnWillSent, mqtt.OnRetainMessage, mqtt.OnSelectSubscribers,
-		mqtt.OnStopped, mqtt.OnSysInfoTick, mqtt.OnQosPublish, mqtt.OnWill, mqtt.OnPacketEncode,
+		mqtt.OnStopped, mqtt.OnSysInfoTick, mqtt.OnQosPublish, mqtt.OnPacketEncode,
 	}, []byte{b})
 }
 
@@ -227,7 +222,7 @@ func (h *Hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	}
 	s, err := decodeSession(tk.Session)
 	if err == nil {
-		h.startIncoming(cl.ID)
+		h.startIncoming(cl.ID, s.Inflight)
 		err = importSession(h.srv, cl.ID, s)
 	}
 	if err != nil {
@@ -405,21 +400,6 @@ func (h *Hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet
 	return pk
 }
 
-// OnWill numbers a will while handoffs are under way (see OnPublish);
-// OnWillSent forwards it with that id after the local delivery.
-func (h *Hook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
-	if h.handoffs() {
-		h.notePublish(cl.ID, published{topic: will.TopicName, id: h.nextID.Add(1)})
-	} else if h.hasLast.Load() {
-		h.forgetPublish(cl.ID)
-	}
-	return will, nil
-}
-
-// handoffs reports whether sessions are being handed off from or to
-// this node.
-func (h *Hook) handoffs() bool { return h.nShadows.Load() > 0 || h.nIncoming.Load() > 0 }
-
 // OnSessionEstablished records the session.
 func (h *Hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	h.dirtyMu.Lock()
@@ -456,25 +436,21 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		return pk, nil
 	}
 	qos := pk.FixedHeader.Qos
-	// QoS 0 forwards are queued without waiting: no deadline (and no
-	// timer) on that path, which is the hottest one.
+	// QoS 0 forwards are queued without waiting: no deadline on that
+	// path, which is the hottest one.
 	ctx := context.Background()
 	if qos > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, h.opts.ForwardTimeout)
-		defer cancel()
+		ctx = h.forwardContext()
 	}
 	id := h.nextID.Add(1)
-	err := c.Forward(ctx, pk.TopicName, qos, id, func() ([]byte, error) { return EncodePublish(pk) })
-	// While sessions are handed off, remember this publish's id: mochi
-	// delivers it locally right after, maybe to a session in handoff.
-	// (Checked after the forward, which may wait for a peer: a handoff
-	// can start meanwhile.)
-	if h.handoffs() {
-		h.notePublish(cl.ID, published{topic: pk.TopicName, id: id})
-	} else if h.hasLast.Load() {
-		h.forgetPublish(cl.ID)
-	}
+	// The id rides in the packet to mochi's local deliveries, which
+	// follow on this goroutine (handoff.go stamp).
+	stamp(&pk, c.Name(), id)
+	enc := publishEncoders.Get().(*publishEncoder)
+	enc.pk = pk
+	err := c.Forward(ctx, pk.TopicName, qos, id, enc.encode)
+	enc.pk = packets.Packet{}
+	publishEncoders.Put(enc)
 	if err == nil {
 		return pk, nil
 	}
@@ -503,6 +479,51 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	return pk, packets.ErrRejectPacket
 }
 
+// publishEncoder is Forward's encode callback for one publish. A closure
+// over OnPublish's packet, passed through the Cluster interface, moved the
+// whole packet (800 bytes) to the heap for every publish, forwarded or
+// not; pooled encoders keep their callback.
+type publishEncoder struct {
+	pk     packets.Packet
+	encode func() ([]byte, error)
+}
+
+var publishEncoders = sync.Pool{New: func() any {
+	e := &publishEncoder{}
+	e.encode = func() ([]byte, error) { return EncodePublish(e.pk) }
+	return e
+}}
+
+// forwardDeadline is a context shared by the QoS 1/2 publishes of a
+// short window (forwardWindow of ForwardTimeout): a context with its own
+// timer per publish cost more than the rest of a publish that matches
+// no other node.
+type forwardDeadline struct {
+	ctx      context.Context
+	deadline time.Time
+	cancel   context.CancelFunc // its timer releases it at the deadline
+}
+
+// forwardWindow divides ForwardTimeout: a publish waits for peers at
+// least ForwardTimeout less this fraction of it.
+const forwardWindow = 50
+
+// forwardContext returns a context that ends between ForwardTimeout
+// less 1/forwardWindow of it and ForwardTimeout from now.
+func (h *Hook) forwardContext() context.Context {
+	now := time.Now()
+	least := h.opts.ForwardTimeout - h.opts.ForwardTimeout/forwardWindow
+	if fd := h.fwdDeadline.Load(); fd != nil && fd.deadline.Sub(now) >= least {
+		return fd.ctx
+	}
+	d := now.Add(h.opts.ForwardTimeout)
+	ctx, cancel := context.WithDeadline(context.Background(), d)
+	// Concurrent publishes may each make one; the last one stored wins
+	// and the others serve only the publishes that made them.
+	h.fwdDeadline.Store(&forwardDeadline{ctx: ctx, deadline: d, cancel: cancel})
+	return ctx
+}
+
 // OnWillSent forwards a will message to the other nodes [MQTT-3.1.2-8].
 func (h *Hook) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
 	c := h.cluster()
@@ -511,13 +532,9 @@ func (h *Hook) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), h.opts.ForwardTimeout)
 	defer cancel()
-	id := uint64(0)
-	if p, ok := h.lastPublish(cl.ID); ok && p.topic == pk.TopicName {
-		id = p.id // numbered by OnWill
-	}
-	if id == 0 {
-		id = h.nextID.Add(1)
-	}
+	// A will is delivered locally before it is forwarded and carries no
+	// id there: a session handoff under way may deliver it twice.
+	id := h.nextID.Add(1)
 	if err := c.Forward(ctx, pk.TopicName, pk.FixedHeader.Qos, id, func() ([]byte, error) { return EncodePublish(pk) }); err != nil {
 		h.log.Warn("forward will", "client", cl.ID, "topic", pk.TopicName, "error", err)
 	}
@@ -537,7 +554,7 @@ func (h *Hook) DeliverForwarded(d cluster.Delivery) error {
 	for _, g := range d.Groups {
 		inj.groups[g] = struct{}{}
 	}
-	inj.from, inj.id, inj.topic = d.From, d.ID, pk.TopicName
+	stamp(&pk, d.From, d.ID)
 	h.injecting.Store(inj.cl.ID, inj)
 	// Inline publishes are not tracked as inflight, but mochi validates
 	// that a QoS>0 PUBLISH carries an id.
@@ -547,7 +564,6 @@ func (h *Hook) DeliverForwarded(d cluster.Delivery) error {
 	}
 	err = h.srv.InjectPacket(inj.cl, pk)
 	h.injecting.Delete(inj.cl.ID)
-	inj.from, inj.id, inj.topic = "", 0, ""
 	h.injectors.Put(inj)
 	if err != nil {
 		return fmt.Errorf("inject message from %s: %w", from, err)

@@ -27,6 +27,9 @@ func exportSession(cl *mqtt.Client) (session, error) {
 	for _, pk := range cl.State.Inflight.GetAll(false) {
 		m := inflightMsg{Type: pk.FixedHeader.Type, PacketID: pk.PacketID, Created: pk.Created, Expiry: pk.Expiry}
 		if pk.FixedHeader.Type == packets.Publish {
+			if k, _, ok := keyOf(pk); ok {
+				m.From, m.ID = k.from, k.id // so the new node can tell it from a direct copy
+			}
 			b, err := EncodePublish(pk)
 			if err != nil {
 				return s, fmt.Errorf("export inflight %d of %s: %w", pk.PacketID, cl.ID, err)

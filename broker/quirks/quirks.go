@@ -34,12 +34,11 @@ import (
 // written, so a publish matching its subscriptions in between is written
 // first and the client fails the connection ("unexpected packet"); and
 // after a CONNACK with session present mochi resends the session's queue,
-// which also holds the QoS 1/2 publishes just queued and written by the
-// client's write loop, so those go out twice, in either order. The hook
-// holds a PUBLISH (OnPacketEncode) until the CONNACK went out (at most
-// connackWait), and writes each packet id once: until the session is
-// established a resend of one already written is withheld, and later the
-// write loop's copy of one already resent is (until the client acks it).
+// which also holds the QoS 1/2 publishes just queued for the client's
+// write loop, so those went out twice. The hook holds every PUBLISH but
+// mochi's resends (DUP set) until the session is established (at most
+// connackWait), and then withholds the ones the resend already wrote.
+// (The resend itself cannot be held back: a failed write ends it.)
 //
 // Messages lost at a session takeover (mochi v2.7.9): when a client
 // resumes its session, mochi marks the old client taken over, clones its
@@ -68,12 +67,10 @@ type Hook struct {
 	settled  map[string]*settled // client id -> its session's established client
 }
 
-// gate tracks a connecting client from OnSessionEstablish until its
-// session is established.
+// gate holds publishes to a connecting client from OnSessionEstablish
+// until its session is established.
 type gate struct {
-	open    chan struct{} // closed once the CONNACK is out
-	present bool          // the CONNACK's session present flag (set before open closes)
-	written map[uint16]packets.Packet
+	open chan struct{} // closed when the session is established
 }
 
 // settled is the client holding a session, with the queue it had when
@@ -84,8 +81,8 @@ type settled struct {
 }
 
 // connackWait bounds how long a publish to a connecting client waits
-// for its CONNACK; after that it is written anyway (the connection is
-// probably failing).
+// for its session to be established; after that it is written anyway
+// (the connection is probably failing).
 const connackWait = 2 * time.Second
 
 // maxOrphans bounds the messages collected per taken-over session.
@@ -112,52 +109,30 @@ func (h *Hook) ID() string { return "mendmq-quirks" }
 // Provides declares the handled hook methods.
 func (h *Hook) Provides(b byte) bool {
 	return bytes.Contains([]byte{
-		mqtt.OnSessionEstablish, mqtt.OnSessionEstablished, mqtt.OnPacketEncode, mqtt.OnPacketSent,
+		mqtt.OnSessionEstablish, mqtt.OnSessionEstablished, mqtt.OnPacketEncode,
 		mqtt.OnDisconnect, mqtt.OnQosDropped, mqtt.OnQosPublish, mqtt.OnPacketRead,
 	}, []byte{b})
 }
 
 // OnSessionEstablish runs before mochi lists the connecting client: from
-// here until its CONNACK is written, publishes to it wait.
+// here until its session is established, publishes to it wait.
 func (h *Hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	h.gateMu.Lock()
 	if _, ok := h.gates[cl]; !ok {
-		h.gates[cl] = &gate{open: make(chan struct{}), written: map[uint16]packets.Packet{}}
+		h.gates[cl] = &gate{open: make(chan struct{})}
 		h.nGates.Add(1)
 	}
 	h.gateMu.Unlock()
 }
 
-// openGate releases the publishes held for cl; present is the CONNACK's
-// session present flag.
-func (h *Hook) openGate(cl *mqtt.Client, present bool) {
-	if h.nGates.Load() == 0 {
-		return
-	}
-	h.gateMu.Lock()
-	if g, ok := h.gates[cl]; ok {
-		select {
-		case <-g.open:
-		default:
-			g.present = present
-			close(g.open)
-		}
-	}
-	h.gateMu.Unlock()
-}
-
-// dropGate ends the tracking of cl (session established or failed).
+// dropGate releases what waits for cl (session established or failed).
 func (h *Hook) dropGate(cl *mqtt.Client) {
 	if h.nGates.Load() == 0 {
 		return
 	}
 	h.gateMu.Lock()
 	if g, ok := h.gates[cl]; ok {
-		select {
-		case <-g.open:
-		default:
-			close(g.open)
-		}
+		close(g.open)
 		delete(h.gates, cl)
 		h.nGates.Add(-1)
 	}
@@ -168,64 +143,38 @@ func samePublish(a, b packets.Packet) bool {
 	return a.TopicName == b.TopicName && bytes.Equal(a.Payload, b.Payload)
 }
 
-// OnPacketEncode holds a PUBLISH to a client whose CONNACK is not out and
-// writes each packet id once (see Hook). A packet it withholds gets an
-// invalid type, which makes WritePacket skip it.
+// OnPacketEncode holds a PUBLISH to a connecting client and withholds
+// one that mochi's resend wrote already (see Hook). A packet it
+// withholds gets an invalid type, which makes WritePacket skip it.
 func (h *Hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
-	if pk.FixedHeader.Type != packets.Publish || pk.FixedHeader.Qos == 0 {
-		if pk.FixedHeader.Type == packets.Publish && h.nGates.Load() > 0 {
-			h.hold(cl)
-		}
+	if pk.FixedHeader.Type != packets.Publish {
 		return pk
 	}
 	if h.nGates.Load() > 0 {
-		if g := h.hold(cl); g != nil {
-			h.gateMu.Lock()
-			defer h.gateMu.Unlock()
-			if h.gates[cl] == g {
-				w, ok := g.written[pk.PacketID]
-				switch {
-				case ok && samePublish(w, pk):
-					pk.FixedHeader.Type = packets.Reserved
-				case pk.FixedHeader.Dup:
-					g.written[pk.PacketID] = pk
-					h.noteResent(cl, pk)
-				default:
-					g.written[pk.PacketID] = pk
-				}
+		h.gateMu.Lock()
+		g, ok := h.gates[cl]
+		h.gateMu.Unlock()
+		if ok {
+			if pk.FixedHeader.Dup {
+				// mochi's resend after the CONNACK: written now.
+				h.noteResent(cl, pk)
 				return pk
 			}
+			t := time.NewTimer(connackWait)
+			select {
+			case <-g.open:
+			case <-t.C:
+				// Never established (mochi calls no hook for some
+				// failed connects): stop tracking it.
+				h.dropGate(cl)
+			}
+			t.Stop()
 		}
 	}
-	if !pk.FixedHeader.Dup && h.wasResent(cl, pk) {
+	if pk.FixedHeader.Qos > 0 && !pk.FixedHeader.Dup && h.wasResent(cl, pk) {
 		pk.FixedHeader.Type = packets.Reserved
 	}
 	return pk
-}
-
-// hold waits until cl's CONNACK is out, if it is connecting, and returns
-// its gate (nil if none).
-func (h *Hook) hold(cl *mqtt.Client) *gate {
-	h.gateMu.Lock()
-	g, ok := h.gates[cl]
-	h.gateMu.Unlock()
-	if !ok {
-		return nil
-	}
-	select {
-	case <-g.open:
-	default:
-		t := time.NewTimer(connackWait)
-		select {
-		case <-g.open:
-		case <-t.C:
-			// The connection never got its CONNACK (mochi calls no
-			// hook for some failed connects): stop tracking it.
-			h.dropGate(cl)
-		}
-		t.Stop()
-	}
-	return g
 }
 
 // noteResent records a publish mochi resent at connect.
@@ -280,13 +229,6 @@ func (h *Hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 		h.resentMu.Unlock()
 	}
 	return pk, nil
-}
-
-// OnPacketSent opens the gate once the CONNACK is written.
-func (h *Hook) OnPacketSent(cl *mqtt.Client, pk packets.Packet, b []byte) {
-	if pk.FixedHeader.Type == packets.Connack {
-		h.openGate(cl, pk.SessionPresent)
-	}
 }
 
 // OnDisconnect ends the tracking of the client.
