@@ -46,9 +46,10 @@ import (
 // QoS 0 messages are not queued for a disconnected session (mochi drops
 // them), so the shadow does not see them either: at most once.
 
-// handoffTimeout bounds the pending phase: without N's FinishTakeover
-// (N failed, or its CONNECT did) the shadow ships what it caught anyway.
-// graceFactor times the forward timeout is the forwarding phase.
+// graceFactor times the forward timeout is the forwarding phase. The
+// pending phase lasts at most the register timeout plus the forward
+// timeout: without N's FinishTakeover by then (N failed, or its CONNECT
+// did) the shadow ships what it caught anyway.
 const graceFactor = 2
 
 // msgKey identifies a publish: its origin node and the id it got there.
