@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -90,8 +91,7 @@ type Hook struct {
 
 	node atomic.Pointer[clusterRef]
 
-	injectors sync.Pool // *injector
-	injecting sync.Map  // injector client id -> *injector
+	injectors sync.Pool // *mqtt.Client, inline
 
 	dirtyMu sync.Mutex
 	dirty   map[string]struct{}
@@ -118,15 +118,8 @@ type Hook struct {
 
 type clusterRef struct{ c Cluster }
 
-// injector is an inline client through which forwarded publishes enter
-// mochi; groups are the shared subscriptions ("$share/g/f") this node
-// must serve for the message being injected.
-type injector struct {
-	cl     *mqtt.Client
-	groups map[string]struct{}
-}
-
-// injectorPrefix starts the client ids of the injector pool.
+// injectorPrefix starts the client ids of the injector pool: inline
+// clients through which forwarded publishes enter mochi.
 const injectorPrefix = "$cluster-injector-"
 
 var (
@@ -150,7 +143,7 @@ func New(opts Options) *Hook {
 		id := fmt.Sprintf("%s%d", injectorPrefix, h.nextInj.Add(1))
 		cl := h.srv.NewClient(nil, "cluster", id, true)
 		cl.Properties.ProtocolVersion = 5
-		return &injector{cl: cl, groups: map[string]struct{}{}}
+		return cl
 	}
 	h.wg.Add(1)
 	go h.syncLoop()
@@ -549,21 +542,21 @@ func (h *Hook) DeliverForwarded(d cluster.Delivery) error {
 	if err != nil {
 		return fmt.Errorf("deliver message from %s: %w", from, err)
 	}
-	inj := h.injectors.Get().(*injector)
-	clear(inj.groups)
-	for _, g := range d.Groups {
-		inj.groups[g] = struct{}{}
-	}
+	inj := h.injectors.Get().(*mqtt.Client)
 	stamp(&pk, d.From, d.ID)
-	h.injecting.Store(inj.cl.ID, inj)
+	// The shared groups this node serves ride in the packet's filter
+	// list, which a PUBLISH does not use, to OnSelectSubscribers.
+	pk.Filters = nil
+	for _, g := range d.Groups {
+		pk.Filters = append(pk.Filters, packets.Subscription{Filter: g})
+	}
 	// Inline publishes are not tracked as inflight, but mochi validates
 	// that a QoS>0 PUBLISH carries an id.
 	pk.PacketID = 0
 	if pk.FixedHeader.Qos > 0 {
 		pk.PacketID = 1 // and a QoS0 one must not [MQTT-2.2.1-2]
 	}
-	err = h.srv.InjectPacket(inj.cl, pk)
-	h.injecting.Delete(inj.cl.ID)
+	err = h.srv.InjectPacket(inj, pk)
 	h.injectors.Put(inj)
 	if err != nil {
 		return fmt.Errorf("inject message from %s: %w", from, err)
@@ -582,13 +575,11 @@ func (h *Hook) DeliverForwarded(d cluster.Delivery) error {
 // deliveries to the groups this node was chosen for; the publishing node
 // picked one node per group.
 func (h *Hook) OnSelectSubscribers(subs *mqtt.Subscribers, pk packets.Packet) *mqtt.Subscribers {
-	v, ok := h.injecting.Load(pk.Origin)
-	if !ok {
+	if !strings.HasPrefix(pk.Origin, injectorPrefix) {
 		return subs
 	}
-	inj := v.(*injector)
 	for filter := range subs.Shared {
-		if _, ok := inj.groups[filter]; !ok {
+		if !slices.ContainsFunc(pk.Filters, func(g packets.Subscription) bool { return g.Filter == filter }) {
 			delete(subs.Shared, filter)
 		}
 	}
