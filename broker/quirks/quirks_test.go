@@ -22,7 +22,7 @@ import (
 func TestResumeUnderLoad(t *testing.T) {
 	nd := brokertest.Start(t, brokertest.Config())
 	url := nd.URL(0)
-	const id, pubs, total, hops = "resumer", 4, 250, 20
+	const id, pubs, total, hops = "resumer", 4, 250, 12
 	opts := brokertest.V5Options{KeepSession: true, SessionExpiry: 300}
 
 	first := brokertest.MustV5(t, url, id, opts)
