@@ -464,16 +464,7 @@ func (h *Hook) endShadow(sh *shadow, reason string) {
 		h.opts.Metrics.DroppedN(metrics.ReasonHandoff, left)
 	}
 	cl := sh.cl
-	for filter := range cl.State.Subscriptions.GetAll() {
-		if h.srv.Topics.Unsubscribe(filter, cl.ID) {
-			atomic.AddInt64(&h.srv.Info.Subscriptions, -1)
-		}
-		cl.State.Subscriptions.Delete(filter)
-	}
-	cl.ClearInflights()
-	if cur, ok := h.srv.Clients.Get(cl.ID); ok && cur == cl {
-		h.srv.Clients.Delete(cl.ID)
-	}
+	h.dropLocal(cl)
 	// The old session's events are long flushed: forget that it moved
 	// (the set would otherwise grow with every session that leaves).
 	h.dirtyMu.Lock()

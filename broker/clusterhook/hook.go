@@ -273,17 +273,24 @@ func (h *Hook) TakeoverSession(clientID, newNode string, handoff bool) ([]byte, 
 	}
 	// The session ends here without touching the replicated record,
 	// which newNode rewrites.
+	h.dropLocal(cl)
+	return nil, nil
+}
+
+// dropLocal removes a stopped client's session from this node (its
+// subscriptions, queue and listing) without touching the replicated
+// record, which the session's new node rewrites.
+func (h *Hook) dropLocal(cl *mqtt.Client) {
 	for filter := range cl.State.Subscriptions.GetAll() {
-		if h.srv.Topics.Unsubscribe(filter, clientID) {
+		if h.srv.Topics.Unsubscribe(filter, cl.ID) {
 			atomic.AddInt64(&h.srv.Info.Subscriptions, -1)
 		}
 		cl.State.Subscriptions.Delete(filter)
 	}
 	cl.ClearInflights()
-	if cur, ok := h.srv.Clients.Get(clientID); ok && cur == cl {
-		h.srv.Clients.Delete(clientID)
+	if cur, ok := h.srv.Clients.Get(cl.ID); ok && cur == cl {
+		h.srv.Clients.Delete(cl.ID)
 	}
-	return nil, nil
 }
 
 // --- session table ------------------------------------------------------
