@@ -183,14 +183,18 @@ func (b *Broker) addCluster() error {
 	if cc.RetainedResolver == nil {
 		cc.RetainedResolver = clusterhook.RetainedResolver(b.policies, b.log)
 	}
-	b.chook = clusterhook.New(clusterhook.Options{
+	opts := clusterhook.Options{
 		Server:          b.server,
 		Metrics:         b.metrics,
 		Log:             b.log,
 		ForwardTimeout:  cc.ForwardTimeout,
 		RegisterTimeout: cc.RegisterTimeout,
 		Authenticate:    b.auth.OnConnectAuthenticate,
-	})
+	}
+	if b.store != nil {
+		opts.Store = b.store // added before the cluster hook (addHooks)
+	}
+	b.chook = clusterhook.New(opts)
 	node, err := cluster.New(b.cfg.Node.Name, cc, b.chook)
 	if err != nil {
 		return err

@@ -136,6 +136,10 @@ type Node struct {
 
 	stats counters
 	stop  chan struct{}
+	// synced is closed once the tables were exchanged with a peer after
+	// Start, or at Start without seeds (Synced).
+	synced   chan struct{}
+	syncOnce sync.Once
 	// ctx ends at Stop, so calls a background goroutine is waiting on
 	// (anti-entropy behind a slow peer) do not hold up the shutdown.
 	ctx      context.Context
@@ -180,6 +184,7 @@ func New(name string, cfg Config, broker Broker) (*Node, error) {
 	n := &Node{
 		cfg: cfg, name: name, log: log.With("node", name), baseLog: log, broker: broker, store: store, index: routes.NewIndex(),
 		members: map[string]membership.State{}, registry: map[string]string{}, stop: make(chan struct{}),
+		synced: make(chan struct{}),
 	}
 	n.matchPool.New = func() any { return new(routes.Result) }
 	n.ctx, n.cancel = context.WithCancel(context.Background())
@@ -241,6 +246,12 @@ func (n *Node) Start() error {
 				n.log.Warn("update data address in metadata", "error", err)
 			}
 		}
+	}
+	if len(n.cfg.Seeds) == 0 {
+		// A node without seeds starts a cluster; one with seeds has the
+		// tables after its first exchange with a member that joined,
+		// even if the seeds answer only later.
+		n.markSynced()
 	}
 	n.wg.Add(1)
 	go n.background()
@@ -611,6 +622,7 @@ func (n *Node) antiEntropy(peer string) {
 	}
 	n.applyDeltas(theirs)
 	n.stats.aeRepaired.Add(uint64(len(theirs)))
+	n.markSynced()
 	n.mu.Lock()
 	var mine []replica.Delta
 	for _, s := range sets {
@@ -628,6 +640,20 @@ func (n *Node) antiEntropy(peer string) {
 			mine = mine[k:]
 		}
 	}
+}
+
+func (n *Node) markSynced() { n.syncOnce.Do(func() { close(n.synced) }) }
+
+// Synced is closed once this node has the cluster's tables: after its
+// first exchange with a peer since Start, or at Start if it has no seeds. A restarted node's restored sessions are checked against the
+// session table only then (a session may have moved meanwhile).
+func (n *Node) Synced() <-chan struct{} { return n.synced }
+
+// SessionNode returns the node the replicated session table places
+// clientID's session on.
+func (n *Node) SessionNode(clientID string) (string, bool) {
+	rec, ok := n.index.Session(clientID)
+	return rec.Node, ok
 }
 
 // answerDigest is the responder's half of anti-entropy.

@@ -115,7 +115,7 @@ func (h *Hook) startShadow(cl *mqtt.Client, newNode string) ([]byte, error) {
 	// Every queued message is taken exactly once, by the export or by a
 	// catch: both delete it from the queue under sh.mu.
 	sh.mu.Lock()
-	s, err := exportSession(cl)
+	s, err := exportSession(cl, h.keyOf)
 	var blob []byte
 	if err == nil {
 		// Exactly what was exported: a message queued since (its
@@ -124,6 +124,7 @@ func (h *Hook) startShadow(cl *mqtt.Client, newNode string) ([]byte, error) {
 			if cl.State.Inflight.Delete(m.PacketID) {
 				atomic.AddInt64(&h.srv.Info.Inflight, -1)
 			}
+			h.unstoreQueued(cl, m.PacketID)
 		}
 		blob, err = encodeSession(s)
 	}
@@ -156,9 +157,9 @@ func stamp(pk *packets.Packet, from string, id uint64) {
 	pk.Connect.WillTopic = pk.TopicName
 }
 
-// keyOf returns what stamp recorded in pk; ok is false for a publish
+// stampOf returns what stamp recorded in pk; ok is false for a publish
 // without one (a will, a message restored from storage).
-func keyOf(pk packets.Packet) (k msgKey, topic string, ok bool) {
+func stampOf(pk packets.Packet) (k msgKey, topic string, ok bool) {
 	id := uint64(pk.Connect.WillProperties.SessionExpiryInterval)<<32 | uint64(pk.Connect.WillProperties.MaximumPacketSize)
 	if id == 0 || pk.Connect.ClientIdentifier == "" {
 		return msgKey{}, "", false
@@ -168,7 +169,7 @@ func keyOf(pk packets.Packet) (k msgKey, topic string, ok bool) {
 
 // catch takes a message mochi queued for a shadow (OnQosPublish).
 func (h *Hook) catch(sh *shadow, pk packets.Packet) {
-	k, topic, _ := keyOf(pk)
+	k, topic, _ := h.keyOf(pk)
 	// mochi may have replaced the topic by an alias of the connection
 	// that is gone; the original publish still names it.
 	if pk.TopicName == "" {
@@ -180,6 +181,7 @@ func (h *Hook) catch(sh *shadow, pk packets.Packet) {
 		return // exported with the snapshot
 	}
 	atomic.AddInt64(&h.srv.Info.Inflight, -1)
+	h.unstoreQueued(sh.cl, pk.PacketID)
 	if sh.ended {
 		return
 	}
@@ -242,7 +244,7 @@ func (h *Hook) seen(in *incoming, cl *mqtt.Client, pk packets.Packet) {
 	if pk.FixedHeader.Dup {
 		return // mochi resending the queue, not a new delivery
 	}
-	k, _, ok := keyOf(pk)
+	k, _, ok := h.keyOf(pk)
 	if !ok {
 		return
 	}
@@ -276,6 +278,7 @@ func (h *Hook) withdraw(cl *mqtt.Client, pk packets.Packet) {
 	if cl.State.Inflight.Delete(pk.PacketID) {
 		atomic.AddInt64(&h.srv.Info.Inflight, -1)
 	}
+	h.unstoreQueued(cl, pk.PacketID)
 	if cl.Closed() {
 		return // mochi does not write to a disconnected client
 	}
@@ -575,6 +578,7 @@ func (h *Hook) appendInflight(clientID string, msgs []inflightMsg) error {
 				}
 				continue
 			}
+			h.storeQueued(cl, pk)
 			if !cl.Closed() {
 				// Before the CONNACK, broker/quirks holds the write and
 				// keeps mochi's resend from repeating it.

@@ -64,6 +64,10 @@ type Cluster interface {
 	// AppendSession sends messages caught for a moved session to its
 	// new node.
 	AppendSession(ctx context.Context, node, clientID string, msgs []byte) error
+	// Synced is closed once the node has the cluster's tables after
+	// starting; SessionNode reads the session table.
+	Synced() <-chan struct{}
+	SessionNode(clientID string) (string, bool)
 }
 
 // Options configures the hook.
@@ -80,6 +84,10 @@ type Options struct {
 	// before authentication, and registration takes sessions over across
 	// the cluster, so an unauthenticated CONNECT must not get that far.
 	Authenticate func(cl *mqtt.Client, pk packets.Packet) bool
+	// Store, if set, is the node's storage hook (store.go). It must be
+	// added to the server before this hook, so that it has written a
+	// message mochi queued before this hook takes the message back.
+	Store Store
 }
 
 // Hook is the mochi hook and the cluster's Broker.
@@ -114,6 +122,15 @@ type Hook struct {
 	wdMu       sync.Mutex
 	withdrawn  map[*mqtt.Client][]packets.Packet
 	nWithdrawn atomic.Int32
+	// Restored sessions being reconciled (restore.go): OnConnect and
+	// the reconciliation of a session exclude each other meanwhile.
+	restoring atomic.Bool
+	restoreMu sync.Mutex
+	serving   atomic.Bool // OnStarted
+	// The ids of wills, by origin client (will.go).
+	willMu sync.Mutex
+	wills  map[string][]*willNote
+	nWills atomic.Int32
 }
 
 type clusterRef struct{ c Cluster }
@@ -138,7 +155,7 @@ func New(opts Options) *Hook {
 	h := &Hook{opts: opts, srv: opts.Server, log: opts.Log, dirty: map[string]struct{}{}, moved: map[string]struct{}{},
 		kick: make(chan struct{}, 1), done: make(chan struct{}),
 		shadows: map[string]*shadow{}, incoming: map[string]*incoming{},
-		withdrawn: map[*mqtt.Client][]packets.Packet{}}
+		withdrawn: map[*mqtt.Client][]packets.Packet{}, wills: map[string][]*willNote{}}
 	h.injectors.New = func() any {
 		id := fmt.Sprintf("%s%d", injectorPrefix, h.nextInj.Add(1))
 		cl := h.srv.NewClient(nil, "cluster", id, true)
@@ -167,8 +184,8 @@ func (h *Hook) ID() string { return "mendmq-cluster" }
 func (h *Hook) Provides(b byte) bool {
 	return bytes.Contains([]byte{
 		mqtt.OnConnect, mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnSubscribed, mqtt.OnUnsubscribed,
-		mqtt.OnClientExpired, mqtt.OnPublish, mqtt.OnWillSent, mqtt.OnRetainMessage, mqtt.OnSelectSubscribers,
-		mqtt.OnStopped, mqtt.OnSysInfoTick, mqtt.OnQosPublish, mqtt.OnPacketEncode,
+		mqtt.OnClientExpired, mqtt.OnPublish, mqtt.OnWill, mqtt.OnWillSent, mqtt.OnRetainMessage, mqtt.OnSelectSubscribers,
+		mqtt.OnStarted, mqtt.OnStopped, mqtt.OnSysInfoTick, mqtt.OnQosPublish, mqtt.OnPacketEncode,
 	}, []byte{b})
 }
 
@@ -194,6 +211,10 @@ func (h *Hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	}
 	if h.opts.Authenticate != nil && !h.opts.Authenticate(cl, pk) {
 		return nil // mochi authenticates next and refuses it
+	}
+	if h.restoring.Load() {
+		h.restoreMu.Lock()
+		defer h.restoreMu.Unlock()
 	}
 	// A shadow of an earlier session of this id (handed off from here)
 	// must be gone before a new one is set up under the same id.
@@ -228,6 +249,7 @@ func (h *Hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	if !ok {
 		return nil
 	}
+	h.storeSession(moved)
 	// Route the session's messages here on every node before the client
 	// is acknowledged: a publish acked after the CONNACK must not go to
 	// the node it came from, which no longer has the subscriptions.
@@ -272,7 +294,12 @@ func (h *Hook) TakeoverSession(clientID, newNode string, handoff bool) ([]byte, 
 		return h.startShadow(cl, newNode)
 	}
 	// The session ends here without touching the replicated record,
-	// which newNode rewrites.
+	// which newNode rewrites: the client started a clean session there,
+	// or this copy is a duplicate of the one newNode holds (replication
+	// told this node so, e.g. after a restart).
+	if n := cl.State.Inflight.Len(); n > 0 {
+		h.opts.Metrics.DroppedN(metrics.ReasonSuperseded, n)
+	}
 	h.dropLocal(cl)
 	return nil, nil
 }
@@ -281,13 +308,20 @@ func (h *Hook) TakeoverSession(clientID, newNode string, handoff bool) ([]byte, 
 // subscriptions, queue and listing) without touching the replicated
 // record, which the session's new node rewrites.
 func (h *Hook) dropLocal(cl *mqtt.Client) {
+	var filters []string
 	for filter := range cl.State.Subscriptions.GetAll() {
 		if h.srv.Topics.Unsubscribe(filter, cl.ID) {
 			atomic.AddInt64(&h.srv.Info.Subscriptions, -1)
 		}
 		cl.State.Subscriptions.Delete(filter)
+		filters = append(filters, filter)
+	}
+	var ids []uint16
+	for _, pk := range cl.State.Inflight.GetAll(false) {
+		ids = append(ids, pk.PacketID)
 	}
 	cl.ClearInflights()
+	h.unstoreSession(cl, filters, ids)
 	if cur, ok := h.srv.Clients.Get(cl.ID); ok && cur == cl {
 		h.srv.Clients.Delete(cl.ID)
 	}
@@ -358,11 +392,17 @@ func (h *Hook) flushDirty() {
 	}
 }
 
-// SyncSessions re-announces every local session (after a restart).
+// SyncSessions re-announces the sessions restored from storage after a
+// restart, once the node has the cluster's session table (restore.go).
 func (h *Hook) SyncSessions() {
-	for id := range h.srv.Clients.GetAll() {
-		h.markDirty(id)
+	restored := h.srv.Clients.GetAll()
+	c := h.cluster()
+	if c == nil || len(restored) == 0 {
+		return
 	}
+	h.restoring.Store(true)
+	h.wg.Add(1)
+	go h.reconcileRestored(c, restored)
 }
 
 // LocalSession reports whether clientID has a session on this node
@@ -411,8 +451,18 @@ func (h *Hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 // OnDisconnect updates or removes the record.
 func (h *Hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	h.forgetWithdrawn(cl)
+	if !h.serving.Load() && cl.Net.Conn == nil && errors.Is(err, packets.ErrServerShuttingDown) {
+		// mochi restoring a session from storage: SyncSessions
+		// announces it once the node has the session table, where it
+		// may have moved meanwhile (restore.go).
+		return
+	}
 	h.markDirty(cl.ID)
 }
+
+// OnStarted notes that mochi serves clients: sessions it restored from
+// storage are all loaded.
+func (h *Hook) OnStarted() { h.serving.Store(true) }
 
 // OnSubscribed updates the record.
 func (h *Hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) { h.markDirty(cl.ID) }
@@ -532,9 +582,13 @@ func (h *Hook) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), h.opts.ForwardTimeout)
 	defer cancel()
-	// A will is delivered locally before it is forwarded and carries no
-	// id there: a session handoff under way may deliver it twice.
-	id := h.nextID.Add(1)
+	// The id OnWill gave it, which the handoff paths know its local
+	// deliveries by (will.go).
+	k, _, ok := h.willKey(pk)
+	id := k.id
+	if !ok {
+		id = h.nextID.Add(1)
+	}
 	if err := c.Forward(ctx, pk.TopicName, pk.FixedHeader.Qos, id, func() ([]byte, error) { return EncodePublish(pk) }); err != nil {
 		h.log.Warn("forward will", "client", cl.ID, "topic", pk.TopicName, "error", err)
 	}

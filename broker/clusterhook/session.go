@@ -12,7 +12,7 @@ import (
 
 // exportSession captures a client's session for a move to another node.
 // The caller has already stopped the client.
-func exportSession(cl *mqtt.Client) (session, error) {
+func exportSession(cl *mqtt.Client, keyOf func(packets.Packet) (msgKey, string, bool)) (session, error) {
 	s := session{
 		ProtocolVersion: cl.Properties.ProtocolVersion,
 		Clean:           cl.Properties.Clean,

@@ -1,7 +1,6 @@
 package clustertests
 
 import (
-	"context"
 	"fmt"
 	"testing"
 
@@ -43,22 +42,7 @@ func TestCrashRestart(t *testing.T) {
 	c.waitRetained("crr/before", "before")
 	c.waitRoutes()
 
-	// Crash.
-	c.net.Isolate(victim)
-	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
-	_ = c.node(victim).Shutdown(ctx) // errors expected: it is cut off
-	cancel()
-	c.forget(victim)
-	c.eventually(victim+" to be seen dead", func() (bool, string) {
-		for _, n := range survivors {
-			for _, m := range c.node(n).Cluster().Status().Members {
-				if m.Name == victim && m.State != "dead" {
-					return false, fmt.Sprintf("%s sees %s %s", n, victim, m.State)
-				}
-			}
-		}
-		return true, ""
-	})
+	crash(t, c, victim)
 
 	// Refused QoS 2 (the victim had a matching subscriber), then a QoS 0
 	// on the same topic, then a marker: the survivors get only the QoS 0.

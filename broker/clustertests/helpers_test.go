@@ -439,3 +439,25 @@ func subscribed(t testing.TB, cl *brokertest.V5) {
 		t.Fatalf("unsubscribe (sync): %v", err)
 	}
 }
+
+// crash cuts node victim off from every peer and stops it (its graceful
+// leave reaches nobody), then waits until every other node sees it dead.
+// c must run on a fault-injecting network.
+func crash(t testing.TB, c *testCluster, victim string) {
+	t.Helper()
+	c.net.Isolate(victim)
+	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+	_ = c.node(victim).Shutdown(ctx) // errors expected: it is cut off
+	cancel()
+	c.forget(victim)
+	c.eventually(victim+" to be seen dead", func() (bool, string) {
+		for _, n := range c.names {
+			for _, m := range c.node(n).Cluster().Status().Members {
+				if m.Name == victim && m.State != "dead" {
+					return false, fmt.Sprintf("%s sees %s %s", n, victim, m.State)
+				}
+			}
+		}
+		return true, ""
+	})
+}

@@ -294,12 +294,36 @@ func testTakeoverUnderLoad(t *testing.T, c *testCluster) {
 			}
 		}()
 	}
+	// Clients whose QoS 2 wills go to the session die while it moves: a
+	// will has no publish id of its own in mochi's deliveries, yet it
+	// must reach the session once too, whether the old node's shadow
+	// caught it or the new node delivered it (or both).
+	const nWills = 8
+	var willers []*brokertest.V5
+	var wantWills []string
+	for k := range nWills {
+		n := []string{"n1", "n2"}[k%2]
+		payload := fmt.Sprintf("will-%s-%d", n, k)
+		willers = append(willers, brokertest.MustV5(t, c.url(n), "ld-will-"+payload, brokertest.V5Options{
+			Will: &paho.WillMessage{Topic: "ld/will", QoS: 2, Payload: []byte(payload)},
+		}))
+		wantWills = append(wantWills, payload)
+	}
 	for range pubNodes {
 		<-reached
 	}
 	close(goOn)
 	old.Close()
+	willsDone := make(chan struct{})
+	go func() {
+		defer close(willsDone)
+		for _, w := range willers {
+			w.Drop()
+			time.Sleep(2 * time.Millisecond) // spread them over the move
+		}
+	}()
 	nw := brokertest.MustV5(t, c.url("n2"), id, opts)
+	<-willsDone
 	if !nw.Connack.SessionPresent {
 		t.Fatal("reconnect on n2 under load: session present = false")
 	}
@@ -312,6 +336,7 @@ func testTakeoverUnderLoad(t *testing.T, c *testCluster) {
 		}
 		want = append(want, r.acked...)
 	}
+	want = append(want, wantWills...)
 	oldGot := map[string]int{}
 	for drained := false; !drained; {
 		select {

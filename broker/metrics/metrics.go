@@ -25,6 +25,7 @@ const (
 	ReasonPeerQueueFull = "peer_queue_full"    // cross-node queue full (QoS0 only)
 	ReasonNoRoute       = "no_matching_client" // published with no subscriber anywhere
 	ReasonHandoff       = "handoff_failed"     // caught for a moved session, its new node unreachable
+	ReasonSuperseded    = "session_superseded" // queued in a session replaced on another node (clean start there, stale restored copy)
 )
 
 // MQTT holds the counters; one per node (tests run several nodes in one

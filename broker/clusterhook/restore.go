@@ -1,0 +1,71 @@
+package clusterhook
+
+import (
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+
+	"github.com/mendmq/mendmq/broker/metrics"
+)
+
+// Sessions restored from storage.
+//
+// A node that restarts with storage.path restores its persistent sessions
+// before it has the cluster's session table. One of them may have moved
+// on while the node was down (its client reconnected on another node,
+// which took the session over, or started a new one because this node was
+// gone), or this node may have stopped in the middle of handing it off.
+// Announcing the restored copy then would take the session's routes from
+// the node where its client lives. So the restored sessions are announced
+// only once the node has the table (Cluster.Synced), and a session the
+// table places on another node is superseded: its copy here is dropped
+// from memory and storage, and the messages it still had queued are
+// counted as dropped (reason session_superseded). They belong to a
+// session the client has replaced: a client that resumed there got the
+// moved session, one that found this node gone was told by CONNACK
+// (session present = false) that its session was lost.
+
+// restoreWait bounds the wait for the session table: a node that cannot
+// exchange tables with any peer by then announces what it restored.
+const restoreWait = 30 * time.Second
+
+// reconcileRestored announces or drops the restored sessions.
+func (h *Hook) reconcileRestored(c Cluster, restored map[string]*mqtt.Client) {
+	defer h.wg.Done()
+	defer h.restoring.Store(false)
+	t := time.NewTimer(restoreWait)
+	defer t.Stop()
+	select {
+	case <-c.Synced():
+	case <-t.C:
+		h.log.Warn("no session table from the cluster yet; announcing restored sessions", "sessions", len(restored), "waited", restoreWait)
+	case <-h.done:
+		return
+	}
+	superseded := 0
+	for id, rc := range restored {
+		h.restoreMu.Lock() // no CONNECT of id is between its checks and its import
+		node, ok := c.SessionNode(id)
+		cl, local := h.srv.Clients.Get(id)
+		if !ok || node == c.Name() || !local || cl != rc || !cl.Closed() {
+			h.restoreMu.Unlock()
+			// Ours, unknown to the cluster, or gone or replaced
+			// meanwhile (its client connected here, which registered
+			// it with the cluster and took over whatever it had).
+			h.markDirty(id)
+			continue
+		}
+		queued := cl.State.Inflight.Len()
+		h.dropLocal(cl)
+		h.restoreMu.Unlock()
+		superseded++
+		if queued > 0 {
+			h.opts.Metrics.DroppedN(metrics.ReasonSuperseded, queued)
+		}
+		h.log.Warn("restored session lives on another node now; local copy dropped",
+			"client", id, "node", node, "queued_messages_dropped", queued)
+	}
+	if superseded > 0 {
+		h.log.Info("restored sessions reconciled with the cluster", "restored", len(restored), "superseded", superseded)
+	}
+}
