@@ -31,17 +31,18 @@ fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
-## bench: single-node QoS0/QoS1 throughput and latency, mendmq vs mosquitto vs upstream mochi (alternated rounds, medians, ratios)
+## bench: single-node QoS0/QoS1 throughput and latency, mendmq vs mosquitto vs upstream mochi (alternated rounds, medians, ratios), then the cluster figures (bench-cluster)
 BENCH_FLAGS ?=
 bench: build
 	$(GO) build -o bin/mqttbench ./broker/cmd/mqttbench
 	./bin/mqttbench suite -mendmq $(BIN) $(BENCH_FLAGS)
-	./bin/mqttbench suite -cluster -mendmq $(BIN) -brokers mendmq $(BENCH_FLAGS)
+	$(MAKE) --no-print-directory bench-cluster
 
-## bench-cluster: same-node vs cross-node on the example 3-node cluster only
+## bench-cluster: same-node vs cross-node throughput and latency on the example 3-node cluster, and replication convergence of 100k subscriptions after a join
 bench-cluster: build
 	$(GO) build -o bin/mqttbench ./broker/cmd/mqttbench
 	./bin/mqttbench suite -cluster -mendmq $(BIN) -brokers mendmq $(BENCH_FLAGS)
+	$(GO) test -run XXX -bench JoinConvergence -benchtime 1x -count 3 ./broker/clustertests/
 
 ## bench-go: Go micro-benchmarks (merge policies, data plane, routing, replication)
 bench-go:

@@ -46,8 +46,9 @@ func RawConnect(version byte, clientID string) []byte {
 
 // RawPacket is one MQTT control packet read off a raw connection.
 type RawPacket struct {
-	Type byte   // packets.Connack, packets.Disconnect, ...
-	Body []byte // variable header and payload
+	Type  byte   // packets.Connack, packets.Disconnect, ...
+	Flags byte   // the low 4 bits of the fixed header (PUBLISH: dup, QoS, retain)
+	Body  []byte // variable header and payload
 }
 
 // ReadRaw reads one control packet from c within Timeout; an error (EOF
@@ -92,7 +93,7 @@ func ReadPacket(c net.Conn, deadline time.Time) (RawPacket, error) {
 	if _, err := io.ReadFull(c, body); err != nil {
 		return RawPacket{}, err
 	}
-	return RawPacket{Type: h[0] >> 4, Body: body}, nil
+	return RawPacket{Type: h[0] >> 4, Flags: h[0] & 0x0f, Body: body}, nil
 }
 
 // WaitClosedByPeer reads from c until the broker closes it and returns the

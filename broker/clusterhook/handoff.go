@@ -468,15 +468,8 @@ func (h *Hook) endShadow(sh *shadow, reason string) {
 	}
 	cl := sh.cl
 	h.dropLocal(cl)
-	// The old session's events are long flushed: forget that it moved
-	// (the set would otherwise grow with every session that leaves).
-	h.dirtyMu.Lock()
-	if _, pending := h.dirty[sh.id]; !pending {
-		if cur, ok := h.srv.Clients.Get(sh.id); !ok || cur == cl {
-			delete(h.moved, sh.id)
-		}
-	}
-	h.dirtyMu.Unlock()
+	// The old session's events are long flushed.
+	h.forgetMoved(sh.id, cl)
 	h.shadowMu.Lock()
 	if h.shadows[sh.id] == sh {
 		delete(h.shadows, sh.id)

@@ -301,7 +301,25 @@ func (h *Hook) TakeoverSession(clientID, newNode string, handoff bool) ([]byte, 
 		h.opts.Metrics.DroppedN(metrics.ReasonSuperseded, n)
 	}
 	h.dropLocal(cl)
+	// mochi reports the old connection's end shortly after; then the
+	// mark has done its job.
+	time.AfterFunc(graceFactor*h.opts.ForwardTimeout, func() { h.forgetMoved(clientID, cl) })
 	return nil, nil
+}
+
+// forgetMoved drops the mark that clientID's session moved to another
+// node, set when cl was taken over (the set would otherwise grow with
+// every session that leaves), unless an event of cl is still to be
+// flushed or the id is in use here again.
+func (h *Hook) forgetMoved(clientID string, cl *mqtt.Client) {
+	h.dirtyMu.Lock()
+	defer h.dirtyMu.Unlock()
+	if _, pending := h.dirty[clientID]; pending {
+		return // the flush skips it; a later takeover or return resets the mark
+	}
+	if cur, ok := h.srv.Clients.Get(clientID); !ok || cur == cl {
+		delete(h.moved, clientID)
+	}
 }
 
 // dropLocal removes a stopped client's session from this node (its

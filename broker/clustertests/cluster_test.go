@@ -27,6 +27,7 @@ func TestCluster(t *testing.T) {
 		{"SessionTakenOver", testTakenOver},
 		{"PublishRightAfterMove", testPublishRightAfterMove},
 		{"TakeoverUnderLoad", testTakeoverUnderLoad},
+		{"LiveTakeoverUnderLoad", testLiveTakeoverUnderLoad},
 		{"WillAcrossNodes", testWill},
 		{"BadInput", testBadInput},
 	} {
