@@ -50,6 +50,11 @@ type SuiteConfig struct {
 	Cluster bool
 	// ClusterConfigs are the node configs for cluster mode.
 	ClusterConfigs []string
+	// HopRate paces each publisher of cluster mode's hop-latency groups
+	// (messages/s): light enough that latency is the path, not queueing,
+	// so cross-node minus same-node is the cost of the hop. 0 skips them.
+	// Default 100.
+	HopRate float64
 	// JSONPath, if set, receives every round's result and the medians as JSON.
 	JSONPath string
 	// LogDir keeps configs and broker logs; default a new temp directory.
@@ -77,6 +82,7 @@ func DefaultSuiteConfig() SuiteConfig {
 		Mosquitto:      "/usr/sbin/mosquitto",
 		IdleConns:      1000,
 		ClusterConfigs: []string{"examples/cluster/node1.yaml", "examples/cluster/node2.yaml", "examples/cluster/node3.yaml"},
+		HopRate:        100,
 	}
 }
 
@@ -113,6 +119,9 @@ func (c *SuiteConfig) Validate() error {
 	if c.IdleConns < 0 || c.IdleConns > 10000 {
 		errs = append(errs, fmt.Errorf("-idle-conns: %d, want 0..10000", c.IdleConns))
 	}
+	if c.HopRate < 0 || c.HopRate > 100000 {
+		errs = append(errs, fmt.Errorf("-hop-rate: %g, want 0..100000 messages/s", c.HopRate))
+	}
 	if c.Cluster && len(c.ClusterConfigs) < 2 {
 		errs = append(errs, errors.New("-cluster-configs: cluster mode needs at least two node configs"))
 	}
@@ -126,6 +135,7 @@ type scenario struct {
 	name             string
 	qos              byte
 	pubNode, subNode int
+	rate             float64 // messages/s per publisher, overriding the suite's; 0 = the suite's
 }
 
 // benchCase is one scenario on one target and its rounds.
@@ -142,6 +152,8 @@ type group struct {
 	title string
 	cases []*benchCase
 	refs  []string // labels of the rows other rows are compared with
+	// hop: print the cross-node row's latency less the same-node row's.
+	hop bool
 }
 
 // suiteReport is the -json output.
@@ -258,6 +270,7 @@ func cmdSuite(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&cfg.IdleConns, "idle-conns", cfg.IdleConns, "idle clients for the memory-per-connection check (0 = skip)")
 	fs.BoolVar(&cfg.Cluster, "cluster", cfg.Cluster, "cluster mode: same-node vs cross-node on a mendmq cluster")
 	fs.Var((*listFlag)(&cfg.ClusterConfigs), "cluster-configs", "comma-separated node configs for -cluster")
+	fs.Float64Var(&cfg.HopRate, "hop-rate", cfg.HopRate, "-cluster: messages/s per publisher of the paced hop-latency runs (0 = skip them)")
 	fs.StringVar(&cfg.JSONPath, "json", "", "also write all results as JSON to this file")
 	fs.StringVar(&cfg.LogDir, "logs", "", "directory for broker configs and logs (default: a new temp dir)")
 	level := fs.String("log-level", "warn", "log level: debug, info, warn, error")
@@ -451,6 +464,19 @@ func clusterGroups(cfg SuiteConfig, t *target) []*group {
 		}
 		gs = append(gs, g)
 	}
+	if cfg.HopRate == 0 {
+		return gs
+	}
+	for _, q := range cfg.QoS {
+		paced := cfg
+		paced.Run.Rate = cfg.HopRate
+		g := &group{title: scenarioTitle(paced, q, "cross-node hop latency"), refs: []string{labelSameNode}, hop: true}
+		g.cases = []*benchCase{
+			{label: labelSameNode, sc: scenario{name: fmt.Sprintf("qos%d-same-node-paced", q), qos: q, pubNode: 0, subNode: 0, rate: cfg.HopRate}, t: t},
+			{label: labelCrossNode, sc: scenario{name: fmt.Sprintf("qos%d-cross-node-paced", q), qos: q, pubNode: 0, subNode: 1, rate: cfg.HopRate}, t: t},
+		}
+		gs = append(gs, g)
+	}
 	return gs
 }
 
@@ -477,6 +503,9 @@ func scenarioTitle(cfg SuiteConfig, q byte, what string) string {
 func caseConfig(cfg SuiteConfig, c *benchCase) RunConfig {
 	rc := cfg.Run
 	rc.QoS = c.sc.qos
+	if c.sc.rate > 0 {
+		rc.Rate = c.sc.rate
+	}
 	rc.PubURLs = []string{c.t.urls[c.sc.pubNode]}
 	rc.SubURLs = []string{c.t.urls[c.sc.subNode]}
 	rc.BrokerPIDs = c.t.pids()
@@ -602,6 +631,10 @@ func printGroup(out io.Writer, cfg SuiteConfig, g *group) {
 		fmt.Fprintln(tw, strings.Join(row, "\t")+"\t")
 	}
 	tw.Flush()
+	if same, cross := sums[labelSameNode], sums[labelCrossNode]; g.hop && same.N > 0 && cross.N > 0 {
+		fmt.Fprintf(out, "  cross-node hop (cross-node less same-node latency): p50 %+.3f ms, p99 %+.3f ms\n",
+			(cross.P50US-same.P50US)/1e3, (cross.P99US-same.P99US)/1e3)
+	}
 	fmt.Fprintln(out, "  x<ref> = this row / reference row: above 1 is better for delivered/s, below 1 is better for latency.")
 	fmt.Fprintf(out, "  loss/dups/ooo are totals over the counted rounds; cores are CPU-seconds per wall second (%d CPUs in all).\n", runtime.NumCPU())
 	worst := 0.0

@@ -228,3 +228,27 @@ func TestClusterGroupsScenarios(t *testing.T) {
 		t.Errorf("cross-node: %v -> %v qos %d", rcCross.PubURLs, rcCross.SubURLs, rcCross.QoS)
 	}
 }
+
+// TestPrintGroupHop: a hop group prints cross-node less same-node latency.
+func TestPrintGroupHop(t *testing.T) {
+	mk := func(label string, p50, p99 float64) *benchCase {
+		c := &benchCase{label: label, t: &target{name: "mendmq"}}
+		for range 3 {
+			c.results = append(c.results, Result{DeliveredPerSec: 400, LatencyP50US: p50, LatencyP99US: p99})
+		}
+		return c
+	}
+	g := &group{title: "hop", refs: []string{labelSameNode}, hop: true,
+		cases: []*benchCase{mk(labelSameNode, 300, 900), mk(labelCrossNode, 550, 1400)}}
+	var out bytes.Buffer
+	printGroup(&out, DefaultSuiteConfig(), g)
+	if want := "cross-node hop (cross-node less same-node latency): p50 +0.250 ms, p99 +0.500 ms"; !strings.Contains(out.String(), want) {
+		t.Errorf("output lacks %q:\n%s", want, out.String())
+	}
+	g.hop = false
+	out.Reset()
+	printGroup(&out, DefaultSuiteConfig(), g)
+	if strings.Contains(out.String(), "cross-node hop") {
+		t.Errorf("a group without hop printed the hop line:\n%s", out.String())
+	}
+}
