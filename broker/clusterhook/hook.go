@@ -123,9 +123,10 @@ type Hook struct {
 	withdrawn  map[*mqtt.Client][]packets.Packet
 	nWithdrawn atomic.Int32
 	// Restored sessions being reconciled (restore.go): OnConnect and
-	// the reconciliation of a session exclude each other meanwhile.
+	// the reconciliation of a session exclude each other meanwhile, per
+	// client id (restoreLock), so a reconnect storm is not serialized.
 	restoring atomic.Bool
-	restoreMu sync.Mutex
+	restoreMu [64]sync.Mutex
 	serving   atomic.Bool // OnStarted
 	// The ids of wills, by origin client (will.go).
 	willMu sync.Mutex
@@ -213,8 +214,9 @@ func (h *Hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		return nil // mochi authenticates next and refuses it
 	}
 	if h.restoring.Load() {
-		h.restoreMu.Lock()
-		defer h.restoreMu.Unlock()
+		mu := h.restoreLock(cl.ID)
+		mu.Lock()
+		defer mu.Unlock()
 	}
 	// A shadow of an earlier session of this id (handed off from here)
 	// must be gone before a new one is set up under the same id.

@@ -1,6 +1,8 @@
 package clusterhook
 
 import (
+	"hash/fnv"
+	"sync"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -44,11 +46,12 @@ func (h *Hook) reconcileRestored(c Cluster, restored map[string]*mqtt.Client) {
 	}
 	superseded := 0
 	for id, rc := range restored {
-		h.restoreMu.Lock() // no CONNECT of id is between its checks and its import
+		mu := h.restoreLock(id)
+		mu.Lock() // no CONNECT of id is between its checks and its import
 		node, ok := c.SessionNode(id)
 		cl, local := h.srv.Clients.Get(id)
 		if !ok || node == c.Name() || !local || cl != rc || !cl.Closed() {
-			h.restoreMu.Unlock()
+			mu.Unlock()
 			// Ours, unknown to the cluster, or gone or replaced
 			// meanwhile (its client connected here, which registered
 			// it with the cluster and took over whatever it had).
@@ -57,7 +60,7 @@ func (h *Hook) reconcileRestored(c Cluster, restored map[string]*mqtt.Client) {
 		}
 		queued := cl.State.Inflight.Len()
 		h.dropLocal(cl)
-		h.restoreMu.Unlock()
+		mu.Unlock()
 		superseded++
 		if queued > 0 {
 			h.opts.Metrics.DroppedN(metrics.ReasonSuperseded, queued)
@@ -68,4 +71,11 @@ func (h *Hook) reconcileRestored(c Cluster, restored map[string]*mqtt.Client) {
 	if superseded > 0 {
 		h.log.Info("restored sessions reconciled with the cluster", "restored", len(restored), "superseded", superseded)
 	}
+}
+
+// restoreLock is the lock of client id's stripe (see Hook.restoreMu).
+func (h *Hook) restoreLock(id string) *sync.Mutex {
+	f := fnv.New32a()
+	_, _ = f.Write([]byte(id))
+	return &h.restoreMu[f.Sum32()%uint32(len(h.restoreMu))]
 }
