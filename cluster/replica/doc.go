@@ -29,7 +29,12 @@
 //
 // Dot counters are floored at the writer's wall-clock milliseconds
 // (dvv.UpdateAtLeast), so a node that lost a key's counter (GC, or a
-// restart with an empty store) never reissues a dot a peer still holds.
+// restart with an empty store) never reissues a dot a peer still holds,
+// provided its clock has passed every counter it issued before (a restart
+// takes longer than the cluster's clock skew). Write-backs (below) have no
+// clock argument: they are floored at the latest time the store was given
+// by Put, Delete or GC, and a store given none since it started does not
+// write back.
 //
 // # Resolution rule (convergence with arbitrary resolvers)
 //
@@ -73,9 +78,12 @@
 // node for the new set writes once more, and its version supersedes both.
 // The designated node of a set whose last writer is gone for good never
 // comes; the siblings then stay, which is still convergent (rule 4), until
-// the next write. A resolver that is not deterministic (a WASM call that
-// times out on one node only) is also repaired: every node adopts the
-// designated node's write-back.
+// the next write. So do conflicts that a freshly started store is
+// designated for before its first Put, Delete or GC, until the key's next
+// change after that: without a clock reading the store cannot tell which
+// dots it issued before the restart. A resolver that is not deterministic
+// (a WASM call that times out on one node only) is also repaired: every
+// node adopts the designated node's write-back.
 //
 // # Anti-entropy
 //

@@ -49,6 +49,12 @@ type Store struct {
 	// horizon is now-TombstoneGrace (unix ms) at the last GC: tombstones
 	// older than it are gone here and must not come back through Apply.
 	horizon int64
+	// clock is the latest wall-clock reading (unix ms) passed to Put,
+	// Delete or GC, minInt64 before the first. Write-backs floor their
+	// counters at it: a write-back's dot must be new, and after a restart
+	// or a GC this store no longer knows the counters it issued for a key,
+	// only that they are below its clock (see Apply).
+	clock int64
 }
 
 type table struct {
@@ -78,7 +84,7 @@ func New(cfg Config) (*Store, error) {
 	if cfg.DefaultResolver == nil {
 		cfg.DefaultResolver = LatestWins
 	}
-	return &Store{cfg: cfg, tables: map[string]*table{}, horizon: minInt64}, nil
+	return &Store{cfg: cfg, tables: map[string]*table{}, horizon: minInt64, clock: minInt64}, nil
 }
 
 const minInt64 = -1 << 63
@@ -195,6 +201,7 @@ func (s *Store) Put(table, key string, value []byte, now time.Time) (Update, err
 // absent, or whose versions are all tombstones already, changes nothing and
 // broadcasts nothing.
 func (s *Store) Delete(table, key string, now time.Time) (Update, error) {
+	s.clock = max(s.clock, now.UnixMilli())
 	if t := s.tables[table]; t != nil {
 		if e := t.get(key); e != nil && !e.tomb {
 			return s.write(table, key, true, nil, now)
@@ -211,6 +218,7 @@ func (s *Store) write(table, key string, deleted bool, value []byte, now time.Ti
 	e := t.get(key)
 	old := absent
 	ms := now.UnixMilli()
+	s.clock = max(s.clock, ms)
 	var cur dvv.Set[Sibling]
 	if e != nil {
 		cur, old = e.versions, e.res
@@ -260,9 +268,18 @@ func (s *Store) Apply(d Delta) Update {
 	}
 	res := resolve(s.resolver(d.Table), d.Table, d.Key, merged)
 	up := Update{Change: Change{Table: d.Table, Key: d.Key, Old: old, New: res.value}}
-	if res.conflict && res.last == s.cfg.Node {
+	// The write-back's dot must be one this node never issued. merged
+	// holds the node's latest counter for the key only if the node never
+	// lost the key's state: after a restart or a GC a peer may hold a
+	// later dot of this node (a delete in the same millisecond as the
+	// write whose version is the last sibling here), and merged.maxTS,
+	// a timestamp of that older version, does not exceed it. The node's
+	// own clock does (the floor argument of Put), so a store that has not
+	// read a clock since it started does not write back yet: the siblings
+	// stay, still convergent, until a later change to the key.
+	if res.conflict && res.last == s.cfg.Node && s.clock != minInt64 {
 		wb := Sibling{Node: s.cfg.Node, TS: res.maxTS, Deleted: res.value.Deleted, Value: res.value.Value}
-		merged = merged.Overwrite(s.cfg.Node, uint64(max(res.maxTS, 0)), wb)
+		merged = merged.Overwrite(s.cfg.Node, uint64(max(res.maxTS, s.clock, 0)), wb)
 		up.New = wb
 		up.Out = []Delta{{Table: d.Table, Key: d.Key, Versions: merged}}
 	}
@@ -287,6 +304,7 @@ func (s *Store) expiredTombstones(versions dvv.Set[Sibling]) bool {
 // re-sends those buckets (harmlessly: collected tombstones are not
 // re-applied).
 func (s *Store) GC(now time.Time) int {
+	s.clock = max(s.clock, now.UnixMilli())
 	horizon := now.Add(-s.cfg.TombstoneGrace).UnixMilli()
 	s.horizon = max(s.horizon, horizon)
 	n := 0
