@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/mendmq/mendmq/broker/admin"
+	"github.com/mendmq/mendmq/cluster"
+	"github.com/mendmq/mendmq/cluster/membership"
 )
 
 // mountAPI adds the /api/v1 endpoints of the parts this node runs.
@@ -83,32 +85,60 @@ func (b *Broker) apiClusterJoin(w http.ResponseWriter, r *http.Request) {
 	}
 	n, err := b.node.Join(req.Seeds)
 	if err != nil {
-		admin.WriteError(w, http.StatusBadGateway, err)
+		code := http.StatusBadGateway // no seed answered, or they refused
+		if errors.Is(err, cluster.ErrLeft) || errors.Is(err, cluster.ErrNotRunning) {
+			code = clusterOpStatus(err)
+		}
+		admin.WriteError(w, code, err)
 		return
 	}
 	admin.WriteJSON(w, http.StatusOK, map[string]any{"ok": true, "contacted": n})
 }
 
+// membershipTimeout bounds the wait of leave and forget for peers to
+// apply the deletion of session records (and for the leave broadcasts).
+const membershipTimeout = 5 * time.Second
+
+// apiClusterLeave takes the node out of the cluster for good (see
+// cluster.Node.Leave): 200 with what was withdrawn, and what peers did
+// not confirm, once it left.
 func (b *Broker) apiClusterLeave(w http.ResponseWriter, r *http.Request) {
 	if b.node == nil {
 		admin.WriteError(w, http.StatusConflict, errNoCluster)
 		return
 	}
-	if err := b.node.Leave(5 * time.Second); err != nil {
-		admin.WriteError(w, http.StatusInternalServerError, err)
+	wd, err := b.node.Leave(membershipTimeout)
+	if err != nil {
+		admin.WriteError(w, clusterOpStatus(err), err)
 		return
 	}
-	admin.WriteJSON(w, http.StatusOK, map[string]any{"ok": true})
+	admin.WriteJSON(w, http.StatusOK, map[string]any{"ok": true, "withdrawal": wd})
 }
 
+// apiClusterForget drops a failed or stopped member for good and deletes
+// its session records cluster-wide from this node (cluster.Node.Forget).
 func (b *Broker) apiClusterForget(w http.ResponseWriter, r *http.Request) {
 	if b.node == nil {
 		admin.WriteError(w, http.StatusConflict, errNoCluster)
 		return
 	}
-	if err := b.node.Forget(r.PathValue("name")); err != nil {
-		admin.WriteError(w, http.StatusBadRequest, err)
+	wd, err := b.node.Forget(r.PathValue("name"), membershipTimeout)
+	if err != nil {
+		admin.WriteError(w, clusterOpStatus(err), err)
 		return
 	}
-	admin.WriteJSON(w, http.StatusOK, map[string]any{"ok": true})
+	admin.WriteJSON(w, http.StatusOK, map[string]any{"ok": true, "withdrawal": wd})
+}
+
+// clusterOpStatus maps a refused membership operation to an HTTP status.
+func clusterOpStatus(err error) int {
+	switch {
+	case errors.Is(err, membership.ErrUnknownMember):
+		return http.StatusNotFound
+	case errors.Is(err, membership.ErrMemberAlive), errors.Is(err, cluster.ErrLeft):
+		return http.StatusConflict
+	case errors.Is(err, cluster.ErrNotRunning):
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusBadRequest
 }

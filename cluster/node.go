@@ -19,9 +19,15 @@
 // node, so the publisher's retry does not duplicate it. (A target that
 // fails during the forward — timeout, connection loss — is only noticed
 // after the others got their copy; the retry then duplicates there.)
-// Routes to members that left are stale and skipped. QoS 0 publishes are
-// queued to peers without waiting and may be dropped (counted) when a
-// peer's queue is full or the peer is down.
+// A node that is not alive counts as unreachable whatever the reason —
+// failed, stopped (a graceful stop is a leave to memberlist) or not known
+// (yet): it still holds its persistent sessions and comes back with them.
+// Its routes go away only with its session records: deleted by the node
+// itself when an operator makes it leave for good (Leave), or by Forget
+// and reconnect_timeout (MemberRemove). A shared subscription group whose
+// members are all on nodes that are not alive is unreachable too. QoS 0
+// publishes are queued to peers without waiting and may be dropped
+// (counted) when a peer's queue is full or the peer is down.
 package cluster
 
 import (
@@ -108,6 +114,9 @@ var (
 	ErrUnreachable = errors.New("cluster: node with subscribers unreachable")
 	// ErrNotRunning: the node is stopped.
 	ErrNotRunning = errors.New("cluster: not running")
+	// ErrLeft: the node left the cluster (Leave) and runs alone until it
+	// is restarted.
+	ErrLeft = errors.New("cluster: this node left the cluster; restart it to join again")
 )
 
 // Node is this process's member of the cluster.
@@ -127,6 +136,20 @@ type Node struct {
 
 	memMu   sync.RWMutex
 	members map[string]membership.State
+
+	// leaveMu serializes Leave with the graceful leave of Stop.
+	leaveMu sync.Mutex
+	// leaving is set when Leave starts: from then on the node replicates
+	// nothing to peers (its table writes stay local), answers no
+	// anti-entropy and registers its clients itself.
+	leaving atomic.Bool
+	// left is set once Leave has detached the node from its peers: it
+	// routes to none and refuses what they still send.
+	left atomic.Bool
+	// withdrawMu orders Forget's deletion of a member's session records
+	// before the MemberRemove event that Forget causes, so that Forget
+	// (which waits for peers to apply them) is the one that does it.
+	withdrawMu sync.Mutex
 
 	regMu    sync.Mutex
 	registry map[string]string // client id -> node, for ids this node leads
@@ -158,7 +181,6 @@ type counters struct {
 	aeRounds, aeRepaired, aeFailures atomic.Uint64
 	registrations, takeovers         atomic.Uint64
 	badFrames                        atomic.Uint64
-	staleRoutes                      atomic.Uint64
 }
 
 // New builds a node named name (node.name) for broker. Nothing touches
@@ -280,17 +302,24 @@ func (n *Node) dataAdvertise(gossipAddr string) string {
 }
 
 // Stop leaves the cluster gracefully (peers see Left, not a failure) and
-// closes the data plane.
+// closes the data plane. The node's session records stay in the
+// replicated table: it is expected back with its persistent sessions,
+// and until then peers refuse QoS 1/2 publishes for them (see the
+// package documentation). To take a node out for good, Leave first.
 func (n *Node) Stop() error {
 	var err error
 	n.stopOnce.Do(func() {
 		if !n.running.Load() {
 			return
 		}
-		// Let the last replication deltas (sessions closed by the
-		// shutdown) reach peers before the connections close.
-		n.flushQueues(time.Second)
-		err = n.ml.Leave(2 * time.Second)
+		n.leaveMu.Lock()
+		if !n.leaving.Load() { // else Leave did it
+			// Let the last replication deltas (sessions closed by the
+			// shutdown) reach peers before the connections close.
+			n.flushQueues(time.Second)
+			err = n.ml.Leave(leaveBroadcastTimeout)
+		}
+		n.leaveMu.Unlock()
 		close(n.stop)
 		n.cancel()
 		n.wg.Wait()
@@ -299,6 +328,10 @@ func (n *Node) Stop() error {
 	})
 	return err
 }
+
+// leaveBroadcastTimeout bounds each of the broadcasts of a leave (see
+// membership.Leave).
+const leaveBroadcastTimeout = 2 * time.Second
 
 func (n *Node) flushQueues(max time.Duration) {
 	deadline := time.Now().Add(max)
@@ -322,8 +355,15 @@ type memberHandler Node
 
 func (h *memberHandler) node() *Node { return (*Node)(h) }
 
+// detached reports whether an event about member name comes after this
+// node started to leave (Leave): it has no peers any more.
+func (n *Node) detached(name string) bool { return name != n.name && n.leaving.Load() }
+
 func (h *memberHandler) MemberJoin(m membership.Member) {
 	n := h.node()
+	if n.detached(m.Name) {
+		return
+	}
 	n.setState(m.Name, m.State)
 	if m.Name == n.name {
 		return
@@ -343,6 +383,9 @@ func (h *memberHandler) MemberJoin(m membership.Member) {
 
 func (h *memberHandler) MemberUpdate(m membership.Member) {
 	n := h.node()
+	if n.detached(m.Name) {
+		return
+	}
 	n.setState(m.Name, m.State)
 	if m.Name != n.name && m.Meta.DataAddr != "" {
 		_ = n.dp.SetPeer(m.Name, m.Meta.DataAddr)
@@ -351,22 +394,42 @@ func (h *memberHandler) MemberUpdate(m membership.Member) {
 
 func (h *memberHandler) MemberLeave(m membership.Member) {
 	n := h.node()
+	if n.detached(m.Name) {
+		return
+	}
 	n.setState(m.Name, m.State)
 	n.log.Info("member gone", "peer", m.Name, "state", m.State)
+	if m.State == membership.Left {
+		// Nothing is sent to a node that left (its routes refuse, it
+		// gets no deltas): stop dialing it. A restart re-adds it
+		// (MemberJoin).
+		n.dp.RemovePeer(m.Name)
+	}
 }
 
 func (h *memberHandler) MemberRemove(m membership.Member) {
 	n := h.node()
+	if n.detached(m.Name) {
+		return
+	}
 	n.memMu.Lock()
 	delete(n.members, m.Name)
 	n.memMu.Unlock()
 	n.dp.RemovePeer(m.Name)
 	n.log.Info("member forgotten", "peer", m.Name)
-	// Its sessions will never come back: the first alive node by name
-	// deletes their records so routes stop pointing at it.
-	if alive := n.aliveMembers(); len(alive) > 0 && alive[0] == n.name {
-		n.deleteSessionsOf(m.Name)
+	// Its sessions will never come back (forgotten, or gone for longer
+	// than reconnect_timeout): delete their records so that routes stop
+	// pointing at it. Every node that removes the member does so, since
+	// a node that joined after it failed never removes it; deleting is
+	// idempotent (after Forget here, or a peer's deletes, nothing is
+	// left to delete).
+	n.withdrawMu.Lock()
+	ds, k := n.deleteSessions(func(rec routes.SessionRecord) bool { return rec.Node == m.Name })
+	n.withdrawMu.Unlock()
+	if k > 0 {
+		n.log.Info("deleted the session records of a forgotten member", "peer", m.Name, "sessions", k)
 	}
+	n.broadcast(ds)
 }
 
 func (n *Node) setState(name string, s membership.State) {
@@ -383,8 +446,11 @@ func (n *Node) state(name string) (membership.State, bool) {
 }
 
 // aliveMembers returns the names of alive (and suspect) members, sorted,
-// this node included.
+// this node included. Once Leave has started, that is this node alone.
 func (n *Node) aliveMembers() []string {
+	if n.leaving.Load() {
+		return []string{n.name}
+	}
 	n.memMu.RLock()
 	out := make([]string, 0, len(n.members))
 	for name, s := range n.members {
@@ -727,19 +793,75 @@ func (n *Node) reconcileOwn() {
 	}
 }
 
-func (n *Node) deleteSessionsOf(node string) {
+// alivePeers returns aliveMembers without this node.
+func (n *Node) alivePeers() []string {
+	return slices.DeleteFunc(n.aliveMembers(), func(s string) bool { return s == n.name })
+}
+
+// deleteSessions deletes the session records that match, in one critical
+// section (two callers never both delete a record), and returns the
+// deltas to replicate and how many records it deleted.
+func (n *Node) deleteSessions(match func(routes.SessionRecord) bool) ([]replica.Delta, int) {
 	var ids []string
+	now := time.Now()
 	n.mu.Lock()
+	defer n.mu.Unlock()
 	n.store.Range(tableSessions, func(key string, v replica.Sibling) bool {
-		if rec, err := routes.DecodeRecord(v.Value); err == nil && rec.Node == node {
+		if rec, err := routes.DecodeRecord(v.Value); err == nil && match(rec) {
 			ids = append(ids, key)
 		}
 		return true
 	})
-	n.mu.Unlock()
+	var out []replica.Delta
 	for _, id := range ids {
-		n.DeleteSession(id)
+		up, err := n.store.Delete(tableSessions, id, now)
+		if err != nil {
+			n.log.Error("delete session record", "client", id, "error", err)
+			continue
+		}
+		n.applyLocked(up.Change, false)
+		out = append(out, up.Out...)
 	}
+	return out, len(ids)
+}
+
+// replicateSync sends deltas to peers and waits until each has applied
+// them or ctx ends. It returns the peers that did not confirm, sorted;
+// anti-entropy repairs them later (from this node or from a peer that
+// has the deltas).
+func (n *Node) replicateSync(ctx context.Context, peers []string, ds []replica.Delta) []string {
+	if len(ds) == 0 || len(peers) == 0 {
+		return nil
+	}
+	var chunks [][]byte
+	for len(ds) > 0 {
+		k := min(len(ds), 2048) // fits a frame, as anti-entropy's chunks
+		chunks = append(chunks, replica.AppendDeltas(nil, ds[:k]...))
+		ds = ds[k:]
+	}
+	var (
+		wg          sync.WaitGroup
+		mu          sync.Mutex
+		unconfirmed []string
+	)
+	for _, p := range peers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for _, c := range chunks {
+				if _, err := n.dp.Call(ctx, p, callApply, c); err != nil {
+					n.log.Warn("peer did not confirm replicated deletions", "peer", p, "error", err)
+					mu.Lock()
+					unconfirmed = append(unconfirmed, p)
+					mu.Unlock()
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	slices.Sort(unconfirmed)
+	return unconfirmed
 }
 
 // --- routing ------------------------------------------------------------
@@ -780,13 +902,27 @@ func (n *Node) Forward(ctx context.Context, topic string, qos byte, id uint64, e
 			add(nd, "")
 		}
 	}
+	// Shared groups none of whose members is on an alive node: the
+	// group's sessions wait on nodes that are down.
+	var unservable []string
 	for _, sm := range res.Shared {
 		if slices.Contains(sm.Nodes, n.name) { // prefer_local
 			continue // served by the local broker
 		}
-		if pick := n.pickShared(sm.Nodes); pick != n.name && pick != "" {
+		switch pick := n.pickShared(sm.Nodes); pick {
+		case "":
+			unservable = append(unservable, "$share/"+sm.Group+"/"+sm.Filter)
+		case n.name:
+		default:
 			add(pick, "$share/"+sm.Group+"/"+sm.Filter)
 		}
+	}
+	if len(unservable) > 0 {
+		if qos > 0 {
+			n.stats.refusedUnreachable.Add(1)
+			return fmt.Errorf("%w: no alive node has members of %v", ErrUnreachable, unservable)
+		}
+		n.stats.dropUnreachable.Add(uint64(len(unservable)))
 	}
 	if len(targets) == 0 {
 		return nil
@@ -797,11 +933,7 @@ func (n *Node) Forward(ctx context.Context, topic string, qos byte, id uint64, e
 	}
 	if qos == 0 {
 		for _, t := range targets {
-			switch n.route(t.node) {
-			case routeStale:
-				n.stats.staleRoutes.Add(1)
-				continue
-			case routeDown:
+			if n.route(t.node) == routeDown {
 				n.stats.dropUnreachable.Add(1)
 				continue
 			}
@@ -818,25 +950,16 @@ func (n *Node) Forward(ctx context.Context, topic string, qos byte, id uint64, e
 	// must reach nobody, or the publisher's retry duplicates it on the
 	// nodes that did get it (for QoS 2 too).
 	var errs []error
-	live := targets[:0]
 	for _, t := range targets {
-		switch n.route(t.node) {
-		case routeStale:
-			n.stats.staleRoutes.Add(1)
-			continue
-		case routeDown:
+		if n.route(t.node) == routeDown {
 			errs = append(errs, fmt.Errorf("%w: %s", ErrUnreachable, t.node))
 		}
-		live = append(live, t)
 	}
 	if len(errs) > 0 {
 		n.stats.refusedUnreachable.Add(1)
 		return errors.Join(errs...)
 	}
-	targets = live
 	switch len(targets) {
-	case 0:
-		return nil
 	case 1:
 		// The common case: no goroutine, lock or error slice per publish.
 		if err := n.forwardCall(ctx, targets[0], id, msg); err != nil {
@@ -894,25 +1017,28 @@ func (n *Node) forwardCall(ctx context.Context, t forwardTarget, id uint64, msg 
 
 // Route states of a target node of the routing index.
 const (
-	routeOK    = iota // alive or suspect: send
-	routeStale        // left or forgotten: its routes are stale, skip it
-	routeDown         // failed: unreachable
+	routeOK   = iota // alive or suspect: send
+	routeDown        // anything else: unreachable
 )
 
-// route classifies a target of the routing index. Members that left (or
-// were forgotten) are skipped rather than counted unreachable: their
-// persistent sessions' records outlive them (until ReconnectTimeout), and
-// refusing every QoS 1/2 publish those sessions match for that long
-// would make their topics unusable after a scale-down.
+// route classifies a target of the routing index. Only an alive (or
+// suspect) member can take a message. A member that failed or stopped
+// (a graceful stop is a leave to memberlist) holds its persistent
+// sessions and comes back with them, so its routes are not stale: a
+// message for them that it cannot take now must not be acknowledged. A
+// node not known at all is one whose records arrived before the news of
+// it (a join racing replication) or one forgotten here while its records
+// are being deleted; neither may swallow a message either. The routes of
+// a node that is gone for good disappear with its records (Leave,
+// Forget, reconnect_timeout). After this node left, it has no peers.
 func (n *Node) route(t string) int {
-	s, known := n.state(t)
-	switch {
-	case !known || s == membership.Left:
-		return routeStale
-	case s == membership.Dead:
+	if n.left.Load() {
 		return routeDown
 	}
-	return routeOK
+	if s, known := n.state(t); known && (s == membership.Alive || s == membership.Suspect) {
+		return routeOK
+	}
+	return routeDown
 }
 
 // pickShared picks the node that serves one shared group: a random alive
@@ -1033,6 +1159,13 @@ type dpHandler Node
 
 func (h *dpHandler) HandleFrame(from string, typ uint8, payload []byte) {
 	n := (*Node)(h)
+	if n.left.Load() {
+		// A former peer's frame in flight when this node left: its
+		// deltas are not this node's business any more, and a QoS 0
+		// publish may be dropped.
+		n.log.Debug("frame from a former peer dropped: this node left the cluster", "peer", from, "type", typ)
+		return
+	}
 	switch typ {
 	case frameDeltas:
 		ds, err := replica.DecodeDeltas(payload)
@@ -1060,6 +1193,13 @@ func (h *dpHandler) InlineCall(typ uint8) bool { return typ == callForward }
 
 func (h *dpHandler) HandleCall(from string, typ uint8, payload []byte) ([]byte, error) {
 	n := (*Node)(h)
+	if n.left.Load() || (typ == callDigest && n.leaving.Load()) {
+		// A node that left answers nothing (a refused QoS 1/2 publish
+		// makes its publisher resend). While it leaves it still takes
+		// publishes for its clients, but gives no anti-entropy answer:
+		// its table is becoming its own.
+		return nil, ErrLeft
+	}
 	switch typ {
 	case callForward:
 		return nil, n.deliver(from, payload)

@@ -1,13 +1,16 @@
 package cluster
 
 import (
+	"context"
 	"errors"
+	"maps"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mendmq/mendmq/cluster/dataplane"
 	"github.com/mendmq/mendmq/cluster/membership"
+	"github.com/mendmq/mendmq/cluster/routes"
 )
 
 // MemberStatus is one member as this node sees it (admin API, ctl).
@@ -64,33 +67,129 @@ func (n *Node) Status() Status {
 }
 
 // Join contacts seeds (gossip host:port) and returns how many answered.
+// A node that left (Leave) cannot join again before a restart (ErrLeft).
 func (n *Node) Join(seeds []string) (int, error) {
-	if n.ml == nil {
+	if n.ml == nil || !n.running.Load() {
 		return 0, ErrNotRunning
+	}
+	if n.leaving.Load() {
+		return 0, ErrLeft
 	}
 	return n.ml.Join(seeds)
 }
 
-// Leave leaves the cluster gracefully: peers see this node as left, stop
-// routing to it and stop re-joining it. The node keeps serving its local
-// clients as a single node.
-func (n *Node) Leave(timeout time.Duration) error {
-	if n.ml == nil {
-		return ErrNotRunning
-	}
-	return n.ml.Leave(timeout)
+// Withdrawal reports the deletion of one node's session records from the
+// replicated table (Leave, Forget).
+type Withdrawal struct {
+	// Node is the node whose sessions no longer belong to the cluster.
+	Node string `json:"node"`
+	// Sessions is how many session records were deleted.
+	Sessions int `json:"sessions"`
+	// Unconfirmed lists the alive peers that did not confirm the
+	// deletions in time. After Forget anti-entropy repairs them; after
+	// Leave only their peers can (this node left), so a peer that none
+	// reached keeps refusing QoS 1/2 publishes for those sessions until
+	// the node is forgotten there.
+	Unconfirmed []string `json:"unconfirmed,omitempty"`
+	// Warnings are other steps that did not complete (a leave notice not
+	// broadcast in time: peers see the node fail instead).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
-// Forget drops a failed member for good: it is no longer re-joined and its
-// sessions' records are deleted.
-func (n *Node) Forget(name string) error {
-	if n.ml == nil {
-		return ErrNotRunning
+// Leave takes this node out of the cluster for good (an operator's
+// `mendmq ctl cluster leave`; a shutdown is Stop). Its sessions stop
+// being the cluster's: their records are deleted from the replicated
+// table first, and Leave waits up to timeout until every alive peer has
+// applied that, so peers neither route to this node nor refuse publishes
+// for its sessions afterwards. Then it leaves the membership (peers see
+// it Left), stops gossip and detaches from its peers: it drops them from
+// its member view and data plane, forgets the session records of their
+// clients, forwards nothing to them and refuses what they still send.
+// The node keeps serving its own clients as a single, standalone node
+// until it is restarted; Join fails with ErrLeft. timeout bounds the
+// wait for peers; the leave broadcasts take up to leaveBroadcastTimeout
+// each, as in Stop. The error is nil unless the node did not leave
+// (ErrNotRunning, ErrLeft); steps that did not complete are in the
+// Withdrawal.
+func (n *Node) Leave(timeout time.Duration) (Withdrawal, error) {
+	if n.ml == nil || !n.running.Load() {
+		return Withdrawal{}, ErrNotRunning
+	}
+	n.leaveMu.Lock()
+	defer n.leaveMu.Unlock()
+	if n.leaving.Load() {
+		return Withdrawal{}, ErrLeft
+	}
+	peers := n.alivePeers()
+	// From here on nothing this node writes reaches a peer but the
+	// deletions below: a session record written meanwhile (a client of
+	// this node subscribing) would give peers a route to a node that
+	// left, which they would refuse publishes for.
+	n.leaving.Store(true)
+	ctx, cancel := context.WithTimeout(n.ctx, timeout)
+	defer cancel()
+	ds, k := n.deleteSessions(func(rec routes.SessionRecord) bool { return rec.Node == n.name })
+	w := Withdrawal{Node: n.name, Sessions: k, Unconfirmed: n.replicateSync(ctx, peers, ds)}
+	if err := n.ml.Leave(leaveBroadcastTimeout); err != nil {
+		w.Warnings = append(w.Warnings, err.Error())
+	}
+	if err := n.ml.Shutdown(); err != nil {
+		w.Warnings = append(w.Warnings, err.Error())
+	}
+	n.detach()
+	n.log.Info("left the cluster; serving alone until restarted", "sessions_withdrawn", k, "peers", len(peers), "unconfirmed", w.Unconfirmed)
+	return w, nil
+}
+
+// detach cuts a node that left off its former peers.
+func (n *Node) detach() {
+	n.left.Store(true)
+	n.memMu.Lock()
+	n.members = map[string]membership.State{n.name: membership.Left}
+	n.memMu.Unlock()
+	for _, p := range n.dp.Stats().Peers {
+		n.dp.RemovePeer(p.Name)
+	}
+	// Their clients' records would route this node's publishes to nodes
+	// it no longer talks to; the deltas go nowhere (aliveMembers is this
+	// node alone now).
+	_, _ = n.deleteSessions(func(rec routes.SessionRecord) bool { return rec.Node != n.name })
+	n.regMu.Lock()
+	maps.DeleteFunc(n.registry, func(_, node string) bool { return node != n.name })
+	n.regMu.Unlock()
+}
+
+// Forget drops a failed or stopped member for good, on the operator's
+// word that it will not come back (`mendmq ctl cluster forget`): this
+// node no longer lists or re-joins it, and deletes its session records
+// from the replicated table, waiting up to timeout until every alive
+// peer has applied that. Then no node routes to it, so QoS 1/2
+// publishes matching its former sessions are accepted again. Other nodes
+// keep listing the member as failed until their own reconnect_timeout.
+func (n *Node) Forget(name string, timeout time.Duration) (Withdrawal, error) {
+	if n.ml == nil || !n.running.Load() {
+		return Withdrawal{}, ErrNotRunning
 	}
 	if name == n.name {
-		return errors.New("cluster: a node cannot forget itself; use leave")
+		return Withdrawal{}, errors.New("cluster: a node cannot forget itself; use leave")
 	}
-	return n.ml.Forget(name)
+	if n.leaving.Load() {
+		return Withdrawal{}, ErrLeft
+	}
+	// Held until the records are deleted, so that the MemberRemove event
+	// Forget causes finds nothing left to delete (and to not wait for).
+	n.withdrawMu.Lock()
+	if err := n.ml.Forget(name); err != nil {
+		n.withdrawMu.Unlock()
+		return Withdrawal{}, err
+	}
+	ds, k := n.deleteSessions(func(rec routes.SessionRecord) bool { return rec.Node == name })
+	n.withdrawMu.Unlock()
+	ctx, cancel := context.WithTimeout(n.ctx, timeout)
+	defer cancel()
+	w := Withdrawal{Node: name, Sessions: k, Unconfirmed: n.replicateSync(ctx, n.alivePeers(), ds)}
+	n.log.Info("forgot member and deleted its session records", "peer", name, "sessions", k, "unconfirmed", w.Unconfirmed)
+	return w, nil
 }
 
 var (
@@ -104,18 +203,18 @@ var (
 	descRecv      = prometheus.NewDesc("mendmq_cluster_received_messages_total", "Publishes received from other nodes.", nil, nil)
 	descDrops     = prometheus.NewDesc("mendmq_cluster_forward_dropped_total", "QoS0 forwards dropped, by reason.", []string{"reason"}, nil)
 	descRefused   = prometheus.NewDesc("mendmq_cluster_forward_refused_total", "QoS1/2 publishes refused because a node with subscribers could not accept them.", nil, nil)
-	descStale     = prometheus.NewDesc("mendmq_cluster_stale_routes_total", "Routes skipped because their node left or was forgotten.", nil, nil)
 	descKeys      = prometheus.NewDesc("mendmq_cluster_replicated_keys", "Live keys in the replicated tables.", []string{"table"}, nil)
 	descDeltas    = prometheus.NewDesc("mendmq_cluster_replication_deltas_total", "Replication deltas sent and applied.", []string{"direction"}, nil)
 	descAE        = prometheus.NewDesc("mendmq_cluster_anti_entropy_total", "Anti-entropy rounds, failures and repaired entries.", []string{"what"}, nil)
 	descReg       = prometheus.NewDesc("mendmq_cluster_registrations_total", "Client registrations and cross-node session takeovers.", []string{"what"}, nil)
 	descBad       = prometheus.NewDesc("mendmq_cluster_bad_messages_total", "Malformed or unknown messages from peers, and data-plane connections refused.", []string{"what"}, nil)
+	descBadGossip = prometheus.NewDesc("mendmq_cluster_gossip_bad_packets_total", "Gossip packets and streams refused as unreadable (wrong secret key, malformed, unknown type): an outsider or a misconfigured node reaches the gossip port.", nil, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (n *Node) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descMembers, descPeerBytes, descPeerFr, descPeerQueue, descPeerUp, descFwd, descFwdBytes,
-		descRecv, descDrops, descRefused, descStale, descKeys, descDeltas, descAE, descReg, descBad} {
+		descRecv, descDrops, descRefused, descKeys, descDeltas, descAE, descReg, descBad, descBadGossip} {
 		ch <- d
 	}
 }
@@ -136,6 +235,7 @@ func (n *Node) Collect(ch chan<- prometheus.Metric) {
 		}{{membership.Alive, ms.Alive}, {membership.Suspect, ms.Suspect}, {membership.Dead, ms.Dead}, {membership.Left, ms.Left}} {
 			g(descMembers, float64(s.v), s.st.String())
 		}
+		c(descBadGossip, ms.BadInput)
 	}
 	ds := n.dp.Stats()
 	for _, p := range ds.Peers {
@@ -157,7 +257,6 @@ func (n *Node) Collect(ch chan<- prometheus.Metric) {
 	c(descDrops, s.dropQueueFull.Load(), "peer_queue_full")
 	c(descDrops, s.dropUnreachable.Load(), "peer_unreachable")
 	c(descRefused, s.refusedUnreachable.Load())
-	c(descStale, s.staleRoutes.Load())
 	n.mu.Lock()
 	sess, ret := n.store.Len(tableSessions), n.store.Len(tableRetained)
 	n.mu.Unlock()

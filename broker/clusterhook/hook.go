@@ -128,6 +128,8 @@ type Hook struct {
 	restoring atomic.Bool
 	restoreMu [64]sync.Mutex
 	serving   atomic.Bool // OnStarted
+	// sysMu orders $SYS ticks before OnStopped (sys.go).
+	sysMu sync.RWMutex
 	// The ids of wills, by origin client (will.go).
 	willMu sync.Mutex
 	wills  map[string][]*willNote
@@ -192,11 +194,15 @@ func (h *Hook) Provides(b byte) bool {
 
 // OnStopped ends the session-sync loop.
 func (h *Hook) OnStopped() {
+	// A $SYS tick under way finishes first: mochi closes the storage
+	// hooks next, and the tick's retained publishes write to them.
+	h.sysMu.Lock()
 	select {
 	case <-h.done:
 	default:
 		close(h.done)
 	}
+	h.sysMu.Unlock()
 	h.wg.Wait()
 }
 

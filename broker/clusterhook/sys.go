@@ -27,6 +27,13 @@ type statusSource interface {
 //	$SYS/broker/cluster/forwarded                publishes forwarded to peers
 //	$SYS/broker/cluster/received                 publishes received from peers
 func (h *Hook) OnSysInfoTick(*system.Info) {
+	h.sysMu.RLock()
+	defer h.sysMu.RUnlock()
+	select {
+	case <-h.done:
+		return // stopping: the storage hooks are closing
+	default:
+	}
 	src, ok := h.cluster().(statusSource)
 	if !ok {
 		return

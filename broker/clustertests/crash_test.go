@@ -19,10 +19,13 @@ import (
 //     and retained tables, retained messages set while it was down),
 //     its pre-crash session record is dropped, and routing to and from
 //     it works again.
-//   - Then n4 leaves gracefully while hosting a disconnected persistent
-//     session: its record stays, but routes to a node that left are
-//     stale, not unreachable, so QoS 1 publishes matching it are still
-//     accepted and delivered to the others.
+//   - Then n4 stops gracefully (a shutdown: memberlist reports it left)
+//     while hosting a disconnected persistent session. The node will come
+//     back with that session, so its record stays and a node that is not
+//     alive is unreachable however it went: a QoS 1 publish matching it
+//     is refused (v5 0x83) and delivered nowhere, a QoS 0 one reaches the
+//     others and is counted dropped for n4 (TestStoppedNodeKeepsSessions
+//     restarts such a node and checks that nothing acknowledged is lost).
 func TestCrashRestart(t *testing.T) {
 	c := newCluster(t, 5, clusterOptions{Faults: true})
 	const victim = "n5"
@@ -95,6 +98,11 @@ func TestCrashRestart(t *testing.T) {
 	ps := brokertest.MustV5(t, c.url(leaver), "cr-persistent", brokertest.V5Options{KeepSession: true, SessionExpiry: 300})
 	ps.MustSub("cr/#", 1)
 	ps.Close()
+	// Markers on a topic the persistent session does not match: a QoS 1
+	// publish it matches is refused while n4 is down.
+	for _, n := range c.names {
+		subs[n].MustSub("crm/#", 1)
+	}
 	c.waitRoutes()
 	c.stop(leaver)
 	// Only the publishing node's view decides how it routes.
@@ -106,11 +114,16 @@ func TestCrashRestart(t *testing.T) {
 		}
 		return true, ""
 	})
-	if rc := pubs["n1"].Pub("cr/left", 1, false, "after-leave"); rc != 0 {
-		t.Errorf("QoS 1 publish matching a left node's persistent session: reason 0x%02x, want success", rc)
+	dropped := c.node("n1").Metric("mendmq_cluster_forward_dropped_total", "reason", "peer_unreachable")
+	if rc := pubs["n1"].Pub("cr/left", 1, false, "refused"); rc != 0x83 {
+		t.Errorf("QoS 1 publish matching a stopped node's persistent session: reason 0x%02x, want 0x83", rc)
 	}
-	pubs["n1"].MustPub("cr/m", 1, false, "marker")
+	pubs["n1"].MustPub("cr/left", 0, false, "qos0")
+	pubs["n1"].MustPub("crm/m", 1, false, "marker")
 	for _, to := range c.names {
-		expectOnce(t, "after "+leaver+" left -> "+to, counts(subs[to].Until("cr/m")), []string{"after-leave"})
+		expectOnce(t, "after "+leaver+" stopped -> "+to, counts(subs[to].Until("crm/m")), []string{"qos0"})
+	}
+	if got := c.node("n1").Metric("mendmq_cluster_forward_dropped_total", "reason", "peer_unreachable"); got != dropped+1 {
+		t.Errorf("QoS 0 publishes dropped for the stopped %s: counter went %v -> %v, want +1", leaver, dropped, got)
 	}
 }

@@ -157,10 +157,9 @@ func (c *testCluster) dump() {
 		for _, m := range st.Members {
 			members = append(members, fmt.Sprintf("%s:%s/reach=%v/q=%d", m.Name, m.State, m.Reachable, m.QueueFrames))
 		}
-		c.t.Logf("%s: members %v, routes %v, local subs %d, sessions %d, retained %d, forwarded %d, received %d, dropped %v, refused %v, stale %v",
+		c.t.Logf("%s: members %v, routes %v, local subs %d, sessions %d, retained %d, forwarded %d, received %d, dropped %v, refused %v",
 			name, members, st.Subscriptions, localSubs(nd), st.Sessions, st.Retained, st.Forwarded, st.Received,
-			nd.Metric("mendmq_cluster_forward_dropped_total"), nd.Metric("mendmq_cluster_forward_refused_total"),
-			nd.Metric("mendmq_cluster_stale_routes_total"))
+			nd.Metric("mendmq_cluster_forward_dropped_total"), nd.Metric("mendmq_cluster_forward_refused_total"))
 	}
 }
 

@@ -37,7 +37,7 @@ var _ Network = TCPNetwork{}
 type Config struct {
 	// NodeName is this node's name, sent in the handshake; peers dial it
 	// by this name and refuse a node that answers with another one.
-	// Key cluster.node_name (the same as membership's).
+	// Key node.name (the same as membership's).
 	NodeName string
 
 	// ClusterName must match between peers. Key cluster.name.
@@ -169,7 +169,7 @@ func LoopbackConfig() Config {
 // fix for the first problem found.
 func (c *Config) Validate() error {
 	if err := validName(c.NodeName); err != nil {
-		return fmt.Errorf("cluster.node_name: %w", err)
+		return fmt.Errorf("node.name: %w", err)
 	}
 	if len(c.ClusterName) > maxNameLen {
 		return fmt.Errorf("cluster.name: %d bytes, at most %d allowed", len(c.ClusterName), maxNameLen)

@@ -144,7 +144,7 @@ func TestValidate(t *testing.T) {
 	}{
 		{"ok", func(*Config) {}, ""},
 		{"default ok", func(c *Config) { n := c.NodeName; *c = DefaultConfig(); c.NodeName = n }, ""},
-		{"no name", func(c *Config) { c.NodeName = "" }, "cluster.node_name"},
+		{"no name", func(c *Config) { c.NodeName = "" }, "node.name"},
 		{"bad addr", func(c *Config) { c.BindAddr = "nope" }, "cluster.data_address"},
 		{"bad port", func(c *Config) { c.BindAddr = ":99999" }, "cluster.data_address"},
 		{"short secret", func(c *Config) { c.SecretKey = []byte("x") }, "cluster.secret_key"},

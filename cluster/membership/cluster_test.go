@@ -349,6 +349,17 @@ func TestGracefulLeaveIsNotReconnected(t *testing.T) {
 	if err := c.m.Leave(2 * time.Second); err != nil {
 		t.Fatal(err)
 	}
+	// The leaver's own view: itself, left; the others are gone from it
+	// and it cannot join again.
+	if v := view(c); len(v) != 1 || v["n3"] != membership.Left {
+		t.Errorf("n3's view after leaving: %s, want n3=left alone", render(v))
+	}
+	if s := c.m.Stats(); s.Alive != 0 || s.Left != 1 {
+		t.Errorf("n3's stats after leaving: %+v, want 1 left, 0 alive", s)
+	}
+	if _, err := c.m.Join([]string{a.addr}); !errors.Is(err, membership.ErrLeft) {
+		t.Errorf("Join after Leave = %v, want ErrLeft", err)
+	}
 	if err := c.m.Shutdown(); err != nil {
 		t.Fatal(err)
 	}
@@ -415,7 +426,7 @@ func TestDuplicateNameRefused(t *testing.T) {
 	if !errors.Is(err, membership.ErrNameConflict) {
 		t.Fatalf("duplicate Start = %v, want ErrNameConflict", err)
 	}
-	if !strings.Contains(err.Error(), "cluster.node_name") {
+	if !strings.Contains(err.Error(), "node.name") {
 		t.Errorf("error %q does not name the key", err)
 	}
 	waitFor(t, time.Second, "refusal counted", func() bool { return a.m.Stats().NameConflicts > 0 })

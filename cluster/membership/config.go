@@ -20,7 +20,7 @@ type Config struct {
 	// is refused (Start fails with ErrNameConflict). A restarted node may
 	// reuse its name at a new address once its old instance is Dead or
 	// Left. 1–128 bytes of letters, digits, '.', '-', '_'.
-	// Key cluster.node_name. Default: the host name.
+	// Key node.name. Default: the host name.
 	NodeName string
 
 	// BindAddr is the "host:port" memberlist listens on, UDP and TCP
@@ -211,7 +211,7 @@ func LoopbackConfig() Config {
 // fix for the first problem found.
 func (c *Config) Validate() error {
 	if err := validName(c.NodeName, 128); err != nil {
-		return fmt.Errorf("cluster.node_name: %w", err)
+		return fmt.Errorf("node.name: %w", err)
 	}
 	if c.Transport == nil {
 		if _, _, err := splitIPPort(c.BindAddr, true); err != nil {

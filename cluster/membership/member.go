@@ -108,4 +108,10 @@ type Stats struct {
 	// EventsDropped counts events not delivered because the handler fell
 	// Config.EventQueueLen behind.
 	EventsDropped uint64
+
+	// BadInput counts gossip packets and streams refused as unreadable:
+	// not decryptable with Config.SecretKey, malformed, truncated or of
+	// an unknown type (an outsider, a port scan, a node with another
+	// key). Only the first, then one summary per minute, is logged.
+	BadInput uint64
 }

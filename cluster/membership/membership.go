@@ -12,6 +12,9 @@
 //   - a member table with Dead and Left members and local suspicion,
 //     events to a consumer-owned EventHandler delivered serially from one
 //     goroutine through a bounded queue, and counters (Stats);
+//   - a node that left (Leave) keeps a view of itself alone;
+//   - unreadable gossip input (an outsider, a wrong key) is counted
+//     (Stats.BadInput) and logged rate limited, not once per packet;
 //   - typed, versioned node metadata (NodeMeta) and a Config with
 //     DefaultConfig tuned for ~1-2 s failure detection on a LAN.
 //
@@ -37,8 +40,7 @@ import (
 )
 
 // ErrNameConflict reports that another live member uses this node's name
-// at a different address. Node names must be unique; fix
-// cluster.node_name.
+// at a different address. Node names must be unique; fix node.name.
 var ErrNameConflict = errors.New("membership: node name already used by another member")
 
 // ErrClusterMismatch reports that the nodes contacted belong to another
@@ -47,6 +49,10 @@ var ErrClusterMismatch = errors.New("membership: member belongs to another clust
 
 // ErrNotRunning is returned by methods that need a started Membership.
 var ErrNotRunning = errors.New("membership: not running")
+
+// ErrLeft is returned by Join after Leave: a node that left stays alone
+// until it is restarted.
+var ErrLeft = errors.New("membership: this node left the cluster; restart it to join again")
 
 // Membership is this node's membership in a cluster. Create it with New,
 // then Start it; it is safe for concurrent use.
@@ -59,6 +65,9 @@ type Membership struct {
 	lookupIP func(ctx context.Context, host string) ([]net.IPAddr, error)
 
 	events *eventQueue
+	// bridge receives memberlist's log lines and counts unreadable
+	// gossip input (Stats.BadInput).
+	bridge *logBridge
 
 	mu          sync.Mutex
 	table       *table
@@ -100,6 +109,7 @@ func New(cfg Config, handler EventHandler) (*Membership, error) {
 		log:       logger,
 		lookupIP:  net.DefaultResolver.LookupIPAddr,
 		events:    newEventQueue(cfg.EventQueueLen),
+		bridge:    &logBridge{log: logger},
 		table:     newTable(cfg.NodeName),
 		meta:      cfg.Meta,
 		refuseLog: make(map[string]time.Time),
@@ -231,7 +241,8 @@ func (m *Membership) memberlistConfig() (*memberlist.Config, error) {
 	mc.Merge = d
 	mc.Conflict = d
 	mc.Ping = d
-	mc.Logger = log.New(&logBridge{log: m.log, onSuspect: d.localSuspect}, "", 0)
+	m.bridge.onSuspect = d.localSuspect // before memberlist starts logging
+	mc.Logger = log.New(m.bridge, "", 0)
 	return mc, nil
 }
 
@@ -248,8 +259,12 @@ func (m *Membership) Join(addrs []string) (int, error) {
 	}
 	m.mu.Lock()
 	running := m.ml != nil && !m.stopped
+	left := m.left
 	m.conflict, m.mismatch = nil, nil
 	m.mu.Unlock()
+	if left {
+		return 0, ErrLeft
+	}
 	if !running {
 		return 0, ErrNotRunning
 	}
@@ -370,6 +385,12 @@ func (m *Membership) UpdateMeta(meta NodeMeta) error {
 // leave flag in the metadata, then memberlist's leave notice), each
 // waited for up to timeout. It stops the reconnect loop; call Shutdown
 // afterwards.
+//
+// Afterwards this node's view holds only itself, as Left: the other
+// members are dropped without MemberRemove events (the consumer, which
+// asked for the leave, detaches from them itself), memberlist's later
+// news about them is ignored, and Join fails with ErrLeft. A node that
+// left is alone until it is restarted.
 func (m *Membership) Leave(timeout time.Duration) error {
 	m.mu.Lock()
 	ml := m.ml
@@ -389,7 +410,11 @@ func (m *Membership) Leave(timeout time.Duration) error {
 	// member would then record a failure. A direct, reliable (TCP)
 	// notice to every member closes that race.
 	m.noticeLeaving(ml, timeout)
-	if err := ml.Leave(timeout); err != nil {
+	err := ml.Leave(timeout)
+	m.mu.Lock()
+	m.table.isolate(time.Now())
+	m.mu.Unlock()
+	if err != nil {
 		return fmt.Errorf("membership: leave: %w", err)
 	}
 	return nil
@@ -451,6 +476,7 @@ func (m *Membership) Stats() Stats {
 	s.RefusedJoins = x.RefusedJoins
 	s.NameConflicts = x.NameConflicts
 	s.EventsDropped = m.events.droppedCount()
+	s.BadInput = m.bridge.badCount()
 	return s
 }
 
@@ -653,11 +679,20 @@ func toMember(n *memberlist.Node) (mem Member, leaving bool) {
 	return mem, leaving
 }
 
+// afterLeave reports whether memberlist's news comes after this node
+// started to leave, and is to be ignored: Leave sets the final view
+// (see there). Call with m.mu held.
+func (m *Membership) afterLeave() bool { return m.left }
+
 // NotifyJoin implements memberlist.EventDelegate.
 func (d *delegates) NotifyJoin(n *memberlist.Node) {
 	m := d.m
 	mem, leaving := toMember(n)
 	m.mu.Lock()
+	if m.afterLeave() {
+		m.mu.Unlock()
+		return
+	}
 	evs := m.table.alive(mem, leaving, time.Now())
 	m.mu.Unlock()
 	if n.Name != m.cfg.NodeName {
@@ -671,6 +706,10 @@ func (d *delegates) NotifyUpdate(n *memberlist.Node) {
 	m := d.m
 	mem, leaving := toMember(n)
 	m.mu.Lock()
+	if m.afterLeave() {
+		m.mu.Unlock()
+		return
+	}
 	evs := m.table.alive(mem, leaving, time.Now())
 	m.mu.Unlock()
 	m.emit(evs)
@@ -684,6 +723,10 @@ func (d *delegates) NotifyLeave(n *memberlist.Node) {
 	m := d.m
 	mem, _ := toMember(n)
 	m.mu.Lock()
+	if m.afterLeave() {
+		m.mu.Unlock()
+		return
+	}
 	evs := m.table.gone(mem, time.Now())
 	m.mu.Unlock()
 	for _, ev := range evs {
@@ -730,6 +773,12 @@ func (d *delegates) NotifyAlive(n *memberlist.Node) error {
 // thinks Dead are marked Left (they are not re-joined).
 func (d *delegates) NotifyMerge(peers []*memberlist.Node) error {
 	m := d.m
+	m.mu.Lock()
+	left := m.left
+	m.mu.Unlock()
+	if left {
+		return ErrLeft
+	}
 	self := ""
 	if p := m.localAddr.Load(); p != nil {
 		self = *p
@@ -749,7 +798,7 @@ func (d *delegates) NotifyMerge(peers []*memberlist.Node) error {
 		}
 		if n.Name == m.cfg.NodeName && self != "" && n.Address() != self &&
 			(n.State == memberlist.StateAlive || n.State == memberlist.StateSuspect) {
-			err := fmt.Errorf("%w: %q is alive at %s, this node is at %s (give each node a unique cluster.node_name)",
+			err := fmt.Errorf("%w: %q is alive at %s, this node is at %s (give each node a unique node.name)",
 				ErrNameConflict, n.Name, n.Address(), self)
 			m.refused(n.Name, err.Error(), true)
 			m.mu.Lock()

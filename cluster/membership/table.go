@@ -189,6 +189,20 @@ func (t *table) forget(name string) ([]event, error) {
 	return []event{{evRemove, r.m}}, nil
 }
 
+// isolate drops every member but the local one, which becomes Left: the
+// view of a node that left the cluster.
+func (t *table) isolate(now time.Time) {
+	for name := range t.recs {
+		if name != t.local {
+			delete(t.recs, name)
+		}
+	}
+	if r, ok := t.recs[t.local]; ok && r.m.State != Left {
+		r.m.State = Left
+		r.since = now
+	}
+}
+
 // othersAlive reports whether any member but the local one is Alive or Suspect.
 func (t *table) othersAlive() bool {
 	for name, r := range t.recs {

@@ -24,9 +24,9 @@ func TestValidate(t *testing.T) {
 	}{
 		{"loopback ok", func(*Config) {}, ""},
 		{"default ok", func(c *Config) { *c = DefaultConfig(); c.NodeName = "n1" }, ""},
-		{"empty name", func(c *Config) { c.NodeName = "" }, "cluster.node_name"},
-		{"name with space", func(c *Config) { c.NodeName = "a b" }, "cluster.node_name"},
-		{"name too long", func(c *Config) { c.NodeName = strings.Repeat("x", 129) }, "cluster.node_name"},
+		{"empty name", func(c *Config) { c.NodeName = "" }, "node.name"},
+		{"name with space", func(c *Config) { c.NodeName = "a b" }, "node.name"},
+		{"name too long", func(c *Config) { c.NodeName = strings.Repeat("x", 129) }, "node.name"},
 		{"bind host name", func(c *Config) { c.BindAddr = "localhost:7946" }, "cluster.gossip_address"},
 		{"bind no port", func(c *Config) { c.BindAddr = "127.0.0.1" }, "cluster.gossip_address"},
 		{"bind ignored with transport", func(c *Config) { c.BindAddr = "bogus"; c.Transport = nopTransport{} }, ""},

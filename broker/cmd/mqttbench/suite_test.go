@@ -216,9 +216,20 @@ func TestClusterGroupsScenarios(t *testing.T) {
 	cfg := DefaultSuiteConfig()
 	tg := &target{name: "c", urls: []string{"tcp://127.0.0.1:1883", "tcp://127.0.0.1:1884", "tcp://127.0.0.1:1885"}}
 	gs := clusterGroups(cfg, tg)
-	if len(gs) != 2 {
+	// Saturated QoS 0 and 1, then paced (hop latency) QoS 0 and 1.
+	if len(gs) != 4 || gs[1].hop || !gs[3].hop {
 		t.Fatalf("%d groups", len(gs))
 	}
+	for _, c := range gs[3].cases {
+		if rc := caseConfig(cfg, &benchCase{sc: c.sc, t: &target{urls: tg.urls}}); rc.Rate != cfg.HopRate || rc.QoS != 1 {
+			t.Errorf("%s paced: rate %g qos %d, want %g and 1", c.label, rc.Rate, rc.QoS, cfg.HopRate)
+		}
+	}
+	cfg.HopRate = 0
+	if n := len(clusterGroups(cfg, tg)); n != 2 {
+		t.Errorf("-hop-rate 0: %d groups, want 2", n)
+	}
+	cfg.HopRate = DefaultSuiteConfig().HopRate
 	same, cross := gs[1].cases[0], gs[1].cases[1]
 	rcSame, rcCross := caseConfig(cfg, &benchCase{sc: same.sc, t: &target{urls: tg.urls}}), caseConfig(cfg, &benchCase{sc: cross.sc, t: &target{urls: tg.urls}})
 	if rcSame.PubURLs[0] != tg.urls[0] || rcSame.SubURLs[0] != tg.urls[0] {
