@@ -1,10 +1,13 @@
 package cluster
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -74,6 +77,17 @@ type Config struct {
 	// members. (A cluster-wide random pick would need mochi to skip its
 	// local selection; until then it would deliver twice.)
 	SharedSubscriptionPolicy string `koanf:"shared_subscription_policy"`
+	// DataQueueFrames and DataQueueBytes are cluster.data_queue_frames and
+	// cluster.data_queue_bytes: the bound of each peer's send queue.
+	// Beyond it QoS 0 forwards are dropped (counted) and QoS 1/2 ones
+	// wait for room until cluster.forward_timeout. Defaults 65536
+	// frames, 64 MiB.
+	DataQueueFrames int `koanf:"data_queue_frames"`
+	DataQueueBytes  int `koanf:"data_queue_bytes"`
+	// DataTLS is cluster.data_tls: mutual TLS on the data plane, which
+	// encrypts the publish stream and replication (the secret's HMAC
+	// handshake still runs inside). All three keys or none.
+	DataTLS DataTLS `koanf:"data_tls"`
 	// TombstoneGrace is cluster.tombstone_grace: how long deletions are
 	// remembered for replication. A node partitioned away for longer may
 	// resurrect deleted subscriptions or retained messages. Default 24h.
@@ -94,6 +108,7 @@ type Config struct {
 // DefaultConfig returns the defaults (cluster disabled).
 func DefaultConfig() Config {
 	m := membership.DefaultConfig()
+	dp := dataplane.DefaultConfig()
 	return Config{
 		Name:                     "mendmq",
 		GossipAddress:            ":7946",
@@ -111,7 +126,59 @@ func DefaultConfig() Config {
 		RegisterTimeout:          5 * time.Second,
 		SharedSubscriptionPolicy: "prefer_local",
 		TombstoneGrace:           24 * time.Hour,
+		DataQueueFrames:          dp.QueueFrames,
+		DataQueueBytes:           dp.QueueBytes,
 	}
+}
+
+// DataTLS is the cluster.data_tls section. Each node presents CertFile,
+// which must name the node's node.name as a DNS name (peers dial a node
+// and verify that name) and be signed by the CA in CAFile, which verifies
+// peers in both directions.
+type DataTLS struct {
+	CertFile string `koanf:"cert_file"`
+	KeyFile  string `koanf:"key_file"`
+	CAFile   string `koanf:"ca_file"`
+}
+
+// Enabled reports whether any key is set.
+func (t DataTLS) Enabled() bool { return t.CertFile != "" || t.KeyFile != "" || t.CAFile != "" }
+
+// validate names the keys a partial section lacks.
+func (t DataTLS) validate() error {
+	if !t.Enabled() {
+		return nil
+	}
+	var errs []error
+	for _, f := range []struct{ k, v string }{{"cert_file", t.CertFile}, {"key_file", t.KeyFile}, {"ca_file", t.CAFile}} {
+		if f.v == "" {
+			errs = append(errs, fmt.Errorf("cluster.data_tls.%s: required when cluster.data_tls is set (PEM file)", f.k))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Load reads the files into a mutual-TLS configuration.
+func (t DataTLS) Load() (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("cluster.data_tls.cert_file, key_file: %w", err)
+	}
+	pem, err := os.ReadFile(t.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("cluster.data_tls.ca_file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("cluster.data_tls.ca_file: %s holds no PEM certificate", t.CAFile)
+	}
+	return &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		RootCAs:      pool,
+		ClientCAs:    pool,
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		MinVersion:   tls.VersionTLS12,
+	}, nil
 }
 
 // LoopbackConfig returns settings for clusters on 127.0.0.1 in tests:
@@ -172,6 +239,15 @@ func (c *Config) Validate() error {
 	}
 	if c.TombstoneGrace < time.Minute {
 		errs = append(errs, errors.New("cluster.tombstone_grace: must be >= 1m"))
+	}
+	if c.DataQueueFrames < 1 {
+		errs = append(errs, fmt.Errorf("cluster.data_queue_frames: %d, must be >= 1 (default 65536)", c.DataQueueFrames))
+	}
+	if c.DataQueueBytes < 1024 {
+		errs = append(errs, fmt.Errorf("cluster.data_queue_bytes: %d, must be >= 1024 (default 67108864)", c.DataQueueBytes))
+	}
+	if err := c.DataTLS.validate(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

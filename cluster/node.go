@@ -214,6 +214,12 @@ func New(name string, cfg Config, broker Broker) (*Node, error) {
 	dc := dataplane.DefaultConfig()
 	dc.NodeName, dc.ClusterName, dc.BindAddr = name, cfg.Name, cfg.DataAddress
 	dc.SecretKey = []byte(cfg.SecretKey)
+	dc.QueueFrames, dc.QueueBytes = cfg.DataQueueFrames, cfg.DataQueueBytes
+	if cfg.DataTLS.Enabled() {
+		if dc.TLS, err = cfg.DataTLS.Load(); err != nil {
+			return nil, err
+		}
+	}
 	dc.Logger = log // the data plane adds the node attribute
 	if cfg.DataNetwork != nil {
 		dc.Network = cfg.DataNetwork

@@ -37,24 +37,8 @@ func WriteTLSFiles(t testing.TB) TLSFiles {
 	t.Helper()
 	dir := t.TempDir()
 	now := time.Now()
-	caKey := newKey(t)
-	caTmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "mendmq test CA"},
-		NotBefore:             now.Add(-time.Minute),
-		NotAfter:              now.Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatalf("create CA certificate: %v", err)
-	}
-	caCert, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		t.Fatalf("parse CA certificate: %v", err)
-	}
+	caCert, caKey, caDER := newCA(t)
+	var err error
 	f := TLSFiles{
 		CAFile:         filepath.Join(dir, "ca.pem"),
 		CertFile:       filepath.Join(dir, "server.pem"),
@@ -125,4 +109,73 @@ func writePEM(t testing.TB, path, typ string, der []byte) {
 	if err := os.WriteFile(path, b, 0o600); err != nil {
 		t.Fatalf("write %s: %v", path, err)
 	}
+}
+
+// newCA returns a fresh self-signed test CA, valid for an hour.
+func newCA(t testing.TB) (*x509.Certificate, *ecdsa.PrivateKey, []byte) {
+	t.Helper()
+	now := time.Now()
+	caKey := newKey(t)
+	caTmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "mendmq test CA"},
+		NotBefore:             now.Add(-time.Minute),
+		NotAfter:              now.Add(time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatalf("create CA certificate: %v", err)
+	}
+	caCert, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		t.Fatalf("parse CA certificate: %v", err)
+	}
+	return caCert, caKey, caDER
+}
+
+// NodeTLSFiles are PEM files for a cluster's data-plane mutual TLS: a CA
+// and, per node name, a certificate it signed for that name (DNS SAN,
+// server and client use).
+type NodeTLSFiles struct {
+	CAFile string
+	// Cert and Key map a node name to its files.
+	Cert, Key map[string]string
+}
+
+// WriteNodeTLSFiles generates a fresh CA and a certificate for each of
+// names into t.TempDir().
+func WriteNodeTLSFiles(t testing.TB, names ...string) NodeTLSFiles {
+	t.Helper()
+	dir := t.TempDir()
+	caCert, caKey, caDER := newCA(t)
+	f := NodeTLSFiles{CAFile: filepath.Join(dir, "ca.pem"), Cert: map[string]string{}, Key: map[string]string{}}
+	writePEM(t, f.CAFile, "CERTIFICATE", caDER)
+	now := time.Now()
+	for i, name := range names {
+		key := newKey(t)
+		tmpl := &x509.Certificate{
+			SerialNumber: big.NewInt(int64(10 + i)),
+			Subject:      pkix.Name{CommonName: name},
+			DNSNames:     []string{name},
+			NotBefore:    now.Add(-time.Minute),
+			NotAfter:     now.Add(time.Hour),
+			KeyUsage:     x509.KeyUsageDigitalSignature,
+			ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
+		if err != nil {
+			t.Fatalf("create %s certificate: %v", name, err)
+		}
+		keyDER, err := x509.MarshalECPrivateKey(key)
+		if err != nil {
+			t.Fatalf("marshal %s key: %v", name, err)
+		}
+		f.Cert[name], f.Key[name] = filepath.Join(dir, name+".pem"), filepath.Join(dir, name+"-key.pem")
+		writePEM(t, f.Cert[name], "CERTIFICATE", der)
+		writePEM(t, f.Key[name], "EC PRIVATE KEY", keyDER)
+	}
+	return f
 }

@@ -38,7 +38,11 @@ import (
 // write loop, so those went out twice. The hook holds every PUBLISH but
 // mochi's resends (DUP set) until the session is established (at most
 // connackWait), and then withholds the ones the resend already wrote.
-// (The resend itself cannot be held back: a failed write ends it.)
+// (The resend itself cannot be held back: a failed write ends it.) It
+// tells those apart from the resends of the session's older messages
+// (no copy follows; their ids are free for reuse once acknowledged) by
+// OnQosPublish, which mochi calls before queuing a copy: a held copy may
+// reach the encoder only after the client acknowledged the resend.
 //
 // Messages lost at a session takeover (mochi v2.7.9): when a client
 // resumes its session, mochi marks the old client taken over, clones its
@@ -48,7 +52,10 @@ import (
 // was lost. The hook collects those messages (OnQosDropped of the clear,
 // OnQosPublish for a taken-over client) and queues the ones the clone did
 // not carry over to the client that holds the session once its session
-// is established.
+// is established. That client may be taken over in turn while the hook
+// queues them (a reconnect right after the CONNACK): the messages it
+// queued after that takeover's clone are collected again, as those of a
+// taken-over client.
 type Hook struct {
 	mqtt.HookBase
 	srv   *mqtt.Server
@@ -59,11 +66,11 @@ type Hook struct {
 	nGates atomic.Int32
 
 	resentMu sync.Mutex
-	resent   map[*mqtt.Client]map[uint16]packets.Packet
+	resent   map[*mqtt.Client]map[uint16]*pending
 	nResent  atomic.Int32 // clients in resent (fast path)
 
 	orphanMu sync.Mutex
-	orphans  map[string][]packets.Packet
+	orphans  map[string][]orphan
 	settled  map[string]*settled // client id -> its session's established client
 }
 
@@ -73,11 +80,38 @@ type gate struct {
 	open chan struct{} // closed when the session is established
 }
 
+// pending is a QoS 1/2 publish to a connecting client that mochi queued
+// for the client's write loop, resent after the CONNACK, or both.
+type pending struct {
+	pk     packets.Packet
+	queued bool // a write-loop copy follows (OnQosPublish)
+	resent bool // mochi's resend wrote it
+}
+
 // settled is the client holding a session, with the queue it had when
 // its session was established (the takeover's clone, nothing acked yet).
 type settled struct {
 	cl     *mqtt.Client
 	cloned map[uint16]packets.Packet
+
+	// adopted holds the orphans queued here so far, by the client they
+	// were queued for and their id there: one message can be reported
+	// twice (queued, and dropped by the clear), the second time after
+	// the first was adopted (a publisher paused between mochi's Set and
+	// OnQosPublish).
+	mu      sync.Mutex
+	adopted map[orphanKey]packets.Packet
+}
+
+// orphan is a message queued for a taken-over client.
+type orphan struct {
+	from *mqtt.Client
+	pk   packets.Packet
+}
+
+type orphanKey struct {
+	from *mqtt.Client
+	id   uint16
 }
 
 // connackWait bounds how long a publish to a connecting client waits
@@ -99,8 +133,8 @@ type Store interface {
 
 // New returns the hook for srv; store may be nil (no storage).
 func New(srv *mqtt.Server, store Store) *Hook {
-	return &Hook{srv: srv, store: store, gates: map[*mqtt.Client]*gate{}, orphans: map[string][]packets.Packet{},
-		settled: map[string]*settled{}, resent: map[*mqtt.Client]map[uint16]packets.Packet{}}
+	return &Hook{srv: srv, store: store, gates: map[*mqtt.Client]*gate{}, orphans: map[string][]orphan{},
+		settled: map[string]*settled{}, resent: map[*mqtt.Client]map[uint16]*pending{}}
 }
 
 // ID names the hook.
@@ -116,13 +150,34 @@ func (h *Hook) Provides(b byte) bool {
 
 // OnSessionEstablish runs before mochi lists the connecting client: from
 // here until its session is established, publishes to it wait.
+//
+// It also drops what the hook still tracks for closed clients: mochi
+// calls no hook when the CONNACK or the resend fails (a takeover closed
+// the connection meanwhile), and such entries would keep those clients
+// in memory and the fast paths off.
 func (h *Hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	h.gateMu.Lock()
+	for c, g := range h.gates {
+		if c.Closed() {
+			close(g.open) // (a closed client writes nothing)
+			delete(h.gates, c)
+			h.nGates.Add(-1)
+		}
+	}
 	if _, ok := h.gates[cl]; !ok {
 		h.gates[cl] = &gate{open: make(chan struct{})}
 		h.nGates.Add(1)
 	}
 	h.gateMu.Unlock()
+	if h.nResent.Load() > 0 {
+		h.resentMu.Lock()
+		for c := range h.resent {
+			if c.Closed() {
+				h.forgetResent(c, -1)
+			}
+		}
+		h.resentMu.Unlock()
+	}
 }
 
 // dropGate releases what waits for cl (session established or failed).
@@ -137,6 +192,17 @@ func (h *Hook) dropGate(cl *mqtt.Client) {
 		h.nGates.Add(-1)
 	}
 	h.gateMu.Unlock()
+}
+
+// gated reports whether publishes to cl wait for its session.
+func (h *Hook) gated(cl *mqtt.Client) bool {
+	if h.nGates.Load() == 0 {
+		return false
+	}
+	h.gateMu.Lock()
+	_, ok := h.gates[cl]
+	h.gateMu.Unlock()
+	return ok
 }
 
 func samePublish(a, b packets.Packet) bool {
@@ -157,7 +223,7 @@ func (h *Hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet
 		if ok {
 			if pk.FixedHeader.Dup {
 				// mochi's resend after the CONNACK: written now.
-				h.noteResent(cl, pk)
+				h.note(cl, pk, true, true)
 				return pk
 			}
 			t := time.NewTimer(connackWait)
@@ -177,29 +243,44 @@ func (h *Hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet
 	return pk
 }
 
-// noteResent records a publish mochi resent at connect.
-func (h *Hook) noteResent(cl *mqtt.Client, pk packets.Packet) {
+// note records a publish to connecting client cl that mochi resent at
+// connect (resent) or queued for its write loop (!resent); the two
+// arrive in either order. Unless create, it only completes a record.
+func (h *Hook) note(cl *mqtt.Client, pk packets.Packet, resent, create bool) {
 	h.resentMu.Lock()
-	m := h.resent[cl]
-	if m == nil {
-		m = map[uint16]packets.Packet{}
-		h.resent[cl] = m
-		h.nResent.Add(1)
+	defer h.resentMu.Unlock()
+	p, ok := h.resent[cl][pk.PacketID]
+	if !ok || !samePublish(p.pk, pk) {
+		if !create {
+			return
+		}
+		m := h.resent[cl]
+		if m == nil {
+			m = map[uint16]*pending{}
+			h.resent[cl] = m
+			h.nResent.Add(1)
+		}
+		p = &pending{pk: pk}
+		m[pk.PacketID] = p
 	}
-	m[pk.PacketID] = pk
-	h.resentMu.Unlock()
+	if resent {
+		p.resent = true
+	} else {
+		p.queued = true
+	}
 }
 
-// wasResent reports (once) whether pk went out already as a resend.
+// wasResent reports (once) whether the write-loop copy pk went out
+// already as a resend.
 func (h *Hook) wasResent(cl *mqtt.Client, pk packets.Packet) bool {
 	if h.nResent.Load() == 0 {
 		return false
 	}
 	h.resentMu.Lock()
 	defer h.resentMu.Unlock()
-	if w, ok := h.resent[cl][pk.PacketID]; ok && samePublish(w, pk) {
+	if p, ok := h.resent[cl][pk.PacketID]; ok && samePublish(p.pk, pk) {
 		h.forgetResent(cl, int(pk.PacketID))
-		return true
+		return p.resent
 	}
 	return false
 }
@@ -220,12 +301,16 @@ func (h *Hook) forgetResent(cl *mqtt.Client, id int) {
 	}
 }
 
-// OnPacketRead forgets a resent publish once the client acknowledged it
-// (its packet id may then be reused).
+// OnPacketRead forgets a resent publish that no write-loop copy follows
+// once the client acknowledged it (its packet id may then be reused).
+// One that a copy follows is forgotten when the copy is withheld: the
+// client may acknowledge the resend before the copy is encoded.
 func (h *Hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if t := pk.FixedHeader.Type; (t == packets.Puback || t == packets.Pubrec) && h.nResent.Load() > 0 {
 		h.resentMu.Lock()
-		h.forgetResent(cl, int(pk.PacketID))
+		if p, ok := h.resent[cl][pk.PacketID]; ok && !p.queued {
+			h.forgetResent(cl, int(pk.PacketID))
+		}
 		h.resentMu.Unlock()
 	}
 	return pk, nil
@@ -255,10 +340,20 @@ func (h *Hook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
 }
 
 // OnQosPublish collects the messages queued for a client already taken
-// over.
+// over, and notes those queued for a connecting client's write loop.
 func (h *Hook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, resends int) {
-	if pk.FixedHeader.Type == packets.Publish && cl.IsTakenOver() {
+	if pk.FixedHeader.Type != packets.Publish {
+		return
+	}
+	if cl.IsTakenOver() {
 		h.orphan(cl, pk)
+	} else if !pk.FixedHeader.Dup {
+		// Also once the session is established, if noted as resent: the
+		// publisher may have paused between mochi's Set, which the
+		// resend saw, and here.
+		if g := h.gated(cl); g || h.nResent.Load() > 0 {
+			h.note(cl, pk, false, g)
+		}
 	}
 }
 
@@ -269,12 +364,12 @@ func (h *Hook) orphan(old *mqtt.Client, pk packets.Packet) {
 	if st := h.settled[old.ID]; st != nil && st.cl != old {
 		if now, ok := h.srv.Clients.Get(old.ID); ok && now == st.cl {
 			h.orphanMu.Unlock()
-			h.adopt(st, []packets.Packet{pk})
+			h.adopt(st, []orphan{{from: old, pk: pk}})
 			return
 		}
 	}
 	if len(h.orphans[old.ID]) < maxOrphans {
-		h.orphans[old.ID] = append(h.orphans[old.ID], pk)
+		h.orphans[old.ID] = append(h.orphans[old.ID], orphan{from: old, pk: pk})
 	}
 	h.orphanMu.Unlock()
 }
@@ -285,13 +380,20 @@ func (h *Hook) orphan(old *mqtt.Client, pk packets.Packet) {
 func (h *Hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	cl.State.Inflight.ResetSendQuota(0)
 	h.dropGate(cl)
-	st := &settled{cl: cl, cloned: map[uint16]packets.Packet{}}
+	st := &settled{cl: cl, cloned: map[uint16]packets.Packet{}, adopted: map[orphanKey]packets.Packet{}}
 	for _, p := range cl.State.Inflight.GetAll(false) {
 		if p.FixedHeader.Type == packets.Publish {
 			st.cloned[p.PacketID] = p
 		}
 	}
 	h.orphanMu.Lock()
+	if cl.IsTakenOver() {
+		// Another connection took the session over before this one got
+		// here: that one holds it and collects the orphans (this
+		// client's own included), so leave them and settled to it.
+		h.orphanMu.Unlock()
+		return
+	}
 	orphans := h.orphans[cl.ID]
 	delete(h.orphans, cl.ID)
 	h.settled[cl.ID] = st
@@ -300,20 +402,27 @@ func (h *Hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 }
 
 // adopt queues orphans to the settled client, skipping those the
-// takeover's clone carried over.
-func (h *Hook) adopt(st *settled, orphans []packets.Packet) {
+// takeover's clone carried over and those adopted already (a message
+// queued for the old client between its clone and its clear is reported
+// twice: queued, then dropped).
+func (h *Hook) adopt(st *settled, orphans []orphan) {
 	cl := st.cl
-	// A message queued for the old client between its clone and its
-	// clear is reported twice (queued, then dropped).
-	done := map[uint16]packets.Packet{}
-	for _, o := range orphans {
+	for _, or := range orphans {
+		o := or.pk
 		if c, ok := st.cloned[o.PacketID]; ok && c.Created == o.Created && samePublish(c, o) {
 			continue // carried over by the clone
 		}
-		if d, ok := done[o.PacketID]; ok && d.Created == o.Created && samePublish(d, o) {
+		k := orphanKey{from: or.from, id: o.PacketID}
+		st.mu.Lock()
+		d, seen := st.adopted[k]
+		seen = seen && d.Created == o.Created && samePublish(d, o)
+		if !seen {
+			st.adopted[k] = o
+		}
+		st.mu.Unlock()
+		if seen {
 			continue
 		}
-		done[o.PacketID] = o
 		id, err := cl.NextPacketID()
 		if err != nil {
 			h.srv.Log.Warn("packet ids exhausted; message queued during a session takeover dropped", "client", cl.ID)
@@ -323,6 +432,18 @@ func (h *Hook) adopt(st *settled, orphans []packets.Packet) {
 		o.FixedHeader.Dup = false
 		if cl.State.Inflight.Set(o) {
 			atomic.AddInt64(&h.srv.Info.Inflight, 1)
+		}
+		if cl.IsTakenOver() {
+			// A reconnect took cl's session over meanwhile (cl is
+			// closed), and its clone may have run before this Set: pass
+			// the message on as one queued for a taken-over client,
+			// unless the takeover's clear removed it first (and
+			// reported it).
+			if cl.State.Inflight.Delete(o.PacketID) {
+				atomic.AddInt64(&h.srv.Info.Inflight, -1)
+				h.orphan(cl, o)
+			}
+			continue
 		}
 		if h.store != nil {
 			h.store.OnQosPublish(cl, o, o.Created, 0)

@@ -3,6 +3,8 @@ package quirks_test
 import (
 	"context"
 	"fmt"
+	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -19,10 +21,43 @@ import (
 // PUBLISH before its CONNACK. Without the hook, mochi v2.7.9 lost the
 // messages queued for the old connection after its queue was cloned, and
 // wrote publishes before the CONNACK (the client failed to connect).
+// With reconnects this close together, the next takeover often starts
+// while the hook is still re-queuing the previous one's messages.
 func TestResumeUnderLoad(t *testing.T) {
+	resumeUnderLoad(t, 4, 250, 20, 10*time.Millisecond)
+}
+
+// resumeStressEnv names the environment variable that runs
+// TestResumeUnderLoadStress: "publishers,messages,reconnects,pause".
+const resumeStressEnv = "MENDMQ_RESUME_STRESS"
+
+// TestResumeUnderLoadStress is TestResumeUnderLoad with the load set by
+// $MENDMQ_RESUME_STRESS, e.g. "8,250,40,2ms", to loop under CPU
+// contention (go test -run Stress -count 100 with busy loops running):
+// the session takeover races show only when goroutines get preempted.
+func TestResumeUnderLoadStress(t *testing.T) {
+	v := os.Getenv(resumeStressEnv)
+	if v == "" {
+		t.Skipf("set %s=publishers,messages,reconnects,pause (e.g. 8,250,40,2ms)", resumeStressEnv)
+	}
+	var pubs, total, hops int
+	var pause string
+	if _, err := fmt.Sscanf(strings.ReplaceAll(v, ",", " "), "%d %d %d %s", &pubs, &total, &hops, &pause); err != nil {
+		t.Fatalf("%s=%q: %v", resumeStressEnv, v, err)
+	}
+	d, err := time.ParseDuration(pause)
+	if err != nil {
+		t.Fatalf("%s=%q: %v", resumeStressEnv, v, err)
+	}
+	resumeUnderLoad(t, pubs, total, hops, d)
+}
+
+// resumeUnderLoad runs pubs publishers of total QoS 2 messages each while
+// the subscriber reconnects hops times, pause apart.
+func resumeUnderLoad(t *testing.T, pubs, total, hops int, pause time.Duration) {
 	nd := brokertest.Start(t, brokertest.Config())
 	url := nd.URL(0)
-	const id, pubs, total, hops = "resumer", 4, 250, 12
+	const id = "resumer"
 	opts := brokertest.V5Options{KeepSession: true, SessionExpiry: 300}
 
 	first := brokertest.MustV5(t, url, id, opts)
@@ -61,7 +96,7 @@ func TestResumeUnderLoad(t *testing.T) {
 	for hop := 0; hop < hops; hop++ {
 		select {
 		case <-done:
-		case <-time.After(10 * time.Millisecond):
+		case <-time.After(pause):
 		}
 		c, err := brokertest.ConnectV5(t, url, id, opts)
 		if err != nil {

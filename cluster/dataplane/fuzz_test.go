@@ -75,7 +75,7 @@ func FuzzAcceptHandshake(f *testing.F) {
 	key := authKey([]byte("fuzz secret, long enough"))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		var out bytes.Buffer
-		name, err := acceptHandshake(bufio.NewReader(bytes.NewReader(in)), &out, key, "mendmq", "b")
+		name, err := acceptHandshake(bufio.NewReader(bytes.NewReader(in)), &out, key, "mendmq", "b", nil)
 		if err == nil {
 			t.Fatalf("accepted dialer %q from fuzz input", name)
 		}
@@ -112,7 +112,7 @@ func TestHandshakeBetweenHonestPeers(t *testing.T) {
 	go func() {
 		errc <- dialHandshake(bufio.NewReader(a2d), d2a, key, "mendmq", "a", "b")
 	}()
-	name, err := acceptHandshake(bufio.NewReader(d2a), a2d, key, "mendmq", "b")
+	name, err := acceptHandshake(bufio.NewReader(d2a), a2d, key, "mendmq", "b", nil)
 	if err != nil || name != "a" {
 		t.Fatalf("acceptHandshake = %q, %v", name, err)
 	}

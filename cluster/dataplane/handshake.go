@@ -218,7 +218,9 @@ func dialHandshake(br *bufio.Reader, w io.Writer, key []byte, cluster, self, pee
 // acceptHandshake runs the acceptor's side, reading through r (the
 // connection's frame reader afterwards) and writing to w, and returns
 // the authenticated dialer's name; the caller sets the deadline.
-func acceptHandshake(r *bufio.Reader, w io.Writer, key []byte, cluster, self string) (string, error) {
+// checkDialer, if set, may refuse the name the dialer claims (a TLS
+// client certificate for another node) before any proof is exchanged.
+func acceptHandshake(r *bufio.Reader, w io.Writer, key []byte, cluster, self string, checkDialer func(name string) error) (string, error) {
 	h, err := readHello(r)
 	if err != nil {
 		return "", fmt.Errorf("%w: read hello: %w", ErrHandshake, err)
@@ -237,6 +239,11 @@ func acceptHandshake(r *bufio.Reader, w io.Writer, key []byte, cluster, self str
 		return reject(fmt.Sprintf("this is node %q, not %q", self, h.to))
 	case h.from == "" || h.from == self:
 		return reject(fmt.Sprintf("bad dialer name %q", h.from))
+	}
+	if checkDialer != nil {
+		if err := checkDialer(h.from); err != nil {
+			return reject(err.Error())
+		}
 	}
 	an, err := newNonce()
 	if err != nil {

@@ -501,7 +501,20 @@ func (pl *Plane) acceptHandshake(raw net.Conn) (string, net.Conn, *bufio.Reader,
 	}
 	ir := &idleReader{nc: nc}
 	br := bufio.NewReaderSize(ir, pl.cfg.BufferSize)
-	name, err := acceptHandshake(br, nc, pl.key, pl.cfg.ClusterName, pl.cfg.NodeName)
+	var checkDialer func(string) error
+	if tc, ok := nc.(*tls.Conn); ok {
+		// A client certificate must name the node the handshake claims
+		// to be, as the dialer checks the server's (ServerName): a
+		// certificate of the cluster's CA does not make its holder any
+		// node it likes.
+		checkDialer = func(name string) error {
+			if certs := tc.ConnectionState().PeerCertificates; len(certs) > 0 && certs[0].VerifyHostname(name) != nil {
+				return fmt.Errorf("TLS client certificate does not name node %q", name)
+			}
+			return nil
+		}
+	}
+	name, err := acceptHandshake(br, nc, pl.key, pl.cfg.ClusterName, pl.cfg.NodeName, checkDialer)
 	if err != nil {
 		return "", nil, nil, err
 	}
