@@ -43,6 +43,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/mendmq/mendmq/cluster/dataplane"
 	"github.com/mendmq/mendmq/cluster/membership"
 	"github.com/mendmq/mendmq/cluster/rendezvous"
@@ -158,7 +160,12 @@ type Node struct {
 	matchPool sync.Pool
 
 	stats counters
-	stop  chan struct{}
+	// traffic holds the publishes exchanged with each peer (name ->
+	// *peerTraffic); lag the replication lag of applied deltas.
+	traffic sync.Map
+	lag     *prometheus.HistogramVec
+	lastLag atomic.Int64 // milliseconds, of the last broadcast delta that changed a value
+	stop    chan struct{}
 	// synced is closed once the tables were exchanged with a peer after
 	// Start, or at Start without seeds (Synced).
 	synced   chan struct{}
@@ -173,7 +180,7 @@ type Node struct {
 }
 
 type counters struct {
-	forwarded, forwardedBytes        atomic.Uint64
+	forwarded, forwardedBytes        atomic.Uint64 // also per peer: Node.traffic
 	dropQueueFull, dropUnreachable   atomic.Uint64
 	refusedUnreachable               atomic.Uint64
 	received                         atomic.Uint64
@@ -203,12 +210,20 @@ func New(name string, cfg Config, broker Broker) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create replica store: %w", err)
 	}
+	// A first clock reading: a store without one defers writing back
+	// resolved conflicts (its dots could repeat an earlier incarnation's).
+	store.GC(time.Now())
 	n := &Node{
 		cfg: cfg, name: name, log: log.With("node", name), baseLog: log, broker: broker, store: store, index: routes.NewIndex(),
 		members: map[string]membership.State{}, registry: map[string]string{}, stop: make(chan struct{}),
 		synced: make(chan struct{}),
 	}
 	n.matchPool.New = func() any { return new(routes.Result) }
+	n.lag = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "mendmq_cluster_replication_lag_seconds",
+		Help:    "Time from a replicated write on its node to its application here, per path (broadcast delta or anti-entropy repair); across hosts it includes their clock offset.",
+		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+	}, []string{"path"})
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 
 	dc := dataplane.DefaultConfig()
@@ -636,18 +651,35 @@ func (n *Node) applyLocked(c replica.Change, remote bool) {
 }
 
 // applyDeltas merges deltas from a peer.
-func (n *Node) applyDeltas(ds []replica.Delta) {
+func (n *Node) applyDeltas(ds []replica.Delta, path string) {
 	var out []replica.Delta
+	now := time.Now().UnixMilli()
+	lag := n.lag.WithLabelValues(path)
 	n.mu.Lock()
 	for _, d := range ds {
 		up := n.store.Apply(d)
 		n.applyLocked(up.Change, true)
 		out = append(out, up.Out...)
+		if up.Change.Changed() {
+			// The writer's clock at the write (raised past what it
+			// overwrote, so an upper bound of its age).
+			ms := max(now-up.Change.New.TS, 0)
+			lag.Observe(float64(ms) / 1e3)
+			if path == pathBroadcast {
+				n.lastLag.Store(ms)
+			}
+		}
 	}
 	n.mu.Unlock()
 	n.stats.deltasApplied.Add(uint64(len(ds)))
 	n.broadcast(out)
 }
+
+// Paths by which replication deltas arrive (the lag histogram's label).
+const (
+	pathBroadcast   = "broadcast"
+	pathAntiEntropy = "anti_entropy"
+)
 
 // broadcast sends deltas to every other live member. A peer that misses
 // them (queue full, down) is repaired by anti-entropy.
@@ -692,7 +724,7 @@ func (n *Node) antiEntropy(peer string) {
 		n.log.Warn("anti-entropy answer", "peer", peer, "error", err)
 		return
 	}
-	n.applyDeltas(theirs)
+	n.applyDeltas(theirs, pathAntiEntropy)
 	n.stats.aeRepaired.Add(uint64(len(theirs)))
 	n.markSynced()
 	n.mu.Lock()
@@ -947,8 +979,7 @@ func (n *Node) Forward(ctx context.Context, topic string, qos byte, id uint64, e
 				n.stats.dropQueueFull.Add(1)
 				continue
 			}
-			n.stats.forwarded.Add(1)
-			n.stats.forwardedBytes.Add(uint64(len(msg)))
+			n.countForward(t.node, len(msg))
 		}
 		return nil
 	}
@@ -1016,9 +1047,29 @@ func (n *Node) forwardCall(ctx context.Context, t forwardTarget, id uint64, msg 
 	if _, err := n.dp.Call(ctx, t.node, callForward, appendForward(nil, t.groups, id, msg)); err != nil {
 		return fmt.Errorf("forward to %s: %w", t.node, err)
 	}
-	n.stats.forwarded.Add(1)
-	n.stats.forwardedBytes.Add(uint64(len(msg)))
+	n.countForward(t.node, len(msg))
 	return nil
+}
+
+// peerTraffic counts the publishes exchanged with one peer.
+type peerTraffic struct {
+	forwarded, forwardedBytes, received atomic.Uint64
+}
+
+func (n *Node) peerTraffic(peer string) *peerTraffic {
+	if v, ok := n.traffic.Load(peer); ok {
+		return v.(*peerTraffic)
+	}
+	v, _ := n.traffic.LoadOrStore(peer, new(peerTraffic))
+	return v.(*peerTraffic)
+}
+
+func (n *Node) countForward(peer string, size int) {
+	n.stats.forwarded.Add(1)
+	n.stats.forwardedBytes.Add(uint64(size))
+	pt := n.peerTraffic(peer)
+	pt.forwarded.Add(1)
+	pt.forwardedBytes.Add(uint64(size))
 }
 
 // Route states of a target node of the routing index.
@@ -1180,7 +1231,7 @@ func (h *dpHandler) HandleFrame(from string, typ uint8, payload []byte) {
 			n.log.Warn("bad deltas frame", "peer", from, "error", err)
 			return
 		}
-		n.applyDeltas(ds)
+		n.applyDeltas(ds, pathBroadcast)
 	case frameForward:
 		if err := n.deliver(from, payload); err != nil {
 			n.log.Warn("deliver forwarded qos0", "peer", from, "error", err)
@@ -1217,7 +1268,7 @@ func (h *dpHandler) HandleCall(from string, typ uint8, payload []byte) ([]byte, 
 			n.stats.badFrames.Add(1)
 			return nil, err
 		}
-		n.applyDeltas(ds)
+		n.applyDeltas(ds, pathBroadcast)
 		return nil, nil
 	case callRegister:
 		c, err := decodeClaim(payload)
@@ -1265,5 +1316,6 @@ func (n *Node) deliver(from string, payload []byte) error {
 		return err
 	}
 	n.stats.received.Add(1)
+	n.peerTraffic(from).received.Add(1)
 	return n.broker.DeliverForwarded(Delivery{From: from, Msg: msg, Groups: groups, ID: id})
 }

@@ -29,6 +29,10 @@ type MemberStatus struct {
 	BytesReceived  uint64 `json:"bytes_received"`
 	QueueFrames    int    `json:"queue_frames"`
 	Dropped        uint64 `json:"dropped"`
+	// Publishes forwarded to and received from this peer.
+	Forwarded      uint64 `json:"forwarded"`
+	ForwardedBytes uint64 `json:"forwarded_bytes"`
+	Received       uint64 `json:"received"`
 	LastError      string `json:"last_error,omitempty"`
 }
 
@@ -42,11 +46,17 @@ type Status struct {
 	Subscriptions map[string]int `json:"subscriptions"`
 	Forwarded     uint64         `json:"forwarded"`
 	Received      uint64         `json:"received"`
+	// ReplicationLagMS is the lag of the last broadcast replication delta
+	// that changed a value here: from its write on its node to its
+	// application here, in milliseconds (mendmq_cluster_replication_lag_seconds
+	// has the distribution).
+	ReplicationLagMS int64 `json:"replication_lag_ms"`
 }
 
 // Status returns the node's view of the cluster.
 func (n *Node) Status() Status {
-	st := Status{Node: n.name, Subscriptions: n.index.NodeCounts(), Forwarded: n.stats.forwarded.Load(), Received: n.stats.received.Load()}
+	st := Status{Node: n.name, Subscriptions: n.index.NodeCounts(), Forwarded: n.stats.forwarded.Load(), Received: n.stats.received.Load(),
+		ReplicationLagMS: n.lastLag.Load()}
 	n.mu.Lock()
 	st.Sessions = n.store.Len(tableSessions)
 	st.Retained = n.store.Len(tableRetained)
@@ -60,6 +70,10 @@ func (n *Node) Status() Status {
 			ms.Reachable = ps.State == dataplane.Connected
 			ms.FramesSent, ms.BytesSent, ms.FramesReceived, ms.BytesReceived = ps.FramesSent, ps.BytesSent, ps.FramesReceived, ps.BytesReceived
 			ms.QueueFrames, ms.Dropped, ms.LastError = ps.QueueFrames, ps.Dropped, ps.LastError
+		}
+		if v, ok := n.traffic.Load(m.Name); ok {
+			pt := v.(*peerTraffic)
+			ms.Forwarded, ms.ForwardedBytes, ms.Received = pt.forwarded.Load(), pt.forwardedBytes.Load(), pt.received.Load()
 		}
 		st.Members = append(st.Members, ms)
 	}
@@ -197,6 +211,8 @@ var (
 	descPeerBytes = prometheus.NewDesc("mendmq_cluster_peer_bytes_total", "Data-plane bytes per peer and direction.", []string{"peer", "direction"}, nil)
 	descPeerFr    = prometheus.NewDesc("mendmq_cluster_peer_frames_total", "Data-plane frames per peer and direction.", []string{"peer", "direction"}, nil)
 	descPeerQueue = prometheus.NewDesc("mendmq_cluster_peer_queue_frames", "Frames waiting in the send queue to a peer (replication/forwarding lag).", []string{"peer"}, nil)
+	descPeerMsgs  = prometheus.NewDesc("mendmq_cluster_peer_messages_total", "Publishes forwarded to (out) and received from (in) each peer.", []string{"peer", "direction"}, nil)
+	descPeerFwdB  = prometheus.NewDesc("mendmq_cluster_peer_forwarded_bytes_total", "Bytes of publishes forwarded to each peer.", []string{"peer"}, nil)
 	descPeerUp    = prometheus.NewDesc("mendmq_cluster_peer_reachable", "1 if the data-plane connection to the peer is up.", []string{"peer"}, nil)
 	descFwd       = prometheus.NewDesc("mendmq_cluster_forwarded_messages_total", "Publishes forwarded to other nodes (one per target node).", nil, nil)
 	descFwdBytes  = prometheus.NewDesc("mendmq_cluster_forwarded_bytes_total", "Bytes of publishes forwarded to other nodes.", nil, nil)
@@ -214,9 +230,10 @@ var (
 // Describe implements prometheus.Collector.
 func (n *Node) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descMembers, descPeerBytes, descPeerFr, descPeerQueue, descPeerUp, descFwd, descFwdBytes,
-		descRecv, descDrops, descRefused, descKeys, descDeltas, descAE, descReg, descBad, descBadGossip} {
+		descRecv, descDrops, descRefused, descKeys, descDeltas, descAE, descReg, descBad, descBadGossip, descPeerMsgs, descPeerFwdB} {
 		ch <- d
 	}
+	n.lag.Describe(ch)
 }
 
 // Collect implements prometheus.Collector.
@@ -250,6 +267,14 @@ func (n *Node) Collect(ch chan<- prometheus.Metric) {
 		}
 		g(descPeerUp, up, p.Name)
 	}
+	n.traffic.Range(func(k, v any) bool {
+		pt := v.(*peerTraffic)
+		c(descPeerMsgs, pt.forwarded.Load(), k.(string), "out")
+		c(descPeerMsgs, pt.received.Load(), k.(string), "in")
+		c(descPeerFwdB, pt.forwardedBytes.Load(), k.(string))
+		return true
+	})
+	n.lag.Collect(ch)
 	s := &n.stats
 	c(descFwd, s.forwarded.Load())
 	c(descFwdBytes, s.forwardedBytes.Load())

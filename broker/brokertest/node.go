@@ -211,7 +211,9 @@ func (n *Node) Metric(name string, labels ...string) float64 {
 		}
 		for _, m := range f.GetMetric() {
 			if hasLabels(m, labels) {
-				sum += m.GetCounter().GetValue() + m.GetGauge().GetValue() + m.GetUntyped().GetValue()
+				// A histogram counts as its number of observations.
+				sum += m.GetCounter().GetValue() + m.GetGauge().GetValue() + m.GetUntyped().GetValue() +
+					float64(m.GetHistogram().GetSampleCount())
 			}
 		}
 	}

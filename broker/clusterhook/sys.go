@@ -23,9 +23,12 @@ type statusSource interface {
 //	$SYS/broker/cluster/members/alive            count of alive members
 //	$SYS/broker/cluster/peers/<peer>/bytes/sent  data-plane bytes to <peer>
 //	$SYS/broker/cluster/peers/<peer>/bytes/received
-//	$SYS/broker/cluster/peers/<peer>/queue       frames waiting for <peer> (replication lag)
+//	$SYS/broker/cluster/peers/<peer>/queue       frames waiting for <peer>
+//	$SYS/broker/cluster/peers/<peer>/forwarded   publishes forwarded to <peer>
+//	$SYS/broker/cluster/peers/<peer>/received    publishes received from <peer>
 //	$SYS/broker/cluster/forwarded                publishes forwarded to peers
 //	$SYS/broker/cluster/received                 publishes received from peers
+//	$SYS/broker/cluster/replication/lag_ms       write-to-apply lag of the last replicated change
 func (h *Hook) OnSysInfoTick(*system.Info) {
 	h.sysMu.RLock()
 	defer h.sysMu.RUnlock()
@@ -58,6 +61,8 @@ func (h *Hook) OnSysInfoTick(*system.Info) {
 		pub("peers/"+m.Name+"/bytes/sent", strconv.FormatUint(m.BytesSent, 10))
 		pub("peers/"+m.Name+"/bytes/received", strconv.FormatUint(m.BytesReceived, 10))
 		pub("peers/"+m.Name+"/queue", strconv.Itoa(m.QueueFrames))
+		pub("peers/"+m.Name+"/forwarded", strconv.FormatUint(m.Forwarded, 10))
+		pub("peers/"+m.Name+"/received", strconv.FormatUint(m.Received, 10))
 	}
 	b, _ := json.Marshal(ms)
 	pub("node", st.Node)
@@ -65,4 +70,5 @@ func (h *Hook) OnSysInfoTick(*system.Info) {
 	pub("members/alive", strconv.Itoa(alive))
 	pub("forwarded", strconv.FormatUint(st.Forwarded, 10))
 	pub("received", strconv.FormatUint(st.Received, 10))
+	pub("replication/lag_ms", strconv.FormatInt(st.ReplicationLagMS, 10))
 }
