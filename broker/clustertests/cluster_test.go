@@ -17,6 +17,7 @@ func TestCluster(t *testing.T) {
 		{"EveryPairEveryQoS", testEveryPair},
 		{"Wildcards", testWildcards},
 		{"V5Properties", testV5Properties},
+		{"MessageExpiry", testMessageExpiry},
 		{"QoSDowngrade", testQoSDowngrade},
 		{"RetainAsPublished", testRetainAsPublished},
 		{"NoLocal", testNoLocal},

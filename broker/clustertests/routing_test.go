@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/eclipse/paho.golang/paho"
 
@@ -286,4 +287,45 @@ func testShared(t *testing.T, c *testCluster) {
 	expectOnce(t, "remote member on n3 with a local member on n1", counts(m3.Until("shm/n3")), nil)
 	expectOnce(t, "group g2 (one member)", counts(g2.Until("shm/n3")), want)
 	expectOnce(t, "ordinary subscriber", counts(plain.Until("shm/n2")), want)
+}
+
+// testMessageExpiry: a message queued on another node for an offline
+// session expires there as it would locally; one with time left arrives
+// with its expiry counted down [MQTT-3.3.2-5, -6].
+func testMessageExpiry(t *testing.T, c *testCluster) {
+	const id = "exp-sub"
+	opts := brokertest.V5Options{KeepSession: true, SessionExpiry: 300}
+	s := brokertest.MustV5(t, c.url("n2"), id, opts)
+	s.MustSub("exp/#", 1)
+	s.Close()
+	c.waitRoutes()
+	pub := brokertest.MustV5(t, c.url("n1"), "exp-pub")
+	for _, m := range []struct {
+		payload string
+		expiry  uint32
+	}{{"short", 1}, {"long", 3600}} {
+		ctx, cancel := timeoutCtx()
+		_, err := pub.Publish(ctx, &paho.Publish{Topic: "exp/t", QoS: 1, Payload: []byte(m.payload),
+			Properties: &paho.PublishProperties{MessageExpiry: &m.expiry}})
+		cancel()
+		if err != nil {
+			t.Fatalf("publish %s: %v", m.payload, err)
+		}
+	}
+	time.Sleep(2500 * time.Millisecond) // the short one's lifetime, and a tick of mochi's expiry sweep
+	s = brokertest.MustV5(t, c.url("n2"), id, opts)
+	pub.MustPub("exp/m", 1, false, "marker")
+	got := s.Until("exp/m")
+	if len(got) != 1 || string(got[0].Payload) != "long" {
+		var ps []string
+		for _, m := range got {
+			ps = append(ps, string(m.Payload))
+		}
+		t.Fatalf("after 2.5 s offline the session got %q, want only the unexpired message", ps)
+	}
+	if e := got[0].Properties.MessageExpiry; e == nil || *e >= 3600 || *e < 3500 {
+		t.Errorf("unexpired message: expiry %v, want counted down from 3600", e)
+	}
+	s.Close()
+	brokertest.MustV5(t, c.url("n2"), id).Close() // discard the session
 }
