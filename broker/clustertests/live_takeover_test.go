@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/eclipse/paho.golang/paho"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/mendmq/mendmq/broker/brokertest"
@@ -134,50 +133,14 @@ func testLiveTakeoverUnderLoad(t *testing.T, c *testCluster) {
 	old := dialRawSession(t, c.node("n1").ListenerAddr(0), id, "lt/#")
 	c.waitRoutes()
 
-	pubNodes := []string{"n1", "n2", "n3"}
-	acked := make([][]string, len(pubNodes))
-	errs := make([]error, len(pubNodes))
-	reached := make(chan struct{}, len(pubNodes))
-	goOn := make(chan struct{})
-	var wg sync.WaitGroup
-	for i, n := range pubNodes {
-		p := brokertest.MustV5(t, c.url(n), "lt-pub-"+n)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for k := range total {
-				if k == before {
-					reached <- struct{}{}
-					<-goOn
-				}
-				payload := fmt.Sprintf("%s-%d", n, k)
-				ctx, cancel := timeoutCtx()
-				resp, err := p.Publish(ctx, &paho.Publish{Topic: "lt/" + n, QoS: 2, Payload: []byte(payload)})
-				cancel()
-				if err != nil {
-					errs[i] = fmt.Errorf("publish %s: %w", payload, err)
-					if k < before {
-						reached <- struct{}{}
-						<-goOn
-					}
-					return
-				}
-				if resp.ReasonCode < 0x80 {
-					acked[i] = append(acked[i], payload)
-				}
-			}
-		}()
-	}
-	for range pubNodes {
-		<-reached
-	}
-	close(goOn)
-	opts := brokertest.V5Options{KeepSession: true, SessionExpiry: 300}
-	nw := brokertest.MustV5(t, c.url("n2"), id, opts)
-	if !nw.Connack.SessionPresent {
-		t.Fatal("live takeover on n2 under load: session present = false")
-	}
-	wg.Wait()
+	var nw *brokertest.V5
+	want := streamDuringMove(t, c, "lt", before, total, func() {
+		opts := brokertest.V5Options{KeepSession: true, SessionExpiry: 300}
+		nw = brokertest.MustV5(t, c.url("n2"), id, opts)
+		if !nw.Connack.SessionPresent {
+			t.Fatal("live takeover on n2 under load: session present = false")
+		}
+	})
 	select {
 	case <-old.done:
 	case <-time.After(brokertest.Timeout):
@@ -186,53 +149,11 @@ func testLiveTakeoverUnderLoad(t *testing.T, c *testCluster) {
 	if old.err != nil {
 		t.Errorf("taken-over raw connection: %v", old.err)
 	}
-
-	var want []string
-	for i := range pubNodes {
-		if errs[i] != nil {
-			t.Fatalf("publisher on %s: %v", pubNodes[i], errs[i])
-		}
-		want = append(want, acked[i]...)
-	}
 	oldGot := map[string]int{}
 	for _, p := range old.received() {
 		oldGot[p]++
 	}
-	newGot := map[string]int{}
-	missing := func() []string {
-		var out []string
-		for _, p := range want {
-			if oldGot[p] == 0 && newGot[p] == 0 {
-				out = append(out, p)
-			}
-		}
-		return out
-	}
-	deadline := time.After(brokertest.Timeout)
-	for len(missing()) > 0 {
-		select {
-		case m := <-nw.Msgs():
-			newGot[string(m.Payload)]++
-		case <-deadline:
-			miss := missing()
-			t.Fatalf("%d of %d acknowledged messages never reached the client (old got %d, new got %d): %v",
-				len(miss), len(want), len(oldGot), len(newGot), miss[:min(len(miss), 20)])
-		}
-	}
-	for _, n := range pubNodes {
-		m := brokertest.MustV5(t, c.url(n), "lt-marker-"+n)
-		m.MustPub("lt/m", 1, false, "marker")
-		for _, p := range nw.Until("lt/m") {
-			newGot[string(p.Payload)]++
-		}
-		m.Close()
-	}
-	for p, k := range newGot {
-		if k > 1 {
-			t.Errorf("new connection got QoS 2 message %s %d times", p, k)
-		}
-	}
-	t.Logf("%d acknowledged: %d on the old connection, %d on the new one", len(want), len(oldGot), len(newGot))
+	expectHandedOver(t, c, "lt", want, oldGot, nw)
 	nw.Close()
 	brokertest.MustV5(t, c.url("n2"), id).Close() // discard the session
 	c.waitRoutes()

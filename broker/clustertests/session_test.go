@@ -2,6 +2,7 @@ package clustertests
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -256,44 +257,6 @@ func testTakeoverUnderLoad(t *testing.T, c *testCluster) {
 	old.MustSub("ld/#", 2)
 	c.waitRoutes()
 
-	type result struct {
-		acked []string
-		err   error
-	}
-	pubNodes := []string{"n1", "n2", "n3"}
-	results := make([]result, len(pubNodes))
-	reached := make(chan struct{}, len(pubNodes))
-	goOn := make(chan struct{})
-	var wg sync.WaitGroup
-	for i, n := range pubNodes {
-		p := brokertest.MustV5(t, c.url(n), "ld-pub-"+n)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r := &results[i]
-			for k := range total {
-				if k == before {
-					reached <- struct{}{}
-					<-goOn
-				}
-				payload := fmt.Sprintf("%s-%d", n, k)
-				ctx, cancel := timeoutCtx()
-				resp, err := p.Publish(ctx, &paho.Publish{Topic: "ld/" + n, QoS: 2, Payload: []byte(payload)})
-				cancel()
-				if err != nil {
-					r.err = fmt.Errorf("publish %s: %w", payload, err)
-					if k < before {
-						reached <- struct{}{}
-						<-goOn
-					}
-					return
-				}
-				if resp.ReasonCode < 0x80 {
-					r.acked = append(r.acked, payload)
-				}
-			}
-		}()
-	}
 	// Clients whose QoS 2 wills go to the session die while it moves: a
 	// will has no publish id of its own in mochi's deliveries, yet it
 	// must reach the session once too, whether the old node's shadow
@@ -309,33 +272,23 @@ func testTakeoverUnderLoad(t *testing.T, c *testCluster) {
 		}))
 		wantWills = append(wantWills, payload)
 	}
-	for range pubNodes {
-		<-reached
-	}
-	close(goOn)
-	old.Close()
-	willsDone := make(chan struct{})
-	go func() {
-		defer close(willsDone)
-		for _, w := range willers {
-			w.Drop()
-			time.Sleep(2 * time.Millisecond) // spread them over the move
+	var nw *brokertest.V5
+	want := streamDuringMove(t, c, "ld", before, total, func() {
+		old.Close()
+		willsDone := make(chan struct{})
+		go func() {
+			defer close(willsDone)
+			for _, w := range willers {
+				w.Drop()
+				time.Sleep(2 * time.Millisecond) // spread them over the move
+			}
+		}()
+		nw = brokertest.MustV5(t, c.url("n2"), id, opts)
+		<-willsDone
+		if !nw.Connack.SessionPresent {
+			t.Fatal("reconnect on n2 under load: session present = false")
 		}
-	}()
-	nw := brokertest.MustV5(t, c.url("n2"), id, opts)
-	<-willsDone
-	if !nw.Connack.SessionPresent {
-		t.Fatal("reconnect on n2 under load: session present = false")
-	}
-	wg.Wait()
-
-	var want []string
-	for i, r := range results {
-		if r.err != nil {
-			t.Fatalf("publisher on %s: %v", pubNodes[i], r.err)
-		}
-		want = append(want, r.acked...)
-	}
+	})
 	want = append(want, wantWills...)
 	oldGot := map[string]int{}
 	for drained := false; !drained; {
@@ -346,6 +299,74 @@ func testTakeoverUnderLoad(t *testing.T, c *testCluster) {
 			drained = true
 		}
 	}
+	expectHandedOver(t, c, "ld", want, oldGot, nw)
+	nw.Close()
+	brokertest.MustV5(t, c.url("n2"), id).Close() // discard the session
+	c.waitRoutes()
+}
+
+// streamDuringMove has a client on every node publish total QoS 2
+// messages to prefix/<node>, runs move once each has sent before of
+// them (the publishers go on meanwhile), and returns the payloads that
+// were acknowledged with success.
+func streamDuringMove(t *testing.T, c *testCluster, prefix string, before, total int, move func()) []string {
+	t.Helper()
+	pubNodes := slices.Clone(c.names)
+	acked := make([][]string, len(pubNodes))
+	errs := make([]error, len(pubNodes))
+	reached := make(chan struct{}, len(pubNodes))
+	goOn := make(chan struct{})
+	var wg sync.WaitGroup
+	for i, n := range pubNodes {
+		p := brokertest.MustV5(t, c.url(n), prefix+"-pub-"+n)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := range total {
+				if k == before {
+					reached <- struct{}{}
+					<-goOn
+				}
+				payload := fmt.Sprintf("%s-%d", n, k)
+				ctx, cancel := timeoutCtx()
+				resp, err := p.Publish(ctx, &paho.Publish{Topic: prefix + "/" + n, QoS: 2, Payload: []byte(payload)})
+				cancel()
+				if err != nil {
+					errs[i] = fmt.Errorf("publish %s: %w", payload, err)
+					if k < before {
+						reached <- struct{}{}
+						<-goOn
+					}
+					return
+				}
+				if resp.ReasonCode < 0x80 {
+					acked[i] = append(acked[i], payload)
+				}
+			}
+		}()
+	}
+	for range pubNodes {
+		<-reached
+	}
+	close(goOn)
+	move()
+	wg.Wait()
+	var want []string
+	for i := range pubNodes {
+		if errs[i] != nil {
+			t.Fatalf("publisher on %s: %v", pubNodes[i], errs[i])
+		}
+		want = append(want, acked[i]...)
+	}
+	return want
+}
+
+// expectHandedOver waits until every payload of want reached the old
+// connection (oldGot) or the new one (nw), then closes the stream with a
+// marker on prefix/m from every node and fails on any payload the new
+// connection got more than once.
+func expectHandedOver(t *testing.T, c *testCluster, prefix string, want []string, oldGot map[string]int, nw *brokertest.V5) {
+	t.Helper()
 	newGot := map[string]int{}
 	missing := func() []string {
 		var out []string
@@ -369,10 +390,10 @@ func testTakeoverUnderLoad(t *testing.T, c *testCluster) {
 	}
 	// Nothing more than once on the new connection, including what is
 	// still in flight: a marker from each publishing node closes it.
-	for _, n := range pubNodes {
-		m := brokertest.MustV5(t, c.url(n), "ld-marker-"+n)
-		m.MustPub("ld/m", 1, false, "marker")
-		for _, p := range nw.Until("ld/m") {
+	for _, n := range c.names {
+		m := brokertest.MustV5(t, c.url(n), prefix+"-marker-"+n)
+		m.MustPub(prefix+"/m", 1, false, "marker")
+		for _, p := range nw.Until(prefix + "/m") {
 			newGot[string(p.Payload)]++
 		}
 		m.Close()
@@ -383,7 +404,4 @@ func testTakeoverUnderLoad(t *testing.T, c *testCluster) {
 		}
 	}
 	t.Logf("%d acknowledged: %d on the old connection, %d on the new one", len(want), len(oldGot), len(newGot))
-	nw.Close()
-	brokertest.MustV5(t, c.url("n2"), id).Close() // discard the session
-	c.waitRoutes()
 }
