@@ -41,6 +41,16 @@ func (h *Hook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
 	if c == nil || cl.Net.Inline {
 		return will, nil
 	}
+	if will.WillDelayInterval > 0 && isEphemeral(cl) {
+		// The session ends with this connection, so the will is due now
+		// [MQTT-3.1.3-9: the delay or the end of the session, whichever
+		// comes first]. mochi would delay it anyway, and publish it
+		// after its client is gone, which no hook sees: it would reach
+		// this node's subscribers late and no other node's. mochi reads
+		// the delay from the client, not from the will returned here.
+		cl.Properties.Will.WillDelayInterval = 0
+		will.WillDelayInterval = 0
+	}
 	now := time.Now()
 	n := &willNote{key: msgKey{c.Name(), h.nextID.Add(1)}, topic: will.TopicName,
 		payload: bytes.Clone(will.Payload), at: now.Unix()}

@@ -30,6 +30,7 @@ func TestCluster(t *testing.T) {
 		{"TakeoverUnderLoad", testTakeoverUnderLoad},
 		{"LiveTakeoverUnderLoad", testLiveTakeoverUnderLoad},
 		{"WillAcrossNodes", testWill},
+		{"DelayedWillOfEndedSession", testDelayedWillOfEndedSession},
 		{"BadInput", testBadInput},
 	} {
 		t.Run(s.name, func(t *testing.T) { s.run(t, c.with(t)) })

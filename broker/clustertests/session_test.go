@@ -187,6 +187,25 @@ func testWill(t *testing.T, c *testCluster) {
 	c.waitRetained("will/w", "")
 }
 
+// testDelayedWillOfEndedSession: a will with a delay, of a session that
+// ends with its connection, is due at once (the delay or the end of the
+// session, whichever comes first) and reaches subscribers on every node.
+func testDelayedWillOfEndedSession(t *testing.T, c *testCluster) {
+	s := brokertest.MustV5(t, c.url("n2"), "dwill-sub")
+	s.MustSub("dwill/#", 1)
+	w := brokertest.MustV5(t, c.url("n1"), "dwill-client", brokertest.V5Options{
+		Will:           &paho.WillMessage{Topic: "dwill/w", QoS: 1, Payload: []byte("gone")},
+		WillProperties: &paho.WillProperties{WillDelayInterval: ptr(uint32(300))},
+	})
+	c.waitRoutes()
+	w.Drop()
+	if m := s.Next(); string(m.Payload) != "gone" {
+		t.Fatalf("got %q on %s, want the will", m.Payload, m.Topic)
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
 // testPublishRightAfterMove: QoS 1 publishes from a third node, acked right
 // after a moved session's CONNACK, all reach the session on its new node.
 // Before the moved record was replicated synchronously at CONNECT, the
