@@ -70,14 +70,15 @@ func testSessionMove(t *testing.T, c *testCluster) {
 		return n == 0, fmt.Sprintf("%d inflight", n)
 	})
 
-	// Second hop, with a message queued while away. It is published on
-	// n1, not on the node the session moves to: mochi acknowledges a
-	// publish before it delivers it to local subscribers, so a session
-	// imported there in between would get it twice (queued and live).
+	// Second hop, with a message queued while away, published on n3, the
+	// node the session moves to: mochi acknowledges a publish before it
+	// delivers it to local subscribers, so the session imported there
+	// can get it both live and in the queue n2 hands over; its publish
+	// id makes it arrive once.
 	second.Close()
 	c.waitRoutes()
-	pub1 := brokertest.MustV5(t, c.url("n1"), "mv-pub-n1")
-	pub1.MustPub("mv/q1/y", 1, false, "hop2")
+	pub3 := brokertest.MustV5(t, c.url("n3"), "mv-pub-n3")
+	pub3.MustPub("mv/q1/y", 1, false, "hop2")
 	third := brokertest.MustV5(t, c.url("n3"), id, opts)
 	if !third.Connack.SessionPresent {
 		t.Fatal("reconnect on n3: session present = false")
