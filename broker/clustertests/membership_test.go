@@ -163,6 +163,18 @@ func TestLeaveWithdrawsSessions(t *testing.T) {
 	}
 	c.waitRoutes()
 	n3ids := []string{"lv-persistent", "lv-sub-n3", "lv-pub-n3"}
+	// waitRoutes counts subscriptions: the record of the publisher,
+	// which has none, may still be on its way.
+	c.eventually("n3's session records everywhere", func() (bool, string) {
+		for _, n := range c.names {
+			for _, id := range n3ids {
+				if node, _ := c.node(n).Cluster().SessionNode(id); node != "n3" {
+					return false, fmt.Sprintf("%s places %s on %q", n, id, node)
+				}
+			}
+		}
+		return true, ""
+	})
 
 	leaver := c.node("n3")
 	code, out := adminPost(t, leaver, "/api/v1/cluster/leave", nil)
