@@ -136,3 +136,27 @@ func BenchmarkMemory100k(b *testing.B) {
 		runtime.KeepAlive(s)
 	}
 }
+
+// BenchmarkTombstoneMemory100k reports the heap held per tombstone: 100k
+// keys written and deleted, as the session table keeps a disconnected
+// client's record until cluster.tombstone_grace.
+func BenchmarkTombstoneMemory100k(b *testing.B) {
+	for b.Loop() {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		s := benchStore(b, "node-a", 100000)
+		for i := 0; i < 100000; i++ {
+			if _, err := s.Delete("sub", fmt.Sprintf("client-%d", i), t0.Add(time.Millisecond)); err != nil {
+				b.Fatal(err)
+			}
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		if s.Len("sub") != 0 {
+			b.Fatal("keys left")
+		}
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/100000, "heap-B/tombstone")
+		runtime.KeepAlive(s)
+	}
+}
