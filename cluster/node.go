@@ -749,7 +749,8 @@ func (n *Node) antiEntropy(peer string) {
 func (n *Node) markSynced() { n.syncOnce.Do(func() { close(n.synced) }) }
 
 // Synced is closed once this node has the cluster's tables: after its
-// first exchange with a peer since Start, or at Start if it has no seeds. A restarted node's restored sessions are checked against the
+// first exchange with a peer since Start, or at Start if it has no
+// seeds. A restarted node's restored sessions are checked against the
 // session table only then (a session may have moved meanwhile).
 func (n *Node) Synced() <-chan struct{} { return n.synced }
 
