@@ -13,6 +13,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -49,6 +50,9 @@ type clusterOptions struct {
 	Faults bool
 	// Mutate, if set, edits a node's configuration before it starts.
 	Mutate func(name string, cfg *config.Config)
+	// Storage gives every node a bbolt file of its own, kept across its
+	// restarts (storage.path).
+	Storage bool
 }
 
 // newCluster starts n nodes, each seeded with the first one, and waits
@@ -56,6 +60,15 @@ type clusterOptions struct {
 func newCluster(t testing.TB, n int, o clusterOptions) *testCluster {
 	t.Helper()
 	c := &testCluster{t: t, nodes: map[string]*brokertest.Node{}, mutate: o.Mutate}
+	if o.Storage {
+		dir := t.TempDir()
+		c.mutate = func(name string, cfg *config.Config) {
+			cfg.Storage.Path = filepath.Join(dir, name+".db")
+			if o.Mutate != nil {
+				o.Mutate(name, cfg)
+			}
+		}
+	}
 	if o.Faults {
 		c.net = clustertest.New(t, clustertest.Config{})
 	}

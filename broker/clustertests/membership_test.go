@@ -7,14 +7,12 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/mendmq/mendmq/broker/brokertest"
-	"github.com/mendmq/mendmq/broker/config"
 	"github.com/mendmq/mendmq/cluster"
 )
 
@@ -81,10 +79,7 @@ func (c *testCluster) waitSeen(on []string, member, state string) {
 // ones are dropped and counted; restarted, the node gets the retried
 // publish into the session, and the client finds it there.
 func TestStoppedNodeKeepsSessions(t *testing.T) {
-	dir := t.TempDir()
-	c := newCluster(t, 3, clusterOptions{Mutate: func(name string, cfg *config.Config) {
-		cfg.Storage.Path = filepath.Join(dir, name+".db")
-	}})
+	c := newCluster(t, 3, clusterOptions{Storage: true})
 	const id = "sk-persistent"
 	opts := brokertest.V5Options{KeepSession: true, SessionExpiry: 3600}
 	ps := brokertest.MustV5(t, c.url("n3"), id, opts)

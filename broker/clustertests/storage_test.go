@@ -2,14 +2,12 @@ package clustertests
 
 import (
 	"bytes"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/mendmq/mendmq/broker/brokertest"
-	"github.com/mendmq/mendmq/broker/config"
 )
 
 // TestMovedSessionSurvivesRestart: with storage, a persistent session that
@@ -19,10 +17,7 @@ import (
 // resurrect the stale copy it held before the move (which would take the
 // session's routes back and swallow its messages).
 func TestMovedSessionSurvivesRestart(t *testing.T) {
-	dir := t.TempDir()
-	c := newCluster(t, 3, clusterOptions{Mutate: func(name string, cfg *config.Config) {
-		cfg.Storage.Path = filepath.Join(dir, name+".db")
-	}})
+	c := newCluster(t, 3, clusterOptions{Storage: true})
 	const id = "ms-persistent"
 	opts := brokertest.V5Options{KeepSession: true, SessionExpiry: 3600}
 	pub := brokertest.MustV5(t, c.url("n3"), "ms-pub")
@@ -107,10 +102,7 @@ func resumeWithoutAck(t *testing.T, addr, id string) {
 // session's routes back: it is dropped (its queued message counted as
 // superseded) and the client's messages keep reaching it on n2, once.
 func TestRestoredSessionSuperseded(t *testing.T) {
-	dir := t.TempDir()
-	c := newCluster(t, 3, clusterOptions{Faults: true, Mutate: func(name string, cfg *config.Config) {
-		cfg.Storage.Path = filepath.Join(dir, name+".db")
-	}})
+	c := newCluster(t, 3, clusterOptions{Faults: true, Storage: true})
 	const id = "rs-persistent"
 	opts := brokertest.V5Options{KeepSession: true, SessionExpiry: 3600}
 	s := brokertest.MustV5(t, c.url("n1"), id, opts)

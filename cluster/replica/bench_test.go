@@ -125,38 +125,38 @@ func BenchmarkJoin100k(b *testing.B) {
 
 // BenchmarkMemory100k reports the heap held by a store of 100k keys.
 func BenchmarkMemory100k(b *testing.B) {
-	for b.Loop() {
-		var before, after runtime.MemStats
-		runtime.GC()
-		runtime.ReadMemStats(&before)
-		s := benchStore(b, "node-a", 100000)
-		runtime.GC()
-		runtime.ReadMemStats(&after)
-		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/100000, "heap-B/key")
-		runtime.KeepAlive(s)
-	}
+	heapPerKey(b, "heap-B/key", func() *Store { return benchStore(b, "node-a", 100000) })
 }
 
 // BenchmarkTombstoneMemory100k reports the heap held per tombstone: 100k
 // keys written and deleted, as the session table keeps a disconnected
 // client's record until cluster.tombstone_grace.
 func BenchmarkTombstoneMemory100k(b *testing.B) {
-	for b.Loop() {
-		var before, after runtime.MemStats
-		runtime.GC()
-		runtime.ReadMemStats(&before)
+	heapPerKey(b, "heap-B/tombstone", func() *Store {
 		s := benchStore(b, "node-a", 100000)
 		for i := 0; i < 100000; i++ {
 			if _, err := s.Delete("sub", fmt.Sprintf("client-%d", i), t0.Add(time.Millisecond)); err != nil {
 				b.Fatal(err)
 			}
 		}
-		runtime.GC()
-		runtime.ReadMemStats(&after)
 		if s.Len("sub") != 0 {
 			b.Fatal("keys left")
 		}
-		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/100000, "heap-B/tombstone")
+		return s
+	})
+}
+
+// heapPerKey reports the heap that the store build returns holds, per
+// one of its 100k keys, as metric unit.
+func heapPerKey(b *testing.B, unit string, build func() *Store) {
+	for b.Loop() {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		s := build()
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/100000, unit)
 		runtime.KeepAlive(s)
 	}
 }
