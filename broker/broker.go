@@ -180,8 +180,8 @@ func (b *Broker) addCluster() error {
 		// membership and the data plane add the node attribute themselves.
 		cc.Logger = b.baseLog
 	}
-	if cc.RetainedResolver == nil {
-		cc.RetainedResolver = clusterhook.RetainedResolver(b.policies, b.log)
+	if cc.Merger == nil {
+		cc.Merger = b.policies // conflicting retained messages: the $retained policy
 	}
 	opts := clusterhook.Options{
 		Server:          b.server,
@@ -228,7 +228,7 @@ func (b *Broker) Reconfigure(cfg config.Config) error {
 	old, next := b.cfg, cfg
 	old.Plugins, next.Plugins = plugins.Config{}, plugins.Config{}
 	old.Cluster.Logger, next.Cluster.Logger = nil, nil
-	old.Cluster.RetainedResolver, next.Cluster.RetainedResolver = nil, nil
+	old.Cluster.Merger, next.Cluster.Merger = nil, nil
 	old.Cluster.Transport, next.Cluster.Transport = nil, nil
 	old.Cluster.DataNetwork, next.Cluster.DataNetwork = nil, nil
 	if fmt.Sprintf("%+v", old) != fmt.Sprintf("%+v", next) {

@@ -14,7 +14,7 @@ import (
 
 	"github.com/mendmq/mendmq/cluster/dataplane"
 	"github.com/mendmq/mendmq/cluster/membership"
-	"github.com/mendmq/mendmq/cluster/replica"
+	"github.com/mendmq/mendmq/cluster/merge"
 )
 
 // Config is the cluster section of the node configuration (keys
@@ -99,10 +99,11 @@ type Config struct {
 	DataNetwork dataplane.Network `koanf:"-"`
 	// Logger is the node's logger.
 	Logger *slog.Logger `koanf:"-"`
-	// RetainedResolver decides between concurrent retained messages
-	// ($retained merge policy). Nil: latest update wins, ties to the
-	// larger node id.
-	RetainedResolver replica.Resolver `koanf:"-"`
+	// Merger decides conflicting replicated entries: concurrent retained
+	// messages (map "$retained"), through the merge policies
+	// (plugins.Registry). Nil: the latest update wins, ties to the later
+	// write in canonical order (the latestupdate rule).
+	Merger merge.Merger `koanf:"-"`
 }
 
 // DefaultConfig returns the defaults (cluster disabled).

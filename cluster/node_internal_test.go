@@ -1,135 +1,44 @@
 package cluster
 
 import (
-	"context"
 	"errors"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/mendmq/mendmq/cluster/members"
 	"github.com/mendmq/mendmq/cluster/membership"
+	"github.com/mendmq/mendmq/cluster/registry"
 	"github.com/mendmq/mendmq/cluster/replica"
+	"github.com/mendmq/mendmq/cluster/replication"
+	"github.com/mendmq/mendmq/cluster/router"
 	"github.com/mendmq/mendmq/cluster/routes"
+	"github.com/mendmq/mendmq/cluster/sessions"
 )
 
 // stubBroker is a Broker that records forwarded deliveries.
 type stubBroker struct{ delivered int }
 
 func (b *stubBroker) DeliverForwarded(Delivery) error                      { b.delivered++; return nil }
-func (b *stubBroker) ApplyRetained(string, []byte)                         {}
+func (b *stubBroker) ApplyRetained(string, *RetainedMessage)               {}
 func (b *stubBroker) TakeoverSession(string, string, bool) ([]byte, error) { return nil, nil }
 func (b *stubBroker) FinishTakeover(string, string) ([]byte, error)        { return nil, nil }
 func (b *stubBroker) AppendSession(string, []byte) error                   { return nil }
 func (b *stubBroker) LocalSession(string) bool                             { return false }
 
-// newTestNode builds node "a" (not started: nothing binds) whose members
-// are as given.
-func newTestNode(t *testing.T, members map[string]membership.State) (*Node, *stubBroker) {
+// newTestNode builds node "a" (not started: nothing binds) that knows
+// the given members.
+func newTestNode(t *testing.T, states map[string]membership.State) (*Node, *stubBroker) {
 	t.Helper()
 	b := &stubBroker{}
 	n, err := New("a", LoopbackConfig(), b)
 	if err != nil {
 		t.Fatal(err)
 	}
-	n.members = map[string]membership.State{"a": membership.Alive}
-	for k, v := range members {
-		n.members[k] = v
+	for name, s := range states {
+		n.view.Apply(members.Event{Kind: members.Joined, Member: name, At: time.Now(), State: s})
 	}
 	return n, b
-}
-
-// putRecord writes a session record of client id hosted on node.
-func putRecord(t *testing.T, n *Node, id, node string, filters ...string) {
-	t.Helper()
-	rec := routes.SessionRecord{Node: node}
-	for _, f := range filters {
-		rec.Subs = append(rec.Subs, routes.Subscription{Filter: f, QoS: 1})
-	}
-	b, err := rec.MarshalBinary()
-	if err != nil {
-		t.Fatal(err)
-	}
-	n.mu.Lock()
-	up, err := n.store.Put(tableSessions, id, b, time.Now())
-	if err == nil {
-		n.applyLocked(up.Change, false)
-	}
-	n.mu.Unlock()
-	if err != nil {
-		t.Fatal(err)
-	}
-}
-
-// TestForwardToNodesNotAlive: a QoS 1/2 publish matching a session (or
-// the only members of a shared group) on a node that is not alive —
-// failed, stopped (left), unknown — is refused with ErrUnreachable before
-// anything is sent; a QoS 0 one is dropped and counted. Nothing is
-// treated as a stale route any more.
-func TestForwardToNodesNotAlive(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		state membership.State
-		known bool
-	}{
-		{"dead", membership.Dead, true},
-		{"left (graceful stop)", membership.Left, true},
-		{"unknown (forgotten, or not heard of yet)", 0, false},
-	} {
-		for _, shared := range []bool{false, true} {
-			name := tc.name
-			filter := "t/#"
-			if shared {
-				name += ", shared group"
-				filter = "$share/g/t/#"
-			}
-			t.Run(name, func(t *testing.T) {
-				members := map[string]membership.State{}
-				if tc.known {
-					members["b"] = tc.state
-				}
-				n, _ := newTestNode(t, members)
-				n.running.Store(true) // Forward needs it; nothing is sent before the checks
-				putRecord(t, n, "c1", "b", filter)
-				enc := func() ([]byte, error) { return []byte("m"), nil }
-				for _, qos := range []byte{1, 2} {
-					if err := n.Forward(context.Background(), "t/x", qos, 1, enc); !errors.Is(err, ErrUnreachable) {
-						t.Errorf("QoS %d: Forward = %v, want ErrUnreachable", qos, err)
-					}
-				}
-				if got := n.stats.refusedUnreachable.Load(); got != 2 {
-					t.Errorf("refused counter %d, want 2", got)
-				}
-				if err := n.Forward(context.Background(), "t/x", 0, 2, enc); err != nil {
-					t.Errorf("QoS 0: Forward = %v, want nil (dropped)", err)
-				}
-				if got := n.stats.dropUnreachable.Load(); got != 1 {
-					t.Errorf("QoS 0 dropped counter %d, want 1", got)
-				}
-				if n.stats.forwarded.Load() != 0 {
-					t.Error("something was forwarded to a node that is not alive")
-				}
-			})
-		}
-	}
-}
-
-// TestRouteStates: only alive and suspect members take messages, and
-// none once this node left.
-func TestRouteStates(t *testing.T) {
-	n, _ := newTestNode(t, map[string]membership.State{
-		"alive": membership.Alive, "suspect": membership.Suspect, "dead": membership.Dead, "left": membership.Left,
-	})
-	want := map[string]int{"alive": routeOK, "suspect": routeOK, "dead": routeDown, "left": routeDown, "unknown": routeDown}
-	for peer, w := range want {
-		if got := n.route(peer); got != w {
-			t.Errorf("route(%s) = %d, want %d", peer, got, w)
-		}
-	}
-	n.left.Store(true)
-	for peer := range want {
-		if got := n.route(peer); got != routeDown {
-			t.Errorf("after leaving: route(%s) = %d, want down", peer, got)
-		}
-	}
 }
 
 // TestLeftNodeRefusesPeers: once detached (Leave), a node applies no
@@ -137,7 +46,6 @@ func TestRouteStates(t *testing.T) {
 // still takes publishes for its clients but answers no anti-entropy.
 func TestLeftNodeRefusesPeers(t *testing.T) {
 	n, b := newTestNode(t, map[string]membership.State{"b": membership.Alive})
-	h := (*dpHandler)(n)
 	rec, err := routes.SessionRecord{Node: "b", Subs: []routes.Subscription{{Filter: "x", QoS: 1}}}.MarshalBinary()
 	if err != nil {
 		t.Fatal(err)
@@ -148,39 +56,72 @@ func TestLeftNodeRefusesPeers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	up, err := other.Put(tableSessions, "from-b", rec, time.Now())
+	up, err := other.Put(sessions.Table, "from-b", rec, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
 	deltas := replica.AppendDeltas(nil, up.Out...)
-	fwd := appendForward(nil, nil, 1, []byte("m"))
+	fwd := []byte{0, 1, 'm'} // no groups, id 1, message "m"
 
 	n.leaving.Store(true)
-	if _, err := h.HandleCall("b", callDigest, nil); !errors.Is(err, ErrLeft) {
+	n.view.Detach()
+	if _, err := n.mux.HandleCall("b", replication.CallDigest, nil); !errors.Is(err, ErrLeft) {
 		t.Errorf("leaving: digest call = %v, want ErrLeft", err)
 	}
-	if _, err := h.HandleCall("b", callForward, fwd); err != nil {
+	if _, err := n.mux.HandleCall("b", router.CallForward, fwd); err != nil {
 		t.Errorf("leaving: forward call = %v, want accepted", err)
 	}
 	if b.delivered != 1 {
 		t.Errorf("leaving: %d forwarded publishes delivered, want 1", b.delivered)
 	}
+	if !n.view.Routable("b") {
+		t.Error("leaving: b no longer routable before the node left")
+	}
 
 	n.detach()
-	for _, typ := range []uint8{callForward, callDigest, callRegister, callTakeover, callApply, callHandoff, callAppend} {
-		if _, err := h.HandleCall("b", typ, deltas); !errors.Is(err, ErrLeft) {
+	for _, typ := range []uint8{router.CallForward, replication.CallDigest, registry.CallRegister, registry.CallTakeover,
+		replication.CallApply, registry.CallHandoff, registry.CallAppend} {
+		if _, err := n.mux.HandleCall("b", typ, deltas); !errors.Is(err, ErrLeft) {
 			t.Errorf("left: call type %d = %v, want ErrLeft", typ, err)
 		}
 	}
-	h.HandleFrame("b", frameDeltas, deltas)
-	h.HandleFrame("b", frameForward, fwd)
+	n.mux.HandleFrame("b", replication.FrameDeltas, deltas)
+	n.mux.HandleFrame("b", router.FrameForward, fwd)
 	if _, ok := n.SessionNode("from-b"); ok {
 		t.Error("left: a former peer's deltas were applied")
 	}
 	if b.delivered != 1 {
 		t.Errorf("left: %d forwarded publishes delivered, want still 1", b.delivered)
 	}
-	if got := n.aliveMembers(); len(got) != 1 || got[0] != "a" {
-		t.Errorf("left: alive members %v, want [a]", got)
+	if got := n.view.Alive(); !slices.Equal(got, []string{"a"}) || n.view.Routable("b") {
+		t.Errorf("left: alive members %v, b routable %v", got, n.view.Routable("b"))
+	}
+}
+
+// TestEveryCallTypeRegisteredOnce: the parts register the protocol's
+// message types on one Mux without clashing, and the numbers are the
+// protocol's (a change here is a protocol change).
+func TestEveryCallTypeRegisteredOnce(t *testing.T) {
+	n, _ := newTestNode(t, nil)
+	for _, typ := range []uint8{replication.FrameDeltas, router.FrameForward} {
+		if n.mux.HandleFrameFunc(typ, nil) == nil {
+			t.Errorf("frame type %d not registered", typ)
+		}
+	}
+	for _, typ := range []uint8{router.CallForward, replication.CallDigest, registry.CallRegister, registry.CallTakeover,
+		replication.CallApply, registry.CallHandoff, registry.CallAppend} {
+		if n.mux.HandleCallFunc(typ, false, nil) == nil {
+			t.Errorf("call type %d not registered", typ)
+		}
+	}
+	want := map[string]uint8{"deltas": 1, "forward": 2, "call forward": 10, "digest": 11, "register": 12, "takeover": 13,
+		"apply": 14, "handoff": 15, "append": 16}
+	got := map[string]uint8{"deltas": replication.FrameDeltas, "forward": router.FrameForward, "call forward": router.CallForward,
+		"digest": replication.CallDigest, "register": registry.CallRegister, "takeover": registry.CallTakeover,
+		"apply": replication.CallApply, "handoff": registry.CallHandoff, "append": registry.CallAppend}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s is type %d, the protocol says %d", k, got[k], v)
+		}
 	}
 }

@@ -1,16 +1,13 @@
 package cluster
 
 import (
-	"context"
-	"errors"
-	"maps"
-	"time"
-
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mendmq/mendmq/cluster/dataplane"
 	"github.com/mendmq/mendmq/cluster/membership"
-	"github.com/mendmq/mendmq/cluster/routes"
+	"github.com/mendmq/mendmq/cluster/retained"
+	"github.com/mendmq/mendmq/cluster/router"
+	"github.com/mendmq/mendmq/cluster/sessions"
 )
 
 // MemberStatus is one member as this node sees it (admin API, ctl).
@@ -55,155 +52,25 @@ type Status struct {
 
 // Status returns the node's view of the cluster.
 func (n *Node) Status() Status {
-	st := Status{Node: n.name, Subscriptions: n.index.NodeCounts(), Forwarded: n.stats.forwarded.Load(), Received: n.stats.received.Load(),
-		ReplicationLagMS: n.lastLag.Load()}
-	n.mu.Lock()
-	st.Sessions = n.store.Len(tableSessions)
-	st.Retained = n.store.Len(tableRetained)
-	n.mu.Unlock()
+	rs := n.router.Stats()
+	st := Status{Node: n.name, Subscriptions: n.sessions.Index().NodeCounts(), Forwarded: rs.Forwarded.Load(), Received: rs.Received.Load(),
+		ReplicationLagMS: n.repl.LastLag().Milliseconds(), Sessions: n.repl.Len(sessions.Table), Retained: n.retained.Len()}
 	if n.ml == nil {
 		return st
 	}
-	for _, m := range n.ml.Members() {
-		ms := MemberStatus{Name: m.Name, State: m.State.String(), GossipAddr: m.GossipAddr, DataAddr: m.Meta.DataAddr, Self: m.Name == n.name}
+	for _, m := range n.view.Members() {
+		ms := MemberStatus{Name: m.Name, State: m.State.String(), GossipAddr: m.GossipAddr, DataAddr: m.DataAddr, Self: m.Self}
 		if ps, ok := n.dp.PeerStats(m.Name); ok {
 			ms.Reachable = ps.State == dataplane.Connected
 			ms.FramesSent, ms.BytesSent, ms.FramesReceived, ms.BytesReceived = ps.FramesSent, ps.BytesSent, ps.FramesReceived, ps.BytesReceived
 			ms.QueueFrames, ms.Dropped, ms.LastError = ps.QueueFrames, ps.Dropped, ps.LastError
 		}
-		if v, ok := n.traffic.Load(m.Name); ok {
-			pt := v.(*peerTraffic)
-			ms.Forwarded, ms.ForwardedBytes, ms.Received = pt.forwarded.Load(), pt.forwardedBytes.Load(), pt.received.Load()
+		if pt := n.router.PeerTraffic(m.Name); pt != nil {
+			ms.Forwarded, ms.ForwardedBytes, ms.Received = pt.Forwarded.Load(), pt.ForwardedBytes.Load(), pt.Received.Load()
 		}
 		st.Members = append(st.Members, ms)
 	}
 	return st
-}
-
-// Join contacts seeds (gossip host:port) and returns how many answered.
-// A node that left (Leave) cannot join again before a restart (ErrLeft).
-func (n *Node) Join(seeds []string) (int, error) {
-	if n.ml == nil || !n.running.Load() {
-		return 0, ErrNotRunning
-	}
-	if n.leaving.Load() {
-		return 0, ErrLeft
-	}
-	return n.ml.Join(seeds)
-}
-
-// Withdrawal reports the deletion of one node's session records from the
-// replicated table (Leave, Forget).
-type Withdrawal struct {
-	// Node is the node whose sessions no longer belong to the cluster.
-	Node string `json:"node"`
-	// Sessions is how many session records were deleted.
-	Sessions int `json:"sessions"`
-	// Unconfirmed lists the alive peers that did not confirm the
-	// deletions in time. After Forget anti-entropy repairs them; after
-	// Leave only their peers can (this node left), so a peer that none
-	// reached keeps refusing QoS 1/2 publishes for those sessions until
-	// the node is forgotten there.
-	Unconfirmed []string `json:"unconfirmed,omitempty"`
-	// Warnings are other steps that did not complete (a leave notice not
-	// broadcast in time: peers see the node fail instead).
-	Warnings []string `json:"warnings,omitempty"`
-}
-
-// Leave takes this node out of the cluster for good (an operator's
-// `mendmq ctl cluster leave`; a shutdown is Stop). Its sessions stop
-// being the cluster's: their records are deleted from the replicated
-// table first, and Leave waits up to timeout until every alive peer has
-// applied that, so peers neither route to this node nor refuse publishes
-// for its sessions afterwards. Then it leaves the membership (peers see
-// it Left), stops gossip and detaches from its peers: it drops them from
-// its member view and data plane, forgets the session records of their
-// clients, forwards nothing to them and refuses what they still send.
-// The node keeps serving its own clients as a single, standalone node
-// until it is restarted; Join fails with ErrLeft. timeout bounds the
-// wait for peers; the leave broadcasts take up to leaveBroadcastTimeout
-// each, as in Stop. The error is nil unless the node did not leave
-// (ErrNotRunning, ErrLeft); steps that did not complete are in the
-// Withdrawal.
-func (n *Node) Leave(timeout time.Duration) (Withdrawal, error) {
-	if n.ml == nil || !n.running.Load() {
-		return Withdrawal{}, ErrNotRunning
-	}
-	n.leaveMu.Lock()
-	defer n.leaveMu.Unlock()
-	if n.leaving.Load() {
-		return Withdrawal{}, ErrLeft
-	}
-	peers := n.alivePeers()
-	// From here on nothing this node writes reaches a peer but the
-	// deletions below: a session record written meanwhile (a client of
-	// this node subscribing) would give peers a route to a node that
-	// left, which they would refuse publishes for.
-	n.leaving.Store(true)
-	ctx, cancel := context.WithTimeout(n.ctx, timeout)
-	defer cancel()
-	ds, k := n.deleteSessions(func(rec routes.SessionRecord) bool { return rec.Node == n.name })
-	w := Withdrawal{Node: n.name, Sessions: k, Unconfirmed: n.replicateSync(ctx, peers, ds)}
-	if err := n.ml.Leave(leaveBroadcastTimeout); err != nil {
-		w.Warnings = append(w.Warnings, err.Error())
-	}
-	if err := n.ml.Shutdown(); err != nil {
-		w.Warnings = append(w.Warnings, err.Error())
-	}
-	n.detach()
-	n.log.Info("left the cluster; serving alone until restarted", "sessions_withdrawn", k, "peers", len(peers), "unconfirmed", w.Unconfirmed)
-	return w, nil
-}
-
-// detach cuts a node that left off its former peers.
-func (n *Node) detach() {
-	n.left.Store(true)
-	n.memMu.Lock()
-	n.members = map[string]membership.State{n.name: membership.Left}
-	n.memMu.Unlock()
-	for _, p := range n.dp.Stats().Peers {
-		n.dp.RemovePeer(p.Name)
-	}
-	// Their clients' records would route this node's publishes to nodes
-	// it no longer talks to; the deltas go nowhere (aliveMembers is this
-	// node alone now).
-	_, _ = n.deleteSessions(func(rec routes.SessionRecord) bool { return rec.Node != n.name })
-	n.regMu.Lock()
-	maps.DeleteFunc(n.registry, func(_, node string) bool { return node != n.name })
-	n.regMu.Unlock()
-}
-
-// Forget drops a failed or stopped member for good, on the operator's
-// word that it will not come back (`mendmq ctl cluster forget`): this
-// node no longer lists or re-joins it, and deletes its session records
-// from the replicated table, waiting up to timeout until every alive
-// peer has applied that. Then no node routes to it, so QoS 1/2
-// publishes matching its former sessions are accepted again. Other nodes
-// keep listing the member as failed until their own reconnect_timeout.
-func (n *Node) Forget(name string, timeout time.Duration) (Withdrawal, error) {
-	if n.ml == nil || !n.running.Load() {
-		return Withdrawal{}, ErrNotRunning
-	}
-	if name == n.name {
-		return Withdrawal{}, errors.New("cluster: a node cannot forget itself; use leave")
-	}
-	if n.leaving.Load() {
-		return Withdrawal{}, ErrLeft
-	}
-	// Held until the records are deleted, so that the MemberRemove event
-	// Forget causes finds nothing left to delete (and to not wait for).
-	n.withdrawMu.Lock()
-	if err := n.ml.Forget(name); err != nil {
-		n.withdrawMu.Unlock()
-		return Withdrawal{}, err
-	}
-	ds, k := n.deleteSessions(func(rec routes.SessionRecord) bool { return rec.Node == name })
-	n.withdrawMu.Unlock()
-	ctx, cancel := context.WithTimeout(n.ctx, timeout)
-	defer cancel()
-	w := Withdrawal{Node: name, Sessions: k, Unconfirmed: n.replicateSync(ctx, n.alivePeers(), ds)}
-	n.log.Info("forgot member and deleted its session records", "peer", name, "sessions", k, "unconfirmed", w.Unconfirmed)
-	return w, nil
 }
 
 var (
@@ -224,16 +91,17 @@ var (
 	descAE        = prometheus.NewDesc("mendmq_cluster_anti_entropy_total", "Anti-entropy rounds, failures and repaired entries.", []string{"what"}, nil)
 	descReg       = prometheus.NewDesc("mendmq_cluster_registrations_total", "Client registrations and cross-node session takeovers.", []string{"what"}, nil)
 	descBad       = prometheus.NewDesc("mendmq_cluster_bad_messages_total", "Malformed or unknown messages from peers, and data-plane connections refused.", []string{"what"}, nil)
+	descMerges    = prometheus.NewDesc("mendmq_cluster_conflicts_total", "Conflicting replicated entries (retained messages set on both sides of a split) resolved through the merge policy, and resolutions retried because the policy left them undecided.", []string{"what"}, nil)
 	descBadGossip = prometheus.NewDesc("mendmq_cluster_gossip_bad_packets_total", "Gossip packets and streams refused as unreadable (wrong secret key, malformed, unknown type): an outsider or a misconfigured node reaches the gossip port.", nil, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (n *Node) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descMembers, descPeerBytes, descPeerFr, descPeerQueue, descPeerUp, descFwd, descFwdBytes,
-		descRecv, descDrops, descRefused, descKeys, descDeltas, descAE, descReg, descBad, descBadGossip, descPeerMsgs, descPeerFwdB} {
+		descRecv, descDrops, descRefused, descKeys, descDeltas, descAE, descReg, descBad, descBadGossip, descPeerMsgs, descPeerFwdB, descMerges} {
 		ch <- d
 	}
-	n.lag.Describe(ch)
+	n.repl.Lag().Describe(ch)
 }
 
 // Collect implements prometheus.Collector.
@@ -267,34 +135,32 @@ func (n *Node) Collect(ch chan<- prometheus.Metric) {
 		}
 		g(descPeerUp, up, p.Name)
 	}
-	n.traffic.Range(func(k, v any) bool {
-		pt := v.(*peerTraffic)
-		c(descPeerMsgs, pt.forwarded.Load(), k.(string), "out")
-		c(descPeerMsgs, pt.received.Load(), k.(string), "in")
-		c(descPeerFwdB, pt.forwardedBytes.Load(), k.(string))
-		return true
+	n.router.Traffic(func(peer string, pt *router.PeerTraffic) {
+		c(descPeerMsgs, pt.Forwarded.Load(), peer, "out")
+		c(descPeerMsgs, pt.Received.Load(), peer, "in")
+		c(descPeerFwdB, pt.ForwardedBytes.Load(), peer)
 	})
-	n.lag.Collect(ch)
-	s := &n.stats
-	c(descFwd, s.forwarded.Load())
-	c(descFwdBytes, s.forwardedBytes.Load())
-	c(descRecv, s.received.Load())
-	c(descDrops, s.dropQueueFull.Load(), "peer_queue_full")
-	c(descDrops, s.dropUnreachable.Load(), "peer_unreachable")
-	c(descRefused, s.refusedUnreachable.Load())
-	n.mu.Lock()
-	sess, ret := n.store.Len(tableSessions), n.store.Len(tableRetained)
-	n.mu.Unlock()
-	g(descKeys, float64(sess), tableSessions)
-	g(descKeys, float64(ret), tableRetained)
-	c(descDeltas, s.deltasSent.Load(), "sent")
-	c(descDeltas, s.deltasApplied.Load(), "applied")
-	c(descAE, s.aeRounds.Load(), "rounds")
-	c(descAE, s.aeFailures.Load(), "failures")
-	c(descAE, s.aeRepaired.Load(), "repaired_entries")
-	c(descReg, s.registrations.Load(), "registrations")
-	c(descReg, s.takeovers.Load(), "takeovers")
-	c(descBad, s.badFrames.Load(), "bad_messages")
+	n.repl.Lag().Collect(ch)
+	rs, ps := n.router.Stats(), n.repl.Stats()
+	c(descFwd, rs.Forwarded.Load())
+	c(descFwdBytes, rs.ForwardedBytes.Load())
+	c(descRecv, rs.Received.Load())
+	c(descDrops, rs.DropQueueFull.Load(), "peer_queue_full")
+	c(descDrops, rs.DropUnreachable.Load(), "peer_unreachable")
+	c(descRefused, rs.RefusedUnreachable.Load())
+	g(descKeys, float64(n.repl.Len(sessions.Table)), sessions.Table)
+	g(descKeys, float64(n.retained.Len()), retained.Table)
+	c(descDeltas, ps.DeltasSent.Load(), "sent")
+	c(descDeltas, ps.DeltasApplied.Load(), "applied")
+	c(descAE, ps.AERounds.Load(), "rounds")
+	c(descAE, ps.AEFailures.Load(), "failures")
+	c(descAE, ps.AERepaired.Load(), "repaired_entries")
+	c(descMerges, ps.Merges.Load(), "resolved")
+	c(descMerges, ps.MergeRetries.Load(), "retried")
+	regs, takeovers, regBad := n.registry.Counts()
+	c(descReg, regs, "registrations")
+	c(descReg, takeovers, "takeovers")
+	c(descBad, ps.BadMessages.Load()+rs.BadMessages.Load()+regBad+n.mux.Unknown(), "bad_messages")
 	c(descBad, ds.HandshakeFailures, "handshake_failures")
 	c(descBad, ds.ProtocolErrors, "protocol_errors")
 	c(descBad, ds.RefusedConns, "refused_connections")

@@ -22,6 +22,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/mendmq/mendmq/cluster/merge"
 	"github.com/mendmq/mendmq/plugins/filewatch"
 	"github.com/mendmq/mendmq/plugins/internal/abi"
 	"github.com/mendmq/mendmq/plugins/internal/builtins"
@@ -53,23 +54,11 @@ const (
 	Delete = abi.Delete
 )
 
-// Result is the outcome of one merge.
-type Result struct {
-	// Verdict says what to do with the key.
-	Verdict Verdict
-	// Entry is what to store for TakeMerging (the caller's merging entry,
-	// same pointer) and Put (a new entry owned by the caller); nil
-	// otherwise.
-	Entry *EntryView
-	// ConflictID is non-zero when the policy failed on this entry: Verdict
-	// is KeepExisting and the merging entry was parked under this id.
-	ConflictID uint64
-	// Unmerged is set when nothing happened: the policy failed and the
-	// conflict store was full, or the call was canceled or the registry
-	// closed. The caller still owns the merging entry; the method's error
-	// says why.
-	Unmerged bool
-}
+// Result is the outcome of one merge (see merge.Result).
+type Result = merge.Result
+
+// Registry satisfies the cluster's merge contract.
+var _ merge.Merger = (*Registry)(nil)
 
 // ErrClosed is returned after Close.
 var ErrClosed = errors.New("plugins: registry closed")

@@ -76,12 +76,6 @@ func FuzzDecodePublish(f *testing.F) {
 	})
 }
 
-func FuzzDecodeRetained(f *testing.F) {
-	v, _ := encodeRetained(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: true}, TopicName: "t", Payload: []byte("x"), Created: 1})
-	f.Add(v)
-	f.Fuzz(func(t *testing.T, b []byte) { _, _ = DecodeRetained(b) })
-}
-
 // mochiEncode is mochi's own encoding of pk as EncodePublish prepares it.
 func mochiEncode(t testing.TB, pk packets.Packet) []byte {
 	pk.ProtocolVersion = 5

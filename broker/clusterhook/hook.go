@@ -13,7 +13,6 @@ package clusterhook
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -46,7 +45,7 @@ type Cluster interface {
 	PutSession(clientID string, rec routes.SessionRecord)
 	DeleteSession(clientID string)
 	// PutRetained / DeleteRetained write the replicated retained table.
-	PutRetained(topic string, value []byte, now time.Time)
+	PutRetained(topic string, m cluster.RetainedMessage, now time.Time)
 	DeleteRetained(topic string, now time.Time)
 	// ReapplyRetained makes the broker's retained message of topic the
 	// cluster's resolved one again (through ApplyRetained, serialized
@@ -675,10 +674,6 @@ func (h *Hook) OnSelectSubscribers(subs *mqtt.Subscribers, pk packets.Packet) *m
 
 // --- retained -----------------------------------------------------------
 
-// Retained values in the replicated table are an 8-byte big-endian
-// creation time (Unix seconds, for message expiry) followed by the v5
-// PUBLISH packet.
-
 // OnRetainMessage replicates a retained message set or cleared by a local
 // client (or will).
 func (h *Hook) OnRetainMessage(cl *mqtt.Client, pk packets.Packet, r int64) {
@@ -691,50 +686,42 @@ func (h *Hook) OnRetainMessage(cl *mqtt.Client, pk packets.Packet, r int64) {
 		c.DeleteRetained(pk.TopicName, now)
 		return
 	}
-	v, err := encodeRetained(pk)
+	m, err := retainedMessage(pk, now)
 	if err != nil {
 		h.log.Error("encode retained", "topic", pk.TopicName, "error", err)
 		return
 	}
-	c.PutRetained(pk.TopicName, v, now)
+	c.PutRetained(pk.TopicName, m, now)
 }
 
-func encodeRetained(pk packets.Packet) ([]byte, error) {
+// retainedMessage is pk as the cluster replicates it: the v5 PUBLISH, its
+// creation time and, with a message expiry interval, when it expires.
+func retainedMessage(pk packets.Packet, now time.Time) (cluster.RetainedMessage, error) {
 	b, err := EncodePublish(pk)
 	if err != nil {
-		return nil, err
+		return cluster.RetainedMessage{}, err
 	}
-	created := pk.Created
-	if created == 0 {
-		created = time.Now().Unix()
+	m := cluster.RetainedMessage{Publish: b, Created: now}
+	if pk.Created != 0 {
+		m.Created = time.Unix(pk.Created, 0)
 	}
-	out := binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(b)), uint64(created))
-	return append(out, b...), nil
+	if exp := pk.Properties.MessageExpiryInterval; exp > 0 {
+		m.Expires = m.Created.Add(time.Duration(exp) * time.Second)
+	}
+	return m, nil
 }
 
-// DecodeRetained splits a replicated retained value.
-func DecodeRetained(v []byte) (packets.Packet, error) {
-	if len(v) < 8 {
-		return packets.Packet{}, errors.New("clusterhook: retained value shorter than its header")
-	}
-	pk, err := DecodePublish(v[8:])
-	if err != nil {
-		return pk, err
-	}
-	pk.Created = int64(binary.BigEndian.Uint64(v[:8]))
-	return pk, nil
-}
-
-// ApplyRetained implements cluster.Broker: the resolved retained value of
-// topic changed (nil: deleted). The cluster serializes calls.
-func (h *Hook) ApplyRetained(topic string, value []byte) {
+// ApplyRetained implements cluster.Broker: the resolved retained message
+// of topic changed (nil: deleted). The cluster serializes calls.
+func (h *Hook) ApplyRetained(topic string, m *cluster.RetainedMessage) {
 	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: true}, TopicName: topic}
-	if value != nil {
+	if m != nil {
 		var err error
-		if pk, err = DecodeRetained(value); err != nil {
-			h.log.Error("replicated retained value unreadable; keeping the local one", "topic", topic, "error", err)
+		if pk, err = DecodePublish(m.Publish); err != nil {
+			h.log.Error("replicated retained message unreadable; keeping the local one", "topic", topic, "error", err)
 			return
 		}
+		pk.Created = m.Created.Unix()
 		pk.FixedHeader.Retain = true
 		if exp := int64(pk.Properties.MessageExpiryInterval); exp > 0 {
 			if m := h.srv.Options.Capabilities.MaximumMessageExpiryInterval; m > 0 && exp > m {

@@ -240,6 +240,7 @@ func testBadInput(t *testing.T, c *testCluster) {
 	if e := in.callErr(callDigest, 2, garbage(50)); e == "" {
 		t.Error("digest call with garbage: empty error")
 	}
+	msgs++
 	if e := in.callErr(callForward, 3, binary.AppendUvarint(nil, 1<<40)); e == "" {
 		t.Error("forward call with garbage: empty error")
 	}

@@ -105,7 +105,7 @@ func testRetainedConcurrent(t *testing.T, c *testCluster) {
 				if !ok {
 					return false, n + ": no resolved value"
 				}
-				pk, err := clusterhook.DecodeRetained(v)
+				pk, err := clusterhook.DecodePublish(v.Publish)
 				if err != nil {
 					return false, fmt.Sprintf("%s: resolved value unreadable: %v", n, err)
 				}

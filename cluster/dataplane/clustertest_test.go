@@ -96,3 +96,64 @@ func TestCutSeenByDataPlane(t *testing.T) {
 	nw.Heal()
 	eventually(t, 3*time.Second, "full mesh after heal", all)
 }
+
+// linkRecorder is a Handler that records link events (LinkObserver).
+type linkRecorder struct {
+	countHandler
+	events chan string
+}
+
+func (h *linkRecorder) LinkChanged(peer string, up bool, err error) {
+	s := peer + " down"
+	if up {
+		s = peer + " up"
+	}
+	h.events <- s
+}
+
+// TestLinkEvents: a LinkObserver hears the link come up, go down when it
+// is cut, and come back after the heal, as events rather than by polling
+// Reachable.
+func TestLinkEvents(t *testing.T) {
+	nw := clustertest.New(t, clustertest.Config{})
+	rec := &linkRecorder{events: make(chan string, 64)}
+	a := startOn(t, nw, "a", rec)
+	b := startOn(t, nw, "b", &countHandler{})
+	if err := a.SetPeer("b", b.Addr().String()); err != nil {
+		t.Fatal(err)
+	}
+	expect := func(want string) {
+		t.Helper()
+		timeout := time.After(5 * time.Second)
+		for {
+			select {
+			case got := <-rec.events:
+				if got == want {
+					return
+				}
+				if want == "b up" && got == "b down" {
+					continue // a dial that lost the race with the listener
+				}
+				t.Fatalf("link event %q, want %q", got, want)
+			case <-timeout:
+				t.Fatalf("no link event %q", want)
+			}
+		}
+	}
+	expect("b up")
+	nw.Cut("a", "b")
+	expect("b down")
+	nw.Heal()
+	// Failed redials while cut may still be reported down first.
+	timeout := time.After(5 * time.Second)
+	for {
+		select {
+		case got := <-rec.events:
+			if got == "b up" {
+				return
+			}
+		case <-timeout:
+			t.Fatal("the link did not come back up after the heal")
+		}
+	}
+}

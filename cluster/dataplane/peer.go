@@ -108,6 +108,7 @@ func (p *peer) dialLoop() {
 			}
 			p.dialFailures.Add(1)
 			p.lost(err)
+			p.pl.linkChanged(p.name, false, err)
 			if wasUp {
 				p.pl.log.Warn("cannot reach peer", "peer", p.name, "addr", addr, "err", err)
 				wasUp = false
@@ -139,6 +140,7 @@ func (p *peer) dialLoop() {
 		p.state = Connected
 		p.connected.Store(true)
 		p.mu.Unlock()
+		p.pl.linkChanged(p.name, true, nil)
 		err = c.run()
 		p.mu.Lock()
 		p.out = nil
@@ -147,6 +149,7 @@ func (p *peer) dialLoop() {
 		if p.ctx.Err() != nil {
 			return
 		}
+		p.pl.linkChanged(p.name, false, err)
 		p.pl.log.Warn("connection to peer lost", "peer", p.name, "addr", addr, "err", err)
 		p.lost(err)
 	}

@@ -75,6 +75,16 @@ type InlineCaller interface {
 	InlineCall(typ uint8) bool
 }
 
+// LinkObserver is an optional extension of Handler: the Plane reports
+// every change of its outbound link to a peer — up once a connection is
+// authenticated, down when it is lost or a dial fails (err says why) —
+// in order per peer, from the peer's dial goroutine. A failing peer is
+// reported down once per failed attempt until it comes up. LinkChanged
+// must not block: it holds up the redial.
+type LinkObserver interface {
+	LinkChanged(peer string, up bool, err error)
+}
+
 // ConnState is the state of the outbound connection to a peer.
 type ConnState uint8
 
@@ -340,6 +350,13 @@ func (pl *Plane) Call(ctx context.Context, peer string, typ uint8, payload []byt
 // resultChans recycles the reply channels of calls (capacity 1, empty
 // when put back).
 var resultChans = sync.Pool{New: func() any { return make(chan callResult, 1) }}
+
+// linkChanged tells the handler's LinkObserver, if any.
+func (pl *Plane) linkChanged(peer string, up bool, err error) {
+	if o, ok := pl.h.(LinkObserver); ok {
+		o.LinkChanged(peer, up, err)
+	}
+}
 
 // Reachable reports whether the outbound connection to peer is up and
 // authenticated.

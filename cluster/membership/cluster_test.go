@@ -515,3 +515,26 @@ func TestEncryptedCluster(t *testing.T) {
 		t.Fatal("node with a different key joined")
 	}
 }
+
+// TestSuspicionFromMemberlistLogPinned pins the one place membership
+// depends on memberlist's log text. memberlist (v0.7.0) reports a failed
+// probe of a member nowhere but in a log line (state.go probeNode:
+// "Suspect %s has failed, no acks received"): its EventDelegate has no
+// suspect event, NotifyUpdate runs only for metadata changes and the
+// PingDelegate only hears successful probes. The log bridge turns that
+// line into the Suspect state (MemberUpdate). This test cuts a member off
+// with suspicion lasting long enough to be seen and requires the Suspect
+// update through the event handler: it fails if a memberlist upgrade
+// changes the line. (The cluster's netsplit detection does not depend on
+// it: the members view also watches the data plane's own links.)
+func TestSuspicionFromMemberlistLogPinned(t *testing.T) {
+	t.Parallel()
+	nw := clustertest.New(t, clustertest.Config{})
+	cfg := membership.LoopbackConfig()
+	cfg.SuspicionMult = 20 // minutes of loopback suspicion, far past the test
+	nodes := startCluster(t, nw, cfg, 2)
+	nw.Isolate("n2")
+	waitFor(t, 5*time.Second, "n1 to suspect n2 (memberlist's \"Suspect ... has failed, no acks received\" log line)", func() bool {
+		return nodes[0].rec.has(fmt.Sprintf("update n2 %s data-n2", membership.Suspect))
+	})
+}

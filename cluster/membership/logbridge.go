@@ -41,7 +41,9 @@ type logBridge struct {
 const defaultBadLogEvery = time.Minute
 
 // Prefix and suffix of memberlist's (v0.7.0 state.go probeNode) log line
-// for a failed probe; a test fails if memberlist changes it.
+// for a failed probe, memberlist's only report of a local suspicion (no
+// delegate hears of it); TestSuspicionFromMemberlistLogPinned fails if
+// memberlist changes it.
 const (
 	suspectPrefix = "memberlist: Suspect "
 	suspectSuffix = " has failed, no acks received"

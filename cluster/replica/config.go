@@ -30,9 +30,18 @@ type Config struct {
 	// versions. Tables without an entry use DefaultResolver.
 	Resolvers map[string]Resolver
 
-	// DefaultResolver resolves tables absent from Resolvers. Default
-	// LatestWins.
+	// DefaultResolver resolves tables absent from Resolvers and Deferred.
+	// Default LatestWins.
 	DefaultResolver Resolver
+
+	// Deferred names the tables whose conflicts the caller resolves
+	// outside the Store: Apply does not call a resolver for them but
+	// reports the key as pending (Update.Pending), keeps its previous
+	// resolved value meanwhile, and the caller resolves it with Conflict
+	// and Resolve. For resolvers that must not run while the caller holds
+	// the lock that serializes the Store (a WASM merge policy, which may
+	// take up to its call timeout).
+	Deferred map[string]bool
 }
 
 // DefaultConfig returns the defaults; the caller sets Node.
@@ -62,6 +71,14 @@ func (c Config) Validate() error {
 		}
 		if t == "" || len(t) > maxTableLen {
 			return fmt.Errorf("replica: Resolvers has table name %q: use 1..%d bytes", t, maxTableLen)
+		}
+	}
+	for t := range c.Deferred {
+		if _, ok := c.Resolvers[t]; ok {
+			return fmt.Errorf("replica: table %q is in both Resolvers and Deferred: keep one", t)
+		}
+		if t == "" || len(t) > maxTableLen {
+			return fmt.Errorf("replica: Deferred has table name %q: use 1..%d bytes", t, maxTableLen)
 		}
 	}
 	return nil

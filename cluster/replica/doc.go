@@ -59,6 +59,21 @@
 // converge (dvv.Sync is a join: commutative, associative, idempotent, and
 // delivery is repaired by anti-entropy), resolved values converge.
 //
+// # Deferred resolution
+//
+// A Resolver runs inside Apply, so under whatever lock serializes the
+// Store. A table named in Config.Deferred has no Resolver: when Apply
+// leaves one of its keys with two or more distinct payloads, the key is
+// pending (Update.Pending): its versions are merged as always (the digest
+// and anti-entropy see them), but its resolved value stays what it was.
+// The caller reads the canonical distinct payloads with Conflict, folds
+// them by rule 4 outside its lock (Fold, or batched through a WASM policy)
+// and installs the result with Resolve, which refuses it if the key's
+// version set changed meanwhile (a later delta or write, which re-reports
+// the key as pending or resolves it). Resolve writes back like Apply does,
+// so a deferred table converges to exactly what a synchronous resolver
+// would give.
+//
 // # Write-back (bounded)
 //
 // Siblings would otherwise live until the key's next write, and every

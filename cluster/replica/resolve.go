@@ -85,14 +85,16 @@ type resolution struct {
 	maxTS int64
 }
 
-// resolve applies the rule of the package documentation to set.
-func resolve(r Resolver, table, key string, set dvv.Set[Sibling]) resolution {
+// canonical returns the distinct payloads of set in canonical order (rules
+// 2 and 3 of the package documentation), the node designated to write a
+// resolution back and the largest sibling timestamp.
+func canonical(set dvv.Set[Sibling]) (distinct []Sibling, last string, maxTS int64) {
 	switch set.Len() {
 	case 0:
-		return resolution{value: absent}
-	case 1: // the usual case, without allocating
+		return nil, "", minInt64
+	case 1: // the usual case, without sorting
 		for d, v := range set.All() {
-			return resolution{value: v, last: d.Node, maxTS: v.TS}
+			return []Sibling{v}, d.Node, v.TS
 		}
 	}
 	ds := set.Dotted()
@@ -107,18 +109,41 @@ func resolve(r Resolver, table, key string, set dvv.Set[Sibling]) resolution {
 	})
 	// The last sibling in canonical order has the largest timestamp and
 	// always survives the collapse.
-	res := resolution{last: ds[len(ds)-1].Dot.Node, maxTS: ds[len(ds)-1].Value.TS}
-	distinct := collapse(ds)
-	acc := distinct[0].Value
-	for _, d := range distinct[1:] {
-		acc = r.Resolve(table, key, acc, d.Value)
+	last, maxTS = ds[len(ds)-1].Dot.Node, ds[len(ds)-1].Value.TS
+	kept := collapse(ds)
+	distinct = make([]Sibling, len(kept))
+	for i, d := range kept {
+		distinct[i] = d.Value
+	}
+	return distinct, last, maxTS
+}
+
+// Fold resolves distinct payloads in canonical order with r (rule 4):
+// acc = siblings[0]; acc = r.Resolve(table, key, acc, siblings[i]). A
+// deleted result carries no value. It is what Apply computes for a table
+// with a Resolver, and what the caller of Conflict must compute (by any
+// means: batched, remotely) for a Deferred table.
+func Fold(r Resolver, table, key string, siblings []Sibling) Sibling {
+	if len(siblings) == 0 {
+		return absent
+	}
+	acc := siblings[0]
+	for _, s := range siblings[1:] {
+		acc = r.Resolve(table, key, acc, s)
 	}
 	if acc.Deleted {
 		acc.Value = nil
 	}
-	res.value = acc
-	res.conflict = len(distinct) > 1
-	return res
+	return acc
+}
+
+// resolve applies the rule of the package documentation to set.
+func resolve(r Resolver, table, key string, set dvv.Set[Sibling]) resolution {
+	distinct, last, maxTS := canonical(set)
+	if len(distinct) == 0 {
+		return resolution{value: absent}
+	}
+	return resolution{value: Fold(r, table, key, distinct), conflict: len(distinct) > 1, last: last, maxTS: maxTS}
 }
 
 // collapse keeps, of each group of siblings with equal payloads, the last in

@@ -31,6 +31,24 @@ type sim struct {
 	drop   float64
 	dup    float64
 	sent   int
+	// deferred makes "ret" a Deferred table: its conflicts are resolved
+	// by resolutions that run later, interleaved with everything else,
+	// as the cluster's merge worker does outside its lock.
+	deferred bool
+	waiting  []waitingResolution
+	// Deferred resolutions installed, and refused as stale.
+	resolved, stale int
+	rounds          int // anti-entropy rounds stabilize needed
+}
+
+// waitingResolution is a pending key of one node: computed once its
+// Conflict was read and folded, applied (Resolve) at a later step.
+type waitingResolution struct {
+	node     int
+	key      string
+	computed bool
+	fp       uint64
+	value    Sibling
 }
 
 // mixResolver is deterministic but neither commutative nor associative,
@@ -53,8 +71,8 @@ var mixResolver = ResolverFunc(func(table, key string, existing, merging Sibling
 	}
 })
 
-func newSim(t *testing.T, seed uint64, nodes int, perNodeResolver bool) *sim {
-	s := &sim{t: t, rng: rand.New(rand.NewPCG(seed, seed^0x9e37)), now: t0, drop: 0.2, dup: 0.1}
+func newSim(t *testing.T, seed uint64, nodes int, perNodeResolver, deferred bool) *sim {
+	s := &sim{t: t, rng: rand.New(rand.NewPCG(seed, seed^0x9e37)), now: t0, drop: 0.2, dup: 0.1, deferred: deferred}
 	for i := 0; i < nodes; i++ {
 		name := fmt.Sprintf("n%d", i)
 		ret := Resolver(mixResolver)
@@ -70,10 +88,15 @@ func newSim(t *testing.T, seed uint64, nodes int, perNodeResolver bool) *sim {
 				return merging
 			})
 		}
-		st, err := New(Config{
+		cfg := Config{
 			Node: name, Buckets: 16, TombstoneGrace: time.Hour,
 			Resolvers: map[string]Resolver{"sub": LatestWins, "ret": ret},
-		})
+		}
+		if deferred {
+			delete(cfg.Resolvers, "ret")
+			cfg.Deferred = map[string]bool{"ret": true}
+		}
+		st, err := New(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -126,7 +149,38 @@ func (s *sim) receive(to int, batch []byte) {
 	for _, d := range ds {
 		u := s.stores[to].Apply(d)
 		s.broadcast(to, u.Out)
+		if u.Pending {
+			if !s.deferred || d.Table != "ret" {
+				s.t.Fatalf("%s/%s pending on a table that is not deferred", d.Table, d.Key)
+			}
+			s.waiting = append(s.waiting, waitingResolution{node: to, key: d.Key})
+		}
 	}
+}
+
+// resolveOne advances one waiting resolution: the first step reads the
+// conflict and folds it, the second installs the result, which the store
+// refuses if the key changed in between (a later Apply queued it again).
+func (s *sim) resolveOne(k int) {
+	w := &s.waiting[k]
+	st := s.stores[w.node]
+	if !w.computed {
+		c, ok := st.Conflict("ret", w.key)
+		if !ok {
+			s.waiting = slices.Delete(s.waiting, k, k+1)
+			return
+		}
+		w.computed, w.fp, w.value = true, c.Fingerprint, Fold(mixResolver, "ret", w.key, c.Siblings)
+		return
+	}
+	up, ok := st.Resolve("ret", w.key, w.fp, w.value)
+	if ok {
+		s.resolved++
+		s.broadcast(w.node, up.Out)
+	} else {
+		s.stale++
+	}
+	s.waiting = slices.Delete(s.waiting, k, k+1)
 }
 
 var simValues = []string{"a", "b", "c", "dd", "eee", ""}
@@ -148,8 +202,14 @@ func (s *sim) step() {
 			s.t.Fatal(err)
 		}
 		s.broadcast(i, u.Out)
-	case r < 16:
+	case r < 14:
 		s.deliver()
+	case r < 16:
+		if len(s.waiting) > 0 {
+			s.resolveOne(s.rng.IntN(len(s.waiting)))
+		} else {
+			s.deliver()
+		}
 	case r < 17: // split into random partitions
 		for n := range s.part {
 			s.part[n] = s.rng.IntN(2)
@@ -186,7 +246,7 @@ func (s *sim) antiEntropy(a, b int) {
 }
 
 func (s *sim) converged() bool {
-	if len(s.queue) > 0 {
+	if len(s.queue) > 0 || len(s.waiting) > 0 {
 		return false
 	}
 	for i := 1; i < len(s.stores); i++ {
@@ -203,8 +263,12 @@ func (s *sim) stabilize(maxRounds int) int {
 	clear(s.part)
 	s.drop = 0
 	for round := 1; round <= maxRounds; round++ {
-		for n := 0; len(s.queue) > 0 && n < 100000; n++ {
-			s.deliver()
+		for n := 0; (len(s.queue) > 0 || len(s.waiting) > 0) && n < 100000; n++ {
+			if len(s.waiting) > 0 && (len(s.queue) == 0 || s.rng.IntN(2) == 0) {
+				s.resolveOne(s.rng.IntN(len(s.waiting)))
+			} else {
+				s.deliver()
+			}
 		}
 		a := s.rng.IntN(len(s.stores))
 		for b := range s.stores {
@@ -236,10 +300,15 @@ func (s *sim) check() {
 			}
 			if e := ref.tables[table]; e != nil {
 				if en := e.get(key); en != nil {
-					if r := resolve(ref.resolver(table), table, key, en.versions); r.conflict {
+					if distinct, _, _ := canonical(en.versions); len(distinct) > 1 {
 						s.t.Fatalf("%s/%s: conflict left unresolved: %d versions", table, key, en.versions.Len())
 					}
 				}
+			}
+		}
+		for i, st := range s.stores {
+			if p := st.PendingKeys(table); len(p) > 0 {
+				s.t.Fatalf("%s: node %d still has pending keys %q", table, i, p)
 			}
 		}
 		if n := ref.Len(table); slices.ContainsFunc(s.stores, func(st *Store) bool { return st.Len(table) != n }) {
@@ -248,13 +317,18 @@ func (s *sim) check() {
 	}
 }
 
-func runSim(t *testing.T, seed uint64, perNodeResolver bool) (rounds, sent int) {
+func runSim(t *testing.T, seed uint64, perNodeResolver, deferred bool) (rounds, sent int) {
+	s := runSimulation(t, seed, perNodeResolver, deferred)
+	return s.rounds, s.sent
+}
+
+func runSimulation(t *testing.T, seed uint64, perNodeResolver, deferred bool) *sim {
 	nodes := 3 + int(seed%3)
-	s := newSim(t, seed, nodes, perNodeResolver)
+	s := newSim(t, seed, nodes, perNodeResolver, deferred)
 	for i := 0; i < 400; i++ {
 		s.step()
 	}
-	rounds = s.stabilize(20)
+	s.rounds = s.stabilize(20)
 	s.check()
 	// Garbage collection everywhere keeps the replicas identical.
 	s.now = s.now.Add(2 * time.Hour)
@@ -265,7 +339,7 @@ func runSim(t *testing.T, seed uint64, perNodeResolver bool) (rounds, sent int) 
 		t.Fatalf("seed %d: GC made replicas differ", seed)
 	}
 	s.check()
-	return rounds, s.sent
+	return s
 }
 
 func TestSimulatedConvergence(t *testing.T) {
@@ -275,7 +349,7 @@ func TestSimulatedConvergence(t *testing.T) {
 	for run := uint64(0); run < 150; run++ {
 		seed := base + run
 		ok := t.Run(fmt.Sprint(seed), func(t *testing.T) {
-			r, sent := runSim(t, seed, false)
+			r, sent := runSim(t, seed, false, false)
 			worst, msgs = max(worst, r), msgs+sent
 		})
 		if !ok {
@@ -290,8 +364,31 @@ func TestSimulatedConvergenceNondeterministicResolver(t *testing.T) {
 	t.Logf("base seed %d (seed = base + run)", base)
 	for run := uint64(0); run < 50; run++ {
 		seed := base + run
-		if !t.Run(fmt.Sprint(seed), func(t *testing.T) { runSim(t, seed, true) }) {
+		if !t.Run(fmt.Sprint(seed), func(t *testing.T) { runSim(t, seed, true, false) }) {
 			t.Fatalf("seed %d failed", seed)
 		}
+	}
+}
+
+// TestSimulatedConvergenceDeferred resolves "ret" outside the stores, late
+// and interleaved with deliveries and writes (some resolutions go stale and
+// are refused), as the cluster does with WASM policies: the replicas must
+// converge to the same values as with a synchronous resolver.
+func TestSimulatedConvergenceDeferred(t *testing.T) {
+	base := uint64(time.Now().UnixNano())
+	t.Logf("base seed %d (seed = base + run)", base)
+	resolved, stale := 0, 0
+	for run := uint64(0); run < 100; run++ {
+		seed := base + run
+		if !t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			s := runSimulation(t, seed, false, true)
+			resolved, stale = resolved+s.resolved, stale+s.stale
+		}) {
+			t.Fatalf("seed %d failed", seed)
+		}
+	}
+	t.Logf("%d deferred resolutions installed, %d refused as stale", resolved, stale)
+	if resolved == 0 || stale == 0 {
+		t.Fatalf("the simulation did not exercise deferred resolution (%d installed, %d stale)", resolved, stale)
 	}
 }

@@ -36,9 +36,14 @@ func (c Change) Changed() bool {
 type Update struct {
 	Change
 	// Out holds the deltas to broadcast to every peer: the write itself
-	// for Put and Delete, a resolution write-back for Apply. Often empty
-	// for Apply.
+	// for Put and Delete, a resolution write-back for Apply and Resolve.
+	// Often empty for Apply.
 	Out []Delta
+	// Pending is set by Apply when the key, of a Deferred table, holds
+	// distinct concurrent payloads that no resolver has decided: the
+	// resolved value stays what it was (Change.New == Change.Old) until
+	// the caller resolves the key (Conflict, then Resolve).
+	Pending bool
 }
 
 // Store is one node's replica of all tables. See the package documentation
@@ -74,6 +79,9 @@ type entry struct {
 	res      Sibling // resolved value, cached
 	maxTS    int64   // largest sibling timestamp
 	tomb     bool    // every sibling is a tombstone (GC candidate)
+	// pending: a Deferred table's key with unresolved distinct payloads;
+	// res is the value resolved before they arrived.
+	pending bool
 }
 
 // New returns an empty Store, or the Config's validation error.
@@ -118,7 +126,7 @@ func (t *table) get(key string) *entry {
 
 // set installs versions for key with its resolution, keeping the digest
 // and counters current.
-func (t *table) set(key string, old *entry, versions dvv.Set[Sibling], res Sibling) {
+func (t *table) set(key string, old *entry, versions dvv.Set[Sibling], res Sibling) *entry {
 	b := t.bucketOf(key)
 	if old != nil {
 		b.sum ^= old.hash
@@ -142,6 +150,7 @@ func (t *table) set(key string, old *entry, versions dvv.Set[Sibling], res Sibli
 		b.entries = map[string]*entry{}
 	}
 	b.entries[key] = e
+	return e
 }
 
 func (t *table) remove(key string, e *entry) {
@@ -266,6 +275,14 @@ func (s *Store) Apply(d Delta) Update {
 	if e != nil && dvv.Equal(merged, cur) {
 		return Update{Change: Change{Table: d.Table, Key: d.Key, Old: old, New: old}}
 	}
+	if s.cfg.Deferred[d.Table] {
+		if distinct, _, _ := canonical(merged); len(distinct) > 1 {
+			// The caller resolves it outside its lock (Conflict,
+			// Resolve); until then the key reads as it did.
+			t.set(d.Key, e, merged, old).pending = true
+			return Update{Change: Change{Table: d.Table, Key: d.Key, Old: old, New: old}, Pending: true}
+		}
+	}
 	res := resolve(s.resolver(d.Table), d.Table, d.Key, merged)
 	up := Update{Change: Change{Table: d.Table, Key: d.Key, Old: old, New: res.value}}
 	// The write-back's dot must be one this node never issued. merged
@@ -277,14 +294,98 @@ func (s *Store) Apply(d Delta) Update {
 	// own clock does (the floor argument of Put), so a store that has not
 	// read a clock since it started does not write back yet: the siblings
 	// stay, still convergent, until a later change to the key.
-	if res.conflict && res.last == s.cfg.Node && s.clock != minInt64 {
-		wb := Sibling{Node: s.cfg.Node, TS: res.maxTS, Deleted: res.value.Deleted, Value: res.value.Value}
-		merged = merged.Overwrite(s.cfg.Node, uint64(max(res.maxTS, s.clock, 0)), wb)
-		up.New = wb
-		up.Out = []Delta{{Table: d.Table, Key: d.Key, Versions: merged}}
+	if res.conflict {
+		merged = s.writeBack(&up, merged, res.last, res.maxTS)
 	}
 	t.set(d.Key, e, merged, up.New)
 	return up
+}
+
+// writeBack makes up's resolved value a new version superseding merged
+// if this node is the designated one (last) and it has read a clock, and
+// returns the versions to keep.
+func (s *Store) writeBack(up *Update, merged dvv.Set[Sibling], last string, maxTS int64) dvv.Set[Sibling] {
+	if last != s.cfg.Node || s.clock == minInt64 {
+		return merged
+	}
+	wb := Sibling{Node: s.cfg.Node, TS: maxTS, Deleted: up.New.Deleted, Value: up.New.Value}
+	merged = merged.Overwrite(s.cfg.Node, uint64(max(maxTS, s.clock, 0)), wb)
+	up.New = wb
+	up.Out = []Delta{{Table: up.Table, Key: up.Key, Versions: merged}}
+	return merged
+}
+
+// Conflict describes the unresolved concurrent payloads of a key of a
+// Deferred table (see Update.Pending).
+type Conflict struct {
+	Table, Key string
+	// Fingerprint identifies the key's version set: Resolve refuses a
+	// resolution computed for another one.
+	Fingerprint uint64
+	// Siblings are the distinct payloads in canonical order (at least
+	// two). The resolution is Fold of them, with existing = what was
+	// kept so far and merging = the next sibling; it must be the same
+	// on every node.
+	Siblings []Sibling
+}
+
+// Conflict returns the unresolved payloads of a pending key, or false if
+// the key is not pending (resolved meanwhile, overwritten, or never was).
+// The Siblings share immutable values with the store.
+func (s *Store) Conflict(table, key string) (Conflict, bool) {
+	t := s.tables[table]
+	if t == nil {
+		return Conflict{}, false
+	}
+	e := t.get(key)
+	if e == nil || !e.pending {
+		return Conflict{}, false
+	}
+	distinct, _, _ := canonical(e.versions)
+	return Conflict{Table: table, Key: key, Fingerprint: e.hash, Siblings: distinct}, true
+}
+
+// Resolve installs value, the Fold of the Conflict with fingerprint fp,
+// as the resolved value of a pending key and writes it back if this node
+// is the designated one (Update.Out). It returns false, changing nothing,
+// if the key is no longer pending with that version set: a later delta or
+// write changed it, and the key is pending again (with a new Conflict)
+// or resolved.
+func (s *Store) Resolve(table, key string, fp uint64, value Sibling) (Update, bool) {
+	t := s.tables[table]
+	if t == nil {
+		return Update{}, false
+	}
+	e := t.get(key)
+	if e == nil || !e.pending || e.hash != fp {
+		return Update{}, false
+	}
+	if value.Deleted {
+		value.Value = nil
+	}
+	up := Update{Change: Change{Table: table, Key: key, Old: e.res, New: value}}
+	_, last, maxTS := canonical(e.versions)
+	merged := s.writeBack(&up, e.versions, last, maxTS)
+	t.set(key, e, merged, up.New)
+	return up, true
+}
+
+// PendingKeys returns the keys of table waiting for Resolve, sorted.
+func (s *Store) PendingKeys(table string) []string {
+	t := s.tables[table]
+	if t == nil {
+		return nil
+	}
+	var out []string
+	for i := range t.buckets {
+		for k, e := range t.buckets[i].entries {
+			if e.pending {
+				out = append(out, k)
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 func (s *Store) expiredTombstones(versions dvv.Set[Sibling]) bool {

@@ -552,3 +552,99 @@ func TestWriteBackAfterRestartKeepsDotsUnique(t *testing.T) {
 		}
 	}
 }
+
+// TestDeferredResolution walks a Deferred table's conflict through
+// Conflict and Resolve: the key keeps its old value while pending, a stale
+// resolution is refused, the designated node writes back, a local write
+// ends the conflict, and the result equals a synchronous resolver's.
+func TestDeferredResolution(t *testing.T) {
+	deferred := func(c *Config) { c.Deferred = map[string]bool{"ret": true} }
+	pick := ResolverFunc(func(_, _ string, existing, merging Sibling) Sibling {
+		if bytes.Compare(existing.Value, merging.Value) > 0 {
+			return existing
+		}
+		return merging
+	})
+	a, b := newStore(t, "a", deferred), newStore(t, "b", deferred)
+	ua := mustPut(t, a, "ret", "k", "zz on a", t0)
+	ub := mustPut(t, b, "ret", "k", "aa on b", t0.Add(5*time.Millisecond))
+
+	// On a the key had a value: it keeps it while pending.
+	ra := a.Apply(ub.Out[0])
+	if !ra.Pending || ra.Changed() || len(ra.Out) != 0 || getString(a, "ret", "k") != "zz on a" {
+		t.Fatalf("pending apply on a: %+v, value %q", ra, getString(a, "ret", "k"))
+	}
+	if got := a.PendingKeys("ret"); !slices.Equal(got, []string{"k"}) {
+		t.Fatalf("pending keys %q", got)
+	}
+	c, ok := a.Conflict("ret", "k")
+	if !ok || len(c.Siblings) != 2 || string(c.Siblings[0].Value) != "zz on a" || string(c.Siblings[1].Value) != "aa on b" {
+		t.Fatalf("conflict %+v %v", c, ok)
+	}
+	value := Fold(pick, "ret", "k", c.Siblings)
+	if _, ok := a.Resolve("ret", "k", c.Fingerprint+1, value); ok {
+		t.Fatal("a resolution for another version set was installed")
+	}
+	up, ok := a.Resolve("ret", "k", c.Fingerprint, value)
+	// b wrote the canonically last sibling, so a does not write back.
+	if !ok || string(up.Old.Value) != "zz on a" || string(up.New.Value) != "zz on a" || len(up.Out) != 0 {
+		t.Fatalf("resolve on a: %+v %v", up, ok)
+	}
+	if _, ok := a.Conflict("ret", "k"); ok || len(a.PendingKeys("ret")) != 0 {
+		t.Fatal("still pending after Resolve")
+	}
+	if _, ok := a.Resolve("ret", "k", c.Fingerprint, value); ok {
+		t.Fatal("a second Resolve was installed")
+	}
+
+	// On b, the designated node, the resolution is written back.
+	rb := b.Apply(ua.Out[0])
+	cb, _ := b.Conflict("ret", "k")
+	if !rb.Pending || cb.Fingerprint != c.Fingerprint {
+		t.Fatalf("b: %+v, fingerprint %d vs %d", rb, cb.Fingerprint, c.Fingerprint)
+	}
+	wb, ok := b.Resolve("ret", "k", cb.Fingerprint, Fold(pick, "ret", "k", cb.Siblings))
+	if !ok || len(wb.Out) != 1 || wb.Out[0].Versions.Len() != 1 || string(wb.New.Value) != "zz on a" {
+		t.Fatalf("write-back on b: %+v %v", wb, ok)
+	}
+	if u := a.Apply(wb.Out[0]); u.Pending || u.Changed() {
+		t.Fatalf("applying the write-back on a: %+v", u)
+	}
+	if !digestsEqual(a.Digest(), b.Digest()) {
+		t.Fatal("not converged")
+	}
+
+	// A synchronous store with the same resolver agrees.
+	s := newStore(t, "s", func(c *Config) { c.Resolvers = map[string]Resolver{"ret": pick} })
+	applyAll(s, ua.Out)
+	applyAll(s, ub.Out)
+	if getString(s, "ret", "k") != "zz on a" {
+		t.Fatalf("synchronous resolution %q", getString(s, "ret", "k"))
+	}
+
+	// A local write supersedes a pending conflict.
+	c1, c2 := newStore(t, "c1", deferred), newStore(t, "c2", deferred)
+	u1 := mustPut(t, c1, "ret", "x", "one", t0)
+	u2 := mustPut(t, c2, "ret", "x", "two", t0)
+	if !c1.Apply(u2.Out[0]).Pending {
+		t.Fatal("no conflict")
+	}
+	fp, _ := c1.Conflict("ret", "x")
+	w := mustPut(t, c1, "ret", "x", "three", t0.Add(time.Millisecond))
+	if w.Pending || getString(c1, "ret", "x") != "three" || len(c1.PendingKeys("ret")) != 0 {
+		t.Fatalf("local write over a conflict: %+v", w)
+	}
+	if _, ok := c1.Resolve("ret", "x", fp.Fingerprint, u1.New); ok {
+		t.Fatal("a stale resolution overwrote a local write")
+	}
+}
+
+func TestDeferredConfig(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Node = "n"
+	cfg.Resolvers = map[string]Resolver{"ret": LatestWins}
+	cfg.Deferred = map[string]bool{"ret": true}
+	if _, err := New(cfg); err == nil || !strings.Contains(err.Error(), "both Resolvers and Deferred") {
+		t.Fatalf("error %v", err)
+	}
+}

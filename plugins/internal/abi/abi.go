@@ -11,6 +11,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+
+	"github.com/mendmq/mendmq/cluster/merge"
 )
 
 // Version is the ABI version this host speaks; a module must export
@@ -34,73 +36,24 @@ const flagExisting = 1
 // bytes that do not follow the ABI.
 var ErrGarbage = errors.New("policy returned a malformed result")
 
-// EntryView is one map entry with the metadata mendmq keeps for it. All
-// times are Unix milliseconds. JSON uses the ABI's snake_case field names
-// (Key and Value as base64).
-type EntryView struct {
-	// Key identifies the entry in its map (the topic for "$retained").
-	Key []byte `json:"key"`
-	// Value is the stored bytes (the encoded retained message for
-	// "$retained").
-	Value []byte `json:"value"`
-	// Cost is the entry's size in bytes as the owning node accounts it.
-	Cost int64 `json:"cost"`
-	// Hits counts reads of the entry.
-	Hits int64 `json:"hits"`
-	// Version starts at 0 and grows by one per update.
-	Version int64 `json:"version"`
-	// CreationTime is when the entry was first written.
-	CreationTime int64 `json:"creation_time"`
-	// LastAccessTime is the last read or write.
-	LastAccessTime int64 `json:"last_access_time"`
-	// LastUpdateTime is the last write.
-	LastUpdateTime int64 `json:"last_update_time"`
-	// LastStoredTime is the last write to a MapStore (0 if never).
-	LastStoredTime int64 `json:"last_stored_time"`
-	// ExpirationTime is when the entry expires; 0 means never.
-	ExpirationTime int64 `json:"expiration_time"`
-}
+// EntryView is one map entry with the metadata mendmq keeps for it (the
+// contract type of package merge; see there for the fields).
+type EntryView = merge.EntryView
 
 // Verdict is a policy's decision for one merge (wire values).
-type Verdict uint32
+type Verdict = merge.Verdict
 
 // Verdicts of ABI version 1.
 const (
-	// KeepExisting leaves the existing entry; an absent one stays absent.
-	KeepExisting Verdict = 0
-	// TakeMerging stores the merging entry unchanged.
-	TakeMerging Verdict = 1
-	// Put stores an entry the policy built (same key as the merging one).
-	Put Verdict = 2
-	// Delete removes the key.
-	Delete Verdict = 3
-	// Fail means the policy refused to decide; the host parks the merging
-	// entry and keeps the existing one.
-	Fail Verdict = 4
+	KeepExisting = merge.KeepExisting
+	TakeMerging  = merge.TakeMerging
+	Put          = merge.Put
+	Delete       = merge.Delete
+	Fail         = merge.Fail
 )
 
-// String names the verdict in snake_case, as ABI.md and the CLI do.
-func (v Verdict) String() string {
-	switch v {
-	case KeepExisting:
-		return "keep_existing"
-	case TakeMerging:
-		return "take_merging"
-	case Put:
-		return "put"
-	case Delete:
-		return "delete"
-	case Fail:
-		return "fail"
-	}
-	return fmt.Sprintf("verdict(%d)", uint32(v))
-}
-
 // Item is one merge: Existing is nil when the key is absent.
-type Item struct {
-	Merging  *EntryView
-	Existing *EntryView
-}
+type Item = merge.Item
 
 // Decoded is one decoded result. Entry is set for Put and is a copy owned by
 // the host; Reason is set for Fail.

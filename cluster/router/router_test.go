@@ -1,0 +1,149 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+
+	"github.com/mendmq/mendmq/cluster/routes"
+)
+
+// members is a fixed routable set.
+type members map[string]bool
+
+func (m members) Routable(name string) bool { return m[name] }
+
+// transport records what is sent.
+type transport struct {
+	mu           sync.Mutex
+	sent, called []string
+}
+
+func (t *transport) Send(peer string, typ uint8, payload []byte) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.sent = append(t.sent, peer)
+	return nil
+}
+
+func (t *transport) Call(ctx context.Context, peer string, typ uint8, payload []byte) ([]byte, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.called = append(t.called, peer)
+	return nil, nil
+}
+
+type broker struct{ delivered []Delivery }
+
+func (b *broker) DeliverForwarded(d Delivery) error {
+	b.delivered = append(b.delivered, d)
+	return nil
+}
+
+func newRouter(t *testing.T, m members) (*Router, *routes.Index, *transport, *broker) {
+	t.Helper()
+	ix := routes.NewIndex()
+	tr, b := &transport{}, &broker{}
+	r, err := New("a", ix, m, tr, b, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.SetRunning(true)
+	return r, ix, tr, b
+}
+
+func record(node string, filters ...string) routes.SessionRecord {
+	rec := routes.SessionRecord{Node: node}
+	for _, f := range filters {
+		rec.Subs = append(rec.Subs, routes.Subscription{Filter: f, QoS: 1})
+	}
+	return rec
+}
+
+var enc = func() ([]byte, error) { return []byte("m"), nil }
+
+// TestForwardToNodesNotRoutable: a QoS 1/2 publish matching a session (or
+// the only members of a shared group) on a node that is not routable —
+// failed, stopped (left), unknown — is refused with ErrUnreachable before
+// anything is sent; a QoS 0 one is dropped and counted.
+func TestForwardToNodesNotRoutable(t *testing.T) {
+	for _, filter := range []string{"t/#", "$share/g/t/#"} {
+		t.Run(filter, func(t *testing.T) {
+			r, ix, tr, _ := newRouter(t, members{"a": true})
+			ix.Set("c1", record("b", filter))
+			for _, qos := range []byte{1, 2} {
+				if err := r.Forward(context.Background(), "t/x", qos, 1, enc); !errors.Is(err, ErrUnreachable) {
+					t.Errorf("QoS %d: Forward = %v, want ErrUnreachable", qos, err)
+				}
+			}
+			if got := r.stats.RefusedUnreachable.Load(); got != 2 {
+				t.Errorf("refused counter %d, want 2", got)
+			}
+			if err := r.Forward(context.Background(), "t/x", 0, 2, enc); err != nil {
+				t.Errorf("QoS 0: Forward = %v, want nil (dropped)", err)
+			}
+			if got := r.stats.DropUnreachable.Load(); got != 1 {
+				t.Errorf("QoS 0 dropped counter %d, want 1", got)
+			}
+			if len(tr.sent)+len(tr.called) != 0 || r.stats.Forwarded.Load() != 0 {
+				t.Error("something was forwarded to a node that is not routable")
+			}
+		})
+	}
+}
+
+// TestForwardAllOrNothing: a QoS 1 publish matching sessions on a
+// routable and an unroutable node reaches neither; with both routable it
+// reaches each once, by call; QoS 0 goes by frame.
+func TestForwardAllOrNothing(t *testing.T) {
+	m := members{"a": true, "b": true}
+	r, ix, tr, _ := newRouter(t, m)
+	ix.Set("c1", record("b", "t/#"))
+	ix.Set("c2", record("c", "t/+"))
+	if err := r.Forward(context.Background(), "t/x", 1, 1, enc); !errors.Is(err, ErrUnreachable) {
+		t.Fatalf("Forward = %v, want ErrUnreachable", err)
+	}
+	if len(tr.called) != 0 {
+		t.Fatalf("called %v before refusing", tr.called)
+	}
+	m["c"] = true
+	if err := r.Forward(context.Background(), "t/x", 1, 2, enc); err != nil {
+		t.Fatal(err)
+	}
+	if len(tr.called) != 2 {
+		t.Fatalf("called %v, want b and c", tr.called)
+	}
+	if err := r.Forward(context.Background(), "t/x", 0, 3, enc); err != nil || len(tr.sent) != 2 {
+		t.Fatalf("QoS 0: %v, sent %v", err, tr.sent)
+	}
+	if got := r.PeerTraffic("b").Forwarded.Load(); got != 2 {
+		t.Fatalf("b forwarded %d, want 2", got)
+	}
+}
+
+// TestNotRunningForwardsNothing: before Start (or after Stop) Forward is
+// a no-op.
+func TestNotRunningForwardsNothing(t *testing.T) {
+	r, ix, tr, _ := newRouter(t, members{"a": true, "b": true})
+	ix.Set("c1", record("b", "t/#"))
+	r.SetRunning(false)
+	if err := r.Forward(context.Background(), "t/x", 1, 1, enc); err != nil || len(tr.called) != 0 {
+		t.Fatalf("Forward = %v, called %v", err, tr.called)
+	}
+}
+
+// TestDeliverDecodes: a forwarded payload reaches the broker with its
+// origin, id and groups; garbage is counted and refused.
+func TestDeliverDecodes(t *testing.T) {
+	r, _, _, b := newRouter(t, members{})
+	if err := r.deliver("b", appendForward(nil, []string{"$share/g/x"}, 9, []byte("m"))); err != nil {
+		t.Fatal(err)
+	}
+	if len(b.delivered) != 1 || b.delivered[0].From != "b" || b.delivered[0].ID != 9 || b.delivered[0].Groups[0] != "$share/g/x" {
+		t.Fatalf("delivered %+v", b.delivered)
+	}
+	if err := r.deliver("b", []byte{0xff}); err == nil || r.stats.BadMessages.Load() != 1 {
+		t.Fatalf("garbage: %v, bad %d", err, r.stats.BadMessages.Load())
+	}
+}
