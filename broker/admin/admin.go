@@ -120,8 +120,8 @@ func New(o Options) (*Server, error) {
 		WriteJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 	})
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(o.Registry, promhttp.HandlerOpts{Registry: o.Registry}))
-	// Unknown /api paths answer JSON, not the mux's text 404.
-	s.mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
+	// Unknown paths answer JSON, not the mux's text 404.
+	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusNotFound, fmt.Errorf("no endpoint %s %s (see the README's operator surface)", r.Method, r.URL.Path))
 	})
 	return s, nil
