@@ -3,9 +3,10 @@
 // Every value from the API is inserted as text, never as HTML.
 "use strict";
 
-const POLL_MS = 2000;
-const HISTORY = 90; // samples in the rate chart (3 minutes at 2 s)
-const history = [];  // {t, in, out} message rates
+// ?poll=MS changes the polling interval (250 ms to 60 s; default 2 s).
+const POLL_MS = Math.min(60000, Math.max(250, Number(new URLSearchParams(location.search).get("poll")) || 2000));
+const HISTORY = 90; // samples in the rate chart
+const samples = []; // {t, in, out} message rates
 let last = null;     // previous overview, for rates
 
 function el(tag, attrs, ...children) {
@@ -123,7 +124,7 @@ function renderNode(o) {
     `version ${o.version} · up ${duration(o.uptime_seconds)} · ` + (o.ready ? "ready" : "not ready: " + o.ready_reason);
   const q = o.mqtt, dl = document.getElementById("mqtt");
   const rows = [["clients connected", num(q.clients_connected)], ["sessions", num(q.sessions)],
-    ["subscriptions", num(q.subscriptions)], ["retained", num(q.retained)],
+    ["subscriptions", num(q.subscriptions)], ["retained (with $SYS)", num(q.retained)],
     ["messages in / out", num(q.messages_in) + " / " + num(q.messages_out)],
     ["bytes in / out", bytes(q.bytes_in) + " / " + bytes(q.bytes_out)], ["dropped", num(q.dropped)]];
   dl.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
@@ -165,13 +166,13 @@ function sampleRates(o) {
   if (last) {
     const dt = (t - Date.parse(last.time)) / 1000;
     if (dt > 0) {
-      history.push({ t, in: Math.max(0, (o.mqtt.messages_in - last.mqtt.messages_in) / dt),
+      samples.push({ t, in: Math.max(0, (o.mqtt.messages_in - last.mqtt.messages_in) / dt),
         out: Math.max(0, (o.mqtt.messages_out - last.mqtt.messages_out) / dt) });
-      while (history.length > HISTORY) history.shift();
+      while (samples.length > HISTORY) samples.shift();
     }
   }
   last = o;
-  const h = history[history.length - 1];
+  const h = samples[samples.length - 1];
   document.getElementById("rate-now").textContent = h ? `now ${h.in.toFixed(1)} in, ${h.out.toFixed(1)} out /s` : "";
 }
 
@@ -183,7 +184,7 @@ function drawRates() {
   const g = cv.getContext("2d");
   g.scale(dpr, dpr);
   g.clearRect(0, 0, w, hgt);
-  const max = Math.max(1, ...history.map(p => Math.max(p.in, p.out)));
+  const max = Math.max(1, ...samples.map(p => Math.max(p.in, p.out)));
   const pad = 24;
   g.strokeStyle = "#dde1e6"; g.fillStyle = "#66707c"; g.font = "11px system-ui, sans-serif";
   for (const f of [0, 0.5, 1]) {
@@ -194,9 +195,9 @@ function drawRates() {
   const x = i => pad + (w - pad) * i / Math.max(1, HISTORY - 1);
   for (const [key, color] of [["in", "#1f6feb"], ["out", "#e36209"]]) {
     g.strokeStyle = color; g.lineWidth = 2; g.beginPath();
-    history.forEach((p, i) => {
+    samples.forEach((p, i) => {
       const y = hgt - pad - p[key] / max * (hgt - 2 * pad);
-      const xi = x(HISTORY - history.length + i);
+      const xi = x(HISTORY - samples.length + i);
       i ? g.lineTo(xi, y) : g.moveTo(xi, y);
     });
     g.stroke();
