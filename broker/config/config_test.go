@@ -78,6 +78,13 @@ max_packet_size = 4096
 				t.Fatalf("file value lost under env: %v", c.MQTT.ConnectTimeout)
 			}
 		}},
+		{"ctl's variables are not keys", Sources{Environ: []string{"MENDMQ_ADMIN=http://127.0.0.1:8080", "MENDMQ_ADMIN_TOKEN_FILE=/x",
+			"MENDMQ_ADMIN_CA_FILE=/x", "MENDMQ_ADMIN_CERT_FILE=/x", "MENDMQ_ADMIN_KEY_FILE=/x", "MENDMQ_ADMIN__ADDRESS=127.0.0.1:9"}},
+			func(t *testing.T, c Config) {
+				if c.Admin.Address != "127.0.0.1:9" || c.Admin.TokenFile != "" {
+					t.Fatalf("admin: %+v", c.Admin)
+				}
+			}},
 		{"set over env", Sources{Environ: []string{"MENDMQ_NODE__NAME=fromenv"}, Sets: []string{"node.name=fromflag", "mqtt.sys_interval=2s"}},
 			func(t *testing.T, c Config) {
 				if c.Node.Name != "fromflag" || c.MQTT.SysInterval != 2*time.Second {

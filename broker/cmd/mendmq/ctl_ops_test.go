@@ -2,6 +2,11 @@ package main
 
 import (
 	"bytes"
+	"sync"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -10,6 +15,7 @@ import (
 
 	"github.com/mendmq/mendmq/broker"
 	"github.com/mendmq/mendmq/broker/brokertest"
+	"github.com/mendmq/mendmq/broker/reserved"
 	"github.com/mendmq/mendmq/cluster"
 )
 
@@ -24,12 +30,18 @@ func runCtlArgs(args ...string) (int, string, string) {
 // names the right one, and a retained delete on one node clears the
 // message on the other.
 func TestCtlSessionsAndRetained(t *testing.T) {
+	injected := &inlineIDs{}
 	start := func(name string, seeds ...string) *brokertest.Node {
 		cfg := brokertest.Config()
 		cfg.Node.Name = name
 		cfg.Cluster = cluster.LoopbackConfig()
 		cfg.Cluster.Seeds = seeds
-		return brokertest.Start(t, cfg)
+		return brokertest.Start(t, cfg, func(b *broker.Broker) error {
+			if name == "ops-b" {
+				return b.AddHook(injected, nil)
+			}
+			return nil
+		})
 	}
 	a := start("ops-a")
 	var seed string
@@ -91,6 +103,17 @@ func TestCtlSessionsAndRetained(t *testing.T) {
 	})
 	if m := far.Next(); m.Topic != "x/r" {
 		t.Fatalf("far-1 got %s", m.Topic)
+	}
+	// The forwarded publish entered ops-b through an injector client,
+	// whose id the reserved hook keeps clients from taking.
+	if ids := injected.get(); len(ids) == 0 {
+		t.Error("no injected publish seen on ops-b")
+	} else {
+		for _, id := range ids {
+			if !strings.HasPrefix(id, reserved.InjectorPrefix) {
+				t.Errorf("injector client id %q lacks reserved.InjectorPrefix %q (broker/clusterhook changed it?)", id, reserved.InjectorPrefix)
+			}
+		}
 	}
 	if code, out, _ := on(b, "retained", "get", "x/r"); code != 0 || !strings.Contains(out, `"kept"`) {
 		t.Errorf("retained get: %d %q", code, out)
@@ -200,4 +223,29 @@ func TestCtlCredentials(t *testing.T) {
 			}
 		})
 	}
+}
+
+// inlineIDs records the client ids of inline clients' publishes.
+type inlineIDs struct {
+	mqtt.HookBase
+	mu  sync.Mutex
+	ids []string
+}
+
+func (h *inlineIDs) ID() string           { return "test-inline-ids" }
+func (h *inlineIDs) Provides(b byte) bool { return b == mqtt.OnPublish }
+
+func (h *inlineIDs) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if cl.Net.Inline && cl.ID != mqtt.InlineClientId {
+		h.mu.Lock()
+		h.ids = append(h.ids, cl.ID)
+		h.mu.Unlock()
+	}
+	return pk, nil
+}
+
+func (h *inlineIDs) get() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]string(nil), h.ids...)
 }
