@@ -2,6 +2,7 @@ package statuspage_test
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
 	"os"
 	"os/exec"
@@ -11,11 +12,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/mendmq/mendmq/broker/brokertest"
+	"github.com/mendmq/mendmq/broker/config"
 	"github.com/mendmq/mendmq/cluster"
+	"github.com/mendmq/mendmq/plugins"
 )
 
 // UpdateEnv names the environment variable that, set to 1, makes
@@ -38,7 +42,7 @@ func browser(t *testing.T) string {
 
 // startCluster starts n in-process nodes (n1..nN) seeded with the first
 // and waits until each sees all alive with the data plane connected.
-func startCluster(t *testing.T, n int) []*brokertest.Node {
+func startCluster(t *testing.T, n int, mutate func(name string, cfg *config.Config)) []*brokertest.Node {
 	t.Helper()
 	var nodes []*brokertest.Node
 	var seed string
@@ -48,6 +52,9 @@ func startCluster(t *testing.T, n int) []*brokertest.Node {
 		cfg.Cluster = cluster.LoopbackConfig()
 		if seed != "" {
 			cfg.Cluster.Seeds = []string{seed}
+		}
+		if mutate != nil {
+			mutate(cfg.Node.Name, &cfg)
 		}
 		nd := brokertest.Start(t, cfg)
 		if seed == "" {
@@ -80,7 +87,21 @@ func startCluster(t *testing.T, n int) []*brokertest.Node {
 // MENDMQ_UPDATE_SCREENSHOT=1).
 func TestStatusPageInBrowser(t *testing.T) {
 	exe := browser(t)
-	nodes := startCluster(t, 3)
+	// n1 has a policy that fails on demand, to park a conflict.
+	nodes := startCluster(t, 3, func(name string, cfg *config.Config) {
+		if name == "n1" {
+			cfg.Plugins.Policies["trap"] = plugins.PolicyConfig{Module: filepath.Join("..", "..", "..", "plugins", "testdata", "hostile", "trap.wasm")}
+			cfg.Plugins.Maps["evil"] = plugins.MapConfig{MergePolicy: "trap"}
+		}
+	})
+	mctx, mcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer mcancel()
+	if _, err := nodes[0].Policies().Merge(mctx, "evil", &plugins.EntryView{Key: []byte("boom-1"), Value: []byte("v")}, nil); err != nil {
+		t.Logf("merge with the trapping policy: %v", err)
+	}
+	if len(nodes[0].Policies().Conflicts()) != 1 {
+		t.Fatalf("no conflict parked: %+v", nodes[0].Policies().Conflicts())
+	}
 
 	// Cross-node traffic for the chart and the per-peer counters.
 	sub := brokertest.MustV5(t, nodes[1].URL(0), "chart-sub")
@@ -113,18 +134,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 		}
 	}()
 
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(exe),
-		chromedp.NoSandbox, // CI runs as root
-		chromedp.DisableGPU,
-		chromedp.WindowSize(1280, 1000),
-	)
-	actx, cancel := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancel()
-	ctx, cancel := chromedp.NewContext(actx)
-	defer cancel()
-	ctx, cancel = context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
+	ctx := newBrowser(t, exe)
 
 	url := "http://" + nodes[0].AdminAddr() + "/?poll=300"
 	err := chromedp.Do(ctx,
@@ -154,7 +164,22 @@ func TestStatusPageInBrowser(t *testing.T) {
 	if e := run(t, ctx, chromedp.Evaluate[string](`document.getElementById('error').hidden ? "" : document.getElementById('error').textContent`)); e != "" {
 		t.Errorf("the page shows an error: %s", e)
 	}
+	if c := run(t, ctx, chromedp.Text(chromedp.CSS(`#conflicts tbody`))); !strings.Contains(c, "evil") || !strings.Contains(c, "trap") {
+		t.Errorf("conflicts table: %q, want the parked conflict of map evil, policy trap", c)
+	}
 	desktop := run(t, ctx, chromedp.FullScreenshot(100))
+
+	// The drop button removes the parked conflict (confirm answered yes).
+	if err := chromedp.Do(ctx,
+		chromedp.Evaluate[chromedp.Void](`window.confirm = () => true`),
+		chromedp.Click(chromedp.CSS(`#conflicts tbody button`)),
+		chromedp.Poll[chromedp.Void](`document.querySelectorAll('#conflicts tbody tr').length === 0`),
+	); err != nil {
+		t.Fatalf("drop the conflict from the page: %v", err)
+	}
+	if cs := nodes[0].Policies().Conflicts(); len(cs) != 0 {
+		t.Errorf("after the page's drop, %d conflicts parked", len(cs))
+	}
 
 	// Phone width: the page itself must not scroll sideways (wide tables
 	// scroll inside their cards).
@@ -201,4 +226,58 @@ func samplesWanted() int {
 		return 30
 	}
 	return 3
+}
+
+// newBrowser starts headless Chromium for one test.
+func newBrowser(t *testing.T, exe string) context.Context {
+	t.Helper()
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(exe),
+		chromedp.NoSandbox, // CI runs as root
+		chromedp.DisableGPU,
+		chromedp.WindowSize(1280, 1000),
+	)
+	actx, cancel := chromedp.NewExecAllocator(context.Background(), opts...)
+	t.Cleanup(cancel)
+	ctx, cancel := chromedp.NewContext(actx)
+	t.Cleanup(cancel)
+	ctx, cancel = context.WithTimeout(ctx, 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// TestStatusPageWithToken: with admin.token_file the page is refused
+// without credentials (a Basic challenge, so a browser asks), and works,
+// API calls included, with them.
+func TestStatusPageWithToken(t *testing.T) {
+	exe := browser(t)
+	tok := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tok, []byte("page-test-token-0123456789\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := brokertest.Config()
+	cfg.Admin.TokenFile = tok
+	n := brokertest.Start(t, cfg)
+	ctx := newBrowser(t, exe)
+	url := "http://" + n.AdminAddr() + "/?poll=300"
+	// Without credentials: a 401 with a Basic challenge, which headless
+	// Chromium (no one to ask) reports as a load error.
+	resp, err := chromedp.Run(ctx, chromedp.NavigateResponse(url))
+	if err == nil && resp.Status != 401 || err != nil && !strings.Contains(err.Error(), "AUTH") {
+		t.Fatalf("page without credentials: %v %v, want 401 or an auth error", resp, err)
+	}
+	if _, err := chromedp.Call(ctx, network.SetExtraHTTPHeaders, network.SetExtraHTTPHeadersParams{
+		Headers: network.Headers{"Authorization": "Basic " + base64.StdEncoding.EncodeToString([]byte("operator:page-test-token-0123456789"))},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := chromedp.Do(ctx,
+		chromedp.Navigate(url),
+		chromedp.Poll[chromedp.Void](`document.body.dataset.loaded === "true"`),
+	); err != nil {
+		t.Fatalf("page with credentials: %v", err)
+	}
+	if got := run(t, ctx, chromedp.Text(chromedp.CSS(`#members tbody`))); !strings.Contains(got, "test") {
+		t.Errorf("members with clustering disabled: %q, want the node itself", got)
+	}
 }
