@@ -139,7 +139,7 @@ func (b *Broker) addHooks() error {
 	// registration, nor a refused publish its forwarding.
 	b.reserved = reserved.New(b.server, reserved.Options{
 		Dropped: func() { b.metrics.Dropped(metrics.ReasonReservedTopic) },
-		Refused: func() { b.metrics.Refused("reserved_client_id") },
+		Refused: b.metrics.Refused,
 	})
 	if err := b.server.AddHook(b.reserved, nil); err != nil {
 		return fmt.Errorf("add reserved-namespace hook: %w", err)

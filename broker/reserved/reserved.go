@@ -15,6 +15,12 @@
 //	QoS 1         PUBACK 0x87 not authorized    connection closed [MQTT-3.3.5-2]
 //	QoS 2         PUBREC 0x87 not authorized    connection closed
 //
+// A will is a publish too, and mochi sends it without the checks above, so
+// a CONNECT whose will topic starts with '$' is refused: v5 CONNACK 0x90
+// topic name invalid ("the Will Topic Name is not malformed, but is not
+// accepted by this Server", MQTT 5 §3.2.2.2), v3 CONNACK return code 5
+// (not authorized; 3.1.1 has no closer code).
+//
 // A CONNECT whose client id starts with '$' (the cluster's injector
 // clients are "$cluster-injector-N", the admin API's "$mendmq-admin") or
 // is mochi's inline client id "inline" is refused: v5 CONNACK 0x85 client
@@ -66,8 +72,9 @@ type Hook struct {
 type Options struct {
 	// Dropped is called for each refused publish, whatever its QoS.
 	Dropped func()
-	// Refused is called for each refused CONNECT.
-	Refused func()
+	// Refused is called for each refused CONNECT with the reason:
+	// "reserved_client_id" or "reserved_will_topic".
+	Refused func(reason string)
 }
 
 var _ mqtt.Hook = (*Hook)(nil)
@@ -95,17 +102,28 @@ func (h *Hook) Provides(b byte) bool {
 // Operator is the client the admin API publishes through (Server.InjectPacket).
 func (h *Hook) Operator() *mqtt.Client { return h.operator }
 
-// OnConnect refuses reserved client ids. An OnConnect error only drops
-// the socket, so the CONNACK is sent first (mochi maps 0x85 to v3 rc 2).
+// OnConnect refuses reserved client ids and wills to '$' topics. An
+// OnConnect error only drops the socket, so the CONNACK is sent first
+// (mochi maps 0x85 to v3 rc 2; 0x90 has no v3 mapping, so rc 5 is sent).
 func (h *Hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
-	if !ReservedClientID(cl.ID) {
+	code, reason := packets.CodeSuccess, ""
+	switch {
+	case ReservedClientID(cl.ID):
+		code, reason = packets.ErrClientIdentifierNotValid, "reserved_client_id"
+	case pk.Connect.WillFlag && ReservedTopic(pk.Connect.WillTopic):
+		code, reason = packets.ErrTopicNameInvalid, "reserved_will_topic"
+	default:
 		return nil
 	}
 	if h.opts.Refused != nil {
-		h.opts.Refused()
+		h.opts.Refused(reason)
 	}
-	_ = h.srv.SendConnack(cl, packets.ErrClientIdentifierNotValid, false, nil)
-	return packets.ErrClientIdentifierNotValid
+	ack := code
+	if cl.Properties.ProtocolVersion < 5 && code == packets.ErrTopicNameInvalid {
+		ack = packets.Err3NotAuthorized
+	}
+	_ = h.srv.SendConnack(cl, ack, false, nil)
+	return code
 }
 
 // OnPacketRead answers a client's publish to a '$' topic (table above).

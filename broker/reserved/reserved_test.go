@@ -3,6 +3,8 @@ package reserved_test
 import (
 	"testing"
 
+	"github.com/eclipse/paho.golang/paho"
+
 	"github.com/mendmq/mendmq/broker/brokertest"
 	"github.com/mendmq/mendmq/broker/config"
 	"github.com/mendmq/mendmq/broker/reserved"
@@ -113,6 +115,31 @@ func TestReservedClientIDs(t *testing.T) {
 	// Ids that merely contain '$' or "inline" are fine.
 	brokertest.MustV5(t, url, "a$b")
 	brokertest.MustV3(t, url, "inline-2")
+}
+
+// TestWillToReservedTopic: mochi sends a will without a publish's checks,
+// so a will topic starting with '$' is refused at CONNECT (v5 0x90, v3 rc
+// 5) and nothing is ever published there.
+func TestWillToReservedTopic(t *testing.T) {
+	t.Parallel()
+	n := brokertest.Start(t, brokertest.Config())
+	url := n.URL(0)
+	_, err := brokertest.ConnectV5(t, url, "will5", brokertest.V5Options{Will: &paho.WillMessage{Topic: "$SYS/broker/forged", Payload: []byte("x"), Retain: true}})
+	if code, ok := brokertest.RefusedCode(err); !ok || code != 0x90 {
+		t.Errorf("v5 CONNECT with a $SYS will: %v, want CONNACK 0x90", err)
+	}
+	_, err = brokertest.ConnectV3(t, url, "will3", brokertest.V3Options{WillTopic: "$internal/x", WillPayload: "x", WillRetain: true})
+	if code, ok := brokertest.RefusedCode(err); !ok || code != 5 {
+		t.Errorf("v3 CONNECT with a '$' will: %v, want CONNACK return code 5", err)
+	}
+	n.WaitMetric(2, "mendmq_connections_refused_total", "reason", "reserved_will_topic")
+	for _, topic := range []string{"$SYS/broker/forged", "$internal/x"} {
+		if _, ok := n.Server().Topics.Retained.Get(topic); ok {
+			t.Errorf("retained will on %s", topic)
+		}
+	}
+	// A will elsewhere is fine.
+	brokertest.MustV5(t, url, "will-ok", brokertest.V5Options{Will: &paho.WillMessage{Topic: "status/will-ok", Payload: []byte("gone")}})
 }
 
 func TestReservedNames(t *testing.T) {
