@@ -155,7 +155,11 @@ func (b *Broker) apiRetainedDelete(w http.ResponseWriter, r *http.Request) {
 		TopicName:   topic,
 		Payload:     []byte{},
 	}
-	if err := b.server.InjectPacket(b.reserved.Operator(), pk); err != nil {
+	// One operator client: its publishes go through mochi one at a time.
+	b.operatorMu.Lock()
+	err := b.server.InjectPacket(b.reserved.Operator(), pk)
+	b.operatorMu.Unlock()
+	if err != nil {
 		admin.WriteError(w, http.StatusInternalServerError, fmt.Errorf("clear retained %q: %w", topic, err))
 		return
 	}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -49,13 +50,16 @@ type Broker struct {
 	admin    *admin.Server
 	auth     *auth.Hook
 	reserved *reserved.Hook
-	store    *storage.Hook     // nil without storage.path
-	chook    *clusterhook.Hook // nil when cluster.enabled is false
-	node     *cluster.Node     // nil when cluster.enabled is false
-	policies *plugins.Registry
-	reload   atomic.Pointer[func() error] // re-reads the configuration sources (serve sets it)
-	started  atomic.Bool
-	stopping atomic.Bool
+	// operatorMu serializes the admin API's publishes through the
+	// reserved operator client (retained deletes).
+	operatorMu sync.Mutex
+	store      *storage.Hook     // nil without storage.path
+	chook      *clusterhook.Hook // nil when cluster.enabled is false
+	node       *cluster.Node     // nil when cluster.enabled is false
+	policies   *plugins.Registry
+	reload     atomic.Pointer[func() error] // re-reads the configuration sources (serve sets it)
+	started    atomic.Bool
+	stopping   atomic.Bool
 }
 
 // New assembles a node from a validated configuration. Nothing binds until

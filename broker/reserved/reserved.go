@@ -99,7 +99,8 @@ func (h *Hook) Provides(b byte) bool {
 	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnPacketRead, mqtt.OnPublish, mqtt.OnACLCheck}, []byte{b})
 }
 
-// Operator is the client the admin API publishes through (Server.InjectPacket).
+// Operator is the client the admin API publishes through
+// (Server.InjectPacket); callers use it one publish at a time.
 func (h *Hook) Operator() *mqtt.Client { return h.operator }
 
 // OnConnect refuses reserved client ids and wills to '$' topics. An
