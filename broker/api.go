@@ -1,26 +1,34 @@
 package broker
 
 import (
-	"encoding/json"
 	"errors"
 	"net/http"
 	"strconv"
 	"time"
 
 	"github.com/mendmq/mendmq/broker/admin"
+	"github.com/mendmq/mendmq/broker/admin/statuspage"
 	"github.com/mendmq/mendmq/cluster"
 	"github.com/mendmq/mendmq/cluster/membership"
 )
 
-// mountAPI adds the /api/v1 endpoints of the parts this node runs.
+// mountAPI adds the /api/v1 endpoints of the parts this node runs, and
+// the status page.
 func (b *Broker) mountAPI() {
 	if b.admin == nil {
 		return
 	}
+	b.admin.Handle("GET /api/v1/overview", http.HandlerFunc(b.apiOverview))
 	b.admin.Handle("GET /api/v1/cluster", http.HandlerFunc(b.apiCluster))
 	b.admin.Handle("POST /api/v1/cluster/join", http.HandlerFunc(b.apiClusterJoin))
 	b.admin.Handle("POST /api/v1/cluster/leave", http.HandlerFunc(b.apiClusterLeave))
 	b.admin.Handle("POST /api/v1/cluster/forget/{name}", http.HandlerFunc(b.apiClusterForget))
+	b.admin.Handle("GET /api/v1/sessions", http.HandlerFunc(b.apiSessions))
+	b.admin.Handle("GET /api/v1/sessions/show", http.HandlerFunc(b.apiSessionShow))
+	b.admin.Handle("POST /api/v1/sessions/kick", http.HandlerFunc(b.apiSessionKick))
+	b.admin.Handle("GET /api/v1/subscriptions", http.HandlerFunc(b.apiSubscriptions))
+	b.admin.Handle("GET /api/v1/retained", http.HandlerFunc(b.apiRetained))
+	b.admin.Handle("DELETE /api/v1/retained", http.HandlerFunc(b.apiRetainedDelete))
 	b.admin.Handle("GET /api/v1/policies", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		admin.WriteJSON(w, http.StatusOK, b.policies.List())
 	}))
@@ -29,12 +37,16 @@ func (b *Broker) mountAPI() {
 		admin.WriteJSON(w, http.StatusOK, b.policies.Conflicts())
 	}))
 	b.admin.Handle("DELETE /api/v1/policies/conflicts/{id}", http.HandlerFunc(b.apiConflictDrop))
+	statuspage.Mount(b.admin)
 }
 
 // apiPoliciesReload re-reads the configuration sources (when the node was
 // started from them) and the module files, validates, and swaps; on error
 // the running policies stay and the answer says why.
 func (b *Broker) apiPoliciesReload(w http.ResponseWriter, r *http.Request) {
+	if !admin.NoBody(w, r) {
+		return
+	}
 	var err error
 	if f := b.reload.Load(); f != nil {
 		err = (*f)()
@@ -49,6 +61,9 @@ func (b *Broker) apiPoliciesReload(w http.ResponseWriter, r *http.Request) {
 }
 
 func (b *Broker) apiConflictDrop(w http.ResponseWriter, r *http.Request) {
+	if !admin.NoBody(w, r) {
+		return
+	}
 	id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
 	if err != nil {
 		admin.WriteError(w, http.StatusBadRequest, errors.New("conflict id must be a number"))
@@ -79,7 +94,10 @@ func (b *Broker) apiClusterJoin(w http.ResponseWriter, r *http.Request) {
 	var req struct {
 		Seeds []string `json:"seeds"`
 	}
-	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16)).Decode(&req); err != nil || len(req.Seeds) == 0 {
+	if !admin.DecodeJSON(w, r, &req) {
+		return
+	}
+	if len(req.Seeds) == 0 {
 		admin.WriteError(w, http.StatusBadRequest, errors.New(`body must be {"seeds": ["host:port", ...]}`))
 		return
 	}
@@ -103,6 +121,9 @@ const membershipTimeout = 5 * time.Second
 // cluster.Node.Leave): 200 with what was withdrawn, and what peers did
 // not confirm, once it left.
 func (b *Broker) apiClusterLeave(w http.ResponseWriter, r *http.Request) {
+	if !admin.NoBody(w, r) {
+		return
+	}
 	if b.node == nil {
 		admin.WriteError(w, http.StatusConflict, errNoCluster)
 		return
@@ -118,6 +139,9 @@ func (b *Broker) apiClusterLeave(w http.ResponseWriter, r *http.Request) {
 // apiClusterForget drops a failed or stopped member for good and deletes
 // its session records cluster-wide from this node (cluster.Node.Forget).
 func (b *Broker) apiClusterForget(w http.ResponseWriter, r *http.Request) {
+	if !admin.NoBody(w, r) {
+		return
+	}
 	if b.node == nil {
 		admin.WriteError(w, http.StatusConflict, errNoCluster)
 		return

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -24,6 +25,7 @@ import (
 	"github.com/mendmq/mendmq/broker/listener"
 	"github.com/mendmq/mendmq/broker/metrics"
 	"github.com/mendmq/mendmq/broker/quirks"
+	"github.com/mendmq/mendmq/broker/reserved"
 	"github.com/mendmq/mendmq/broker/storage"
 	"github.com/mendmq/mendmq/cluster"
 	"github.com/mendmq/mendmq/plugins"
@@ -47,13 +49,17 @@ type Broker struct {
 	metrics  *metrics.MQTT
 	admin    *admin.Server
 	auth     *auth.Hook
-	store    *storage.Hook     // nil without storage.path
-	chook    *clusterhook.Hook // nil when cluster.enabled is false
-	node     *cluster.Node     // nil when cluster.enabled is false
-	policies *plugins.Registry
-	reload   atomic.Pointer[func() error] // re-reads the configuration sources (serve sets it)
-	started  atomic.Bool
-	stopping atomic.Bool
+	reserved *reserved.Hook
+	// operatorMu serializes the admin API's publishes through the
+	// reserved operator client (retained deletes).
+	operatorMu sync.Mutex
+	store      *storage.Hook     // nil without storage.path
+	chook      *clusterhook.Hook // nil when cluster.enabled is false
+	node       *cluster.Node     // nil when cluster.enabled is false
+	policies   *plugins.Registry
+	reload     atomic.Pointer[func() error] // re-reads the configuration sources (serve sets it)
+	started    atomic.Bool
+	stopping   atomic.Bool
 }
 
 // New assembles a node from a validated configuration. Nothing binds until
@@ -117,13 +123,31 @@ func New(cfg config.Config, log *slog.Logger) (*Broker, error) {
 		}
 	}
 	if cfg.Admin.Address != "" {
-		b.admin = admin.New(cfg.Admin.Address, b.registry, b.Ready, log)
+		a, err := admin.New(admin.Options{
+			Address: cfg.Admin.Address, TokenFile: cfg.Admin.TokenFile,
+			CertFile: cfg.Admin.TLS.CertFile, KeyFile: cfg.Admin.TLS.KeyFile, ClientCAFile: cfg.Admin.TLS.ClientCAFile,
+			Registry: b.registry, Ready: b.Ready, Log: log.With("component", "admin"),
+		})
+		if err != nil {
+			_ = reg.Close()
+			return nil, err
+		}
+		b.admin = a
 		b.mountAPI()
 	}
 	return b, nil
 }
 
 func (b *Broker) addHooks() error {
+	// First: a refused CONNECT must not reach the cluster hook's
+	// registration, nor a refused publish its forwarding.
+	b.reserved = reserved.New(b.server, reserved.Options{
+		Dropped: func() { b.metrics.Dropped(metrics.ReasonReservedTopic) },
+		Refused: b.metrics.Refused,
+	})
+	if err := b.server.AddHook(b.reserved, nil); err != nil {
+		return fmt.Errorf("add reserved-namespace hook: %w", err)
+	}
 	users := map[string]string{}
 	for _, u := range b.cfg.Auth.Users {
 		users[u.Username] = u.PasswordHash

@@ -114,10 +114,37 @@ type MQTTConfig struct {
 // AdminConfig is the operator HTTP server.
 type AdminConfig struct {
 	// Address is admin.address. Default 127.0.0.1:8080; empty disables the
-	// admin server. It serves /healthz, /readyz, /metrics and /api/v1; bind
-	// it to loopback or a private network only.
+	// admin server. It serves /healthz, /readyz, /metrics, /api/v1 and the
+	// status page. On an address other than loopback the node refuses to
+	// start unless TokenFile or TLS.ClientCAFile authenticates requests.
 	Address string `koanf:"address"`
+	// TokenFile is admin.token_file: a file holding the bearer token
+	// (surrounding whitespace ignored; at least 16 bytes). When set, every
+	// request except /healthz and /readyz must carry
+	// "Authorization: Bearer TOKEN" (or HTTP Basic auth with the token as
+	// the password, for browsers). Read at start. Default "" (no token).
+	TokenFile string `koanf:"token_file"`
+	// TLS is admin.tls: HTTPS for the admin server, and with
+	// client_ca_file mutual TLS.
+	TLS AdminTLSConfig `koanf:"tls"`
 }
+
+// AdminTLSConfig is admin.tls. Default: all empty (plain HTTP).
+type AdminTLSConfig struct {
+	// CertFile and KeyFile are admin.tls.cert_file and key_file: the PEM
+	// certificate and key the admin server presents; both or neither.
+	CertFile string `koanf:"cert_file"`
+	KeyFile  string `koanf:"key_file"`
+	// ClientCAFile is admin.tls.client_ca_file: PEM CAs whose client
+	// certificates authenticate a request (mutual TLS). A request with such
+	// a certificate needs no token; one without gets 401 (except /healthz
+	// and /readyz, which probes reach without a certificate). Needs
+	// cert_file and key_file.
+	ClientCAFile string `koanf:"client_ca_file"`
+}
+
+// MinAdminTokenLen is the shortest admin token accepted, in bytes.
+const MinAdminTokenLen = 16
 
 // AuthConfig configures authentication and authorization.
 type AuthConfig struct {
@@ -288,11 +315,7 @@ func (c *Config) Validate() error {
 	if c.MQTT.SysInterval < time.Second {
 		errs = append(errs, keyErr("mqtt.sys_interval", "must be >= 1s"))
 	}
-	if c.Admin.Address != "" {
-		if _, _, err := net.SplitHostPort(c.Admin.Address); err != nil {
-			errs = append(errs, keyErr("admin.address", "%q is not host:port (%v); empty disables the admin server", c.Admin.Address, err))
-		}
-	}
+	errs = append(errs, c.Admin.validate()...)
 	users := map[string]bool{}
 	for i, u := range c.Auth.Users {
 		key := fmt.Sprintf("auth.users[%d]", i)
@@ -343,4 +366,57 @@ func ValidFilter(f string) error {
 		}
 	}
 	return nil
+}
+
+// validate checks admin.*: the files it names, and that an admin server
+// reachable from other hosts authenticates its requests.
+func (a *AdminConfig) validate() []error {
+	var errs []error
+	if a.Address == "" {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(a.Address)
+	if err != nil {
+		return []error{keyErr("admin.address", "%q is not host:port (%v); empty disables the admin server", a.Address, err)}
+	}
+	if a.TokenFile != "" {
+		if tok, err := os.ReadFile(a.TokenFile); err != nil {
+			errs = append(errs, keyErr("admin.token_file", "cannot read %s: %v", a.TokenFile, err))
+		} else if n := len(strings.TrimSpace(string(tok))); n < MinAdminTokenLen {
+			errs = append(errs, keyErr("admin.token_file", "%s holds a %d-byte token; use at least %d bytes, e.g. `head -c 32 /dev/urandom | base64 > %s`",
+				a.TokenFile, n, MinAdminTokenLen, a.TokenFile))
+		}
+	}
+	t := a.TLS
+	if (t.CertFile == "") != (t.KeyFile == "") {
+		errs = append(errs, keyErr("admin.tls.cert_file", "admin.tls.cert_file and admin.tls.key_file go together; set both or neither"))
+	}
+	if t.ClientCAFile != "" && t.CertFile == "" {
+		errs = append(errs, keyErr("admin.tls.client_ca_file", "mutual TLS needs the server's own certificate; set admin.tls.cert_file and admin.tls.key_file too"))
+	}
+	for _, f := range []struct{ k, v string }{{"cert_file", t.CertFile}, {"key_file", t.KeyFile}, {"client_ca_file", t.ClientCAFile}} {
+		if f.v == "" {
+			continue
+		}
+		if _, err := os.Stat(f.v); err != nil {
+			errs = append(errs, keyErr("admin.tls."+f.k, "cannot read %s: %v", f.v, err))
+		}
+	}
+	if !isLoopbackHost(host) && a.TokenFile == "" && t.ClientCAFile == "" {
+		errs = append(errs, keyErr("admin.address", "%q is not a loopback address, and without authentication anyone who reaches it "+
+			"could kick sessions, delete retained messages and reconfigure the cluster; set admin.token_file (a bearer token) "+
+			"or admin.tls.client_ca_file (mutual TLS), or bind the admin server to 127.0.0.1", a.Address))
+	}
+	return errs
+}
+
+// isLoopbackHost reports whether host (from admin.address) only accepts
+// connections from this machine: "localhost" or a loopback IP. An empty
+// host or 0.0.0.0 listens on every interface.
+func isLoopbackHost(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

@@ -78,6 +78,13 @@ max_packet_size = 4096
 				t.Fatalf("file value lost under env: %v", c.MQTT.ConnectTimeout)
 			}
 		}},
+		{"ctl's variables are not keys", Sources{Environ: []string{"MENDMQ_ADMIN=http://127.0.0.1:8080", "MENDMQ_ADMIN_TOKEN_FILE=/x",
+			"MENDMQ_ADMIN_CA_FILE=/x", "MENDMQ_ADMIN_CERT_FILE=/x", "MENDMQ_ADMIN_KEY_FILE=/x", "MENDMQ_ADMIN__ADDRESS=127.0.0.1:9"}},
+			func(t *testing.T, c Config) {
+				if c.Admin.Address != "127.0.0.1:9" || c.Admin.TokenFile != "" {
+					t.Fatalf("admin: %+v", c.Admin)
+				}
+			}},
 		{"set over env", Sources{Environ: []string{"MENDMQ_NODE__NAME=fromenv"}, Sets: []string{"node.name=fromflag", "mqtt.sys_interval=2s"}},
 			func(t *testing.T, c Config) {
 				if c.Node.Name != "fromflag" || c.MQTT.SysInterval != 2*time.Second {
@@ -127,6 +134,17 @@ func TestLoadErrorsNameTheKey(t *testing.T) {
 		{"cluster without secret", Sources{Sets: []string{"cluster.enabled=true"}}, []string{"cluster.secret_key", "required"}},
 		{"short cluster secret", Sources{Sets: []string{"cluster.enabled=true", "cluster.secret_key=short"}}, []string{"cluster.secret_key", "16 bytes"}},
 		{"missing file", Sources{File: "/nonexistent/mendmq.yaml"}, []string{"/nonexistent/mendmq.yaml"}},
+		{"admin on all interfaces without auth", Sources{Sets: []string{"admin.address=0.0.0.0:8080"}},
+			[]string{"admin.address", "not a loopback address", "admin.token_file", "admin.tls.client_ca_file", "127.0.0.1"}},
+		{"admin on an empty host without auth", Sources{Sets: []string{"admin.address=:8080"}}, []string{"admin.address", "admin.token_file"}},
+		{"admin on a LAN address without auth", Sources{Sets: []string{"admin.address=10.1.2.3:8080"}}, []string{"admin.address", "admin.token_file"}},
+		{"admin on a host name without auth", Sources{Sets: []string{"admin.address=mendmq-0.mendmq:8080"}}, []string{"admin.address"}},
+		{"admin TLS without client CA is not auth", Sources{Sets: []string{"admin.address=0.0.0.0:8080",
+			"admin.tls.cert_file=" + writeFile(t, "c.pem", "x"), "admin.tls.key_file=" + writeFile(t, "k.pem", "x")}}, []string{"admin.address"}},
+		{"missing token file", Sources{Sets: []string{"admin.token_file=/nonexistent/token"}}, []string{"admin.token_file", "/nonexistent/token"}},
+		{"short token", Sources{Sets: []string{"admin.token_file=" + writeFile(t, "short", "abc\n")}}, []string{"admin.token_file", "16 bytes"}},
+		{"cert without key", Sources{Sets: []string{"admin.tls.cert_file=" + writeFile(t, "c2.pem", "x")}}, []string{"admin.tls.cert_file", "both"}},
+		{"client CA without cert", Sources{Sets: []string{"admin.tls.client_ca_file=" + writeFile(t, "ca.pem", "x")}}, []string{"admin.tls.client_ca_file"}},
 		{"syntax error", Sources{File: writeFile(t, "j.yaml", "mqtt: [unclosed\n")}, []string{"j.yaml"}},
 	}
 	for _, tc := range tests {
@@ -169,5 +187,28 @@ func TestReferenceYAMLIsTheDefaults(t *testing.T) {
 	got.Plugins.BaseDir = ""
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("configs/reference.yaml differs from the defaults:\nref:      %+v\ndefaults: %+v", got, want)
+	}
+}
+
+// An admin server off loopback starts when a token or mutual TLS
+// authenticates its requests; on loopback it needs neither.
+func TestAdminAuthAllowsNonLoopback(t *testing.T) {
+	tok := writeFile(t, "token", "0123456789abcdef0123\n")
+	ca := writeFile(t, "ca.pem", "x")
+	cert, key := writeFile(t, "c.pem", "x"), writeFile(t, "k.pem", "x")
+	for name, sets := range map[string][]string{
+		"loopback":           {"admin.address=127.0.0.1:8080"},
+		"localhost":          {"admin.address=localhost:8080"},
+		"ipv6 loopback":      {"admin.address=[::1]:8080"},
+		"disabled":           {"admin.address="},
+		"token":              {"admin.address=0.0.0.0:8080", "admin.token_file=" + tok},
+		"mutual TLS":         {"admin.address=0.0.0.0:8080", "admin.tls.cert_file=" + cert, "admin.tls.key_file=" + key, "admin.tls.client_ca_file=" + ca},
+		"token over TLS too": {"admin.address=:8080", "admin.token_file=" + tok, "admin.tls.cert_file=" + cert, "admin.tls.key_file=" + key},
+	} {
+		t.Run(name, func(t *testing.T) {
+			if _, err := Load(Sources{Sets: sets}); err != nil {
+				t.Fatalf("refused: %v", err)
+			}
+		})
 	}
 }

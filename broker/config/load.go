@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 
 	"github.com/go-viper/mapstructure/v2"
@@ -21,6 +22,22 @@ import (
 
 // EnvPrefix starts every environment variable that overrides a key.
 const EnvPrefix = "MENDMQ_"
+
+// ClientEnv are the MENDMQ_ variables of `mendmq ctl` (the admin URL and
+// credentials). They are not configuration keys and Load skips them, so a
+// container can set them for its health check without breaking serve.
+var ClientEnv = []string{"MENDMQ_ADMIN", "MENDMQ_ADMIN_TOKEN_FILE", "MENDMQ_ADMIN_CA_FILE", "MENDMQ_ADMIN_CERT_FILE", "MENDMQ_ADMIN_KEY_FILE"}
+
+func withoutClientEnv(environ []string) []string {
+	out := make([]string, 0, len(environ))
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if !slices.Contains(ClientEnv, name) {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
 
 // Sources names the layers above the embedded defaults.
 type Sources struct {
@@ -69,7 +86,7 @@ func Load(src Sources) (Config, error) {
 		ek := koanf.New(".")
 		err := ek.Load(env.Provider(".", env.Opt{
 			Prefix:      EnvPrefix,
-			EnvironFunc: func() []string { return src.Environ },
+			EnvironFunc: func() []string { return withoutClientEnv(src.Environ) },
 			TransformFunc: func(key, v string) (string, any) {
 				key = strings.ToLower(strings.TrimPrefix(key, EnvPrefix))
 				return strings.ReplaceAll(key, "__", "."), v

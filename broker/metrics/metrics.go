@@ -20,6 +20,7 @@ const (
 	ReasonQueueFull     = "client_queue_full"  // QoS0 beyond mqtt.max_queued_messages
 	ReasonInflightLimit = "inflight_expired"   // QoS1/2 inflight dropped (expired or over limit)
 	ReasonNotAuthorized = "not_authorized"     // ACL denied a publish
+	ReasonReservedTopic = "reserved_topic"     // a client published to a '$' topic (broker/reserved)
 	ReasonPacketTooBig  = "packet_too_large"   // over mqtt.max_packet_size
 	ReasonNetsplit      = "netsplit"           // refused while split (cluster gating)
 	ReasonPeerQueueFull = "peer_queue_full"    // cross-node queue full (QoS0 only)

@@ -7,6 +7,14 @@
 // protocol violation: missing packet id" and its queued messages never
 // arrive. The id is part of the record's key (IFM_<client>:<id>), so Hook
 // restores it from there on load. (The badger and pebble hooks save it.)
+//
+// The bolt hook also saves mochi's $SYS counters every sys_interval and
+// reads them back at start, logging "failed to get data ... key=SYS" at
+// ERROR when the file is new (the key is missing, which it then treats as
+// fine). mochi restores those counters only with its
+// RestoreSysInfoOnRestart compatibility flag, which mendmq does not set:
+// like the Prometheus counters they restart from zero. So Hook neither
+// saves nor reads them, and a fresh start logs no error.
 package storage
 
 import (
@@ -31,6 +39,15 @@ var _ mqtt.Hook = (*Hook)(nil)
 // lockTimeout bounds the wait for the file lock held by another process.
 func New(path string, lockTimeout time.Duration) (*Hook, *bolt.Options) {
 	return &Hook{Hook: new(bolt.Hook)}, &bolt.Options{Path: path, Options: &bbolt.Options{Timeout: lockTimeout}}
+}
+
+// Provides declares the handled hook methods: the bolt hook's, less the
+// $SYS counters (see the package comment).
+func (h *Hook) Provides(b byte) bool {
+	if b == mqtt.StoredSysInfo || b == mqtt.OnSysInfoTick {
+		return false
+	}
+	return h.Hook.Provides(b)
 }
 
 // StoredInflightMessages returns the stored inflight messages with their

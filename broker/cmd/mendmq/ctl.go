@@ -1,36 +1,67 @@
 package main
 
 import (
-	"bytes"
-	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"os"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/mendmq/mendmq/broker"
 	"github.com/mendmq/mendmq/cluster"
+	"github.com/mendmq/mendmq/plugins"
 )
 
 func init() {
-	register("ctl", "talk to a running node's admin API: cluster status|join|leave|forget", runCtl)
+	register("ctl", "talk to a running node's admin API: status, cluster, sessions, subscriptions, retained, policy", runCtl)
 }
 
-const ctlUsageText = `usage: mendmq ctl [--admin URL] <command>
+const ctlUsageText = `usage: mendmq ctl [connection flags] <command> [flags] [args]
 
-  cluster status              members, their state and traffic
-  cluster join HOST:PORT...   join the cluster through gossip seeds
-  cluster leave               take this node out of the cluster for good: its
-                              sessions are withdrawn from the cluster, and it
-                              keeps serving its own clients alone until restarted
-  cluster forget NAME         drop a permanently gone member and its sessions
-                              (takes effect on every node)
+  status                         this node: members, counters, policies, conflicts
+  health [--ready]               exit 0 if /healthz (or /readyz) answers 200
+                                 (container health checks; no credentials needed)
+  cluster status                 members, their state and traffic
+  cluster join HOST:PORT...      join the cluster through gossip seeds
+  cluster leave                  take this node out of the cluster for good: its
+                                 sessions are withdrawn from the cluster, and it
+                                 keeps serving its own clients alone until restarted
+  cluster forget NAME            drop a permanently gone member and its sessions
+                                 (takes effect on every node)
+  sessions list [--prefix P] [--state connected|disconnected] [--node N] [--limit N]
+                                 this node's sessions
+  sessions show CLIENT_ID        one session with its subscriptions and queue
+  sessions kick CLIENT_ID        disconnect a client of this node (v5: DISCONNECT
+                                 0x98); for a client on another node the answer
+                                 names that node (exit 1)
+  subscriptions list [--client-prefix P] [--filter-prefix F] [--matches TOPIC] [--limit N]
+  retained get TOPIC             the retained message of a topic
+  retained list [--filter F] [--limit N]    retained messages matching F (default #)
+  retained delete TOPIC          clear it cluster-wide, as a client's empty
+                                 retained publish does
+  policy list                    merge policies (name, maps, sha256, load time)
+  policy reload                  re-read the config and modules; error if refused
+  policy conflicts               parked conflicts
+  policy drop ID                 drop a parked conflict
 
---admin defaults to $MENDMQ_ADMIN or http://127.0.0.1:8080.
+Connection flags (before or after the command):
+  --admin URL        admin API: http(s)://host:port or host:port ($MENDMQ_ADMIN,
+                     default http://127.0.0.1:8080)
+  --token-file FILE  bearer token ($MENDMQ_ADMIN_TOKEN_FILE)
+  --cacert FILE      CA of an https admin server ($MENDMQ_ADMIN_CA_FILE)
+  --cert FILE --key FILE   client certificate for mutual TLS
+                     ($MENDMQ_ADMIN_CERT_FILE, $MENDMQ_ADMIN_KEY_FILE)
+  --timeout D        default 15s
+  --json             print the API's JSON instead of a table
+
+Exit codes: 0 ok; 1 the node answered with an error (the message is printed);
+2 usage or unreadable local files; 3 the node cannot be reached.
 `
 
 func runCtl(args []string) int { return ctl(args, os.Stdout, os.Stderr) }
@@ -38,95 +69,249 @@ func runCtl(args []string) int { return ctl(args, os.Stdout, os.Stderr) }
 // ctl runs `mendmq ctl args...`, writing results to stdout and errors and
 // usage to stderr, and returns the exit code.
 func ctl(args []string, stdout, stderr io.Writer) int {
+	cn := defaultConn()
 	fs := flag.NewFlagSet("ctl", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	def := os.Getenv("MENDMQ_ADMIN")
-	if def == "" {
-		def = "http://127.0.0.1:8080"
-	}
-	adminURL := fs.String("admin", def, "admin API base URL")
 	fs.Usage = func() { fmt.Fprint(stderr, ctlUsageText) }
+	cn.register(fs)
 	if err := fs.Parse(args); err != nil {
-		return 2
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		return exitUsage
 	}
 	rest := fs.Args()
-	if len(rest) < 2 || rest[0] != "cluster" {
+	if len(rest) == 0 {
 		fs.Usage()
-		return 2
+		return exitUsage
 	}
-	base := strings.TrimRight(*adminURL, "/")
-	if !strings.Contains(base, "://") {
-		base = "http://" + base
+	x := &ctlRun{conn: cn, stdout: stdout, stderr: stderr}
+	err := x.dispatch(rest)
+	var u usageError
+	if errors.As(err, &u) && u.err == errShowUsage {
+		fs.Usage()
+		return exitUsage
 	}
-	c := &http.Client{Timeout: 15 * time.Second}
-	fail := func(err error) int {
+	if err != nil {
 		fmt.Fprintln(stderr, "mendmq ctl:", err)
-		return 1
 	}
-	switch rest[1] {
-	case "status":
-		// The server's own types: the columns cannot drift from the API.
-		var out struct {
-			Enabled bool           `json:"enabled"`
-			Node    string         `json:"node"`
-			Status  cluster.Status `json:"status"`
-		}
-		if err := ctlDo(c, "GET", base+"/api/v1/cluster", nil, &out); err != nil {
-			return fail(err)
-		}
-		printStatus(stdout, out.Enabled, out.Node, out.Status)
-	case "join":
-		if len(rest) < 3 {
-			fs.Usage()
-			return 2
-		}
-		body, _ := json.Marshal(map[string][]string{"seeds": rest[2:]})
-		var out map[string]any
-		if err := ctlDo(c, "POST", base+"/api/v1/cluster/join", body, &out); err != nil {
-			return fail(err)
-		}
-		fmt.Fprintf(stdout, "joined: %v seed(s) contacted\n", out["contacted"])
-	case "leave":
-		if len(rest) != 2 {
-			fs.Usage()
-			return 2
-		}
-		var out struct {
-			Withdrawal cluster.Withdrawal `json:"withdrawal"`
-		}
-		if err := ctlDo(c, "POST", base+"/api/v1/cluster/leave", nil, &out); err != nil {
-			return fail(err)
-		}
-		w := out.Withdrawal
-		fmt.Fprintf(stdout, "%s left the cluster: %d session(s) withdrawn; it serves its own clients alone until restarted\n", w.Node, w.Sessions)
-		printUnconfirmed(stderr, w, "a node that left cannot repair them: run `mendmq ctl cluster forget "+w.Node+"` on one of them")
-	case "forget":
-		if len(rest) != 3 {
-			fs.Usage()
-			return 2
-		}
-		var out struct {
-			Withdrawal cluster.Withdrawal `json:"withdrawal"`
-		}
-		if err := ctlDo(c, "POST", base+"/api/v1/cluster/forget/"+url.PathEscape(rest[2]), nil, &out); err != nil {
-			return fail(err)
-		}
-		fmt.Fprintf(stdout, "forgot %s: %d session record(s) deleted cluster-wide\n", rest[2], out.Withdrawal.Sessions)
-		printUnconfirmed(stderr, out.Withdrawal, "anti-entropy repairs them")
-	default:
-		fs.Usage()
-		return 2
-	}
-	return 0
+	return exitCode(err)
 }
 
-// printStatus renders GET /api/v1/cluster.
-func printStatus(w io.Writer, enabled bool, node string, st cluster.Status) {
-	if !enabled {
-		fmt.Fprintf(w, "node %s: clustering disabled\n", node)
-		return
+var errShowUsage = errors.New("usage")
+
+// ctlRun is one ctl invocation.
+type ctlRun struct {
+	conn           *conn
+	stdout, stderr io.Writer
+	c              *client
+}
+
+// sub parses a command's own flags (and the connection flags again) and
+// checks the number of positional arguments: n exactly, or at least 1
+// when n < 0.
+func (x *ctlRun) sub(name string, args []string, n int, define func(fs *flag.FlagSet)) ([]string, error) {
+	fs := flag.NewFlagSet("ctl "+name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	x.conn.register(fs)
+	if define != nil {
+		define(fs)
 	}
-	fmt.Fprintf(w, "node %s: %d sessions, %d retained in the replicated tables\n", st.Node, st.Sessions, st.Retained)
+	// Flags may follow positional arguments: parse in rounds.
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, usageError{fmt.Errorf("%s: %v", name, err)}
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			break
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+	if (n >= 0 && len(pos) != n) || (n < 0 && len(pos) == 0) {
+		return nil, usageError{errShowUsage}
+	}
+	c, err := x.conn.client()
+	if err != nil {
+		return nil, err
+	}
+	x.c = c
+	return pos, nil
+}
+
+func (x *ctlRun) dispatch(rest []string) error {
+	cmd := rest[0]
+	if len(rest) > 1 && !strings.HasPrefix(rest[1], "-") {
+		switch cmd {
+		case "cluster", "sessions", "subscriptions", "retained", "policy":
+			cmd += " " + rest[1]
+			rest = rest[1:]
+		}
+	}
+	args := rest[1:]
+	switch cmd {
+	case "status":
+		return x.status(args)
+	case "health":
+		return x.health(args)
+	case "cluster status":
+		return x.clusterStatus(args)
+	case "cluster join":
+		return x.clusterJoin(args)
+	case "cluster leave":
+		return x.clusterLeave(args)
+	case "cluster forget":
+		return x.clusterForget(args)
+	case "sessions list":
+		return x.sessionsList(args)
+	case "sessions show":
+		return x.sessionsShow(args)
+	case "sessions kick":
+		return x.sessionsKick(args)
+	case "subscriptions list":
+		return x.subscriptionsList(args)
+	case "retained get":
+		return x.retainedGet(args)
+	case "retained list":
+		return x.retainedList(args)
+	case "retained delete":
+		return x.retainedDelete(args)
+	case "policy list":
+		return x.policyList(args)
+	case "policy reload":
+		return x.policyReload(args)
+	case "policy conflicts":
+		return x.policyConflicts(args)
+	case "policy drop":
+		return x.policyDrop(args)
+	}
+	return usageError{errShowUsage}
+}
+
+// get fetches path into out; with --json it prints the raw answer and
+// reports printed=true.
+func (x *ctlRun) get(path string, out any) (printed bool, err error) {
+	raw, err := x.c.do(http.MethodGet, path, nil, out)
+	if err != nil {
+		return false, err
+	}
+	if x.conn.json {
+		printJSON(x.stdout, raw)
+		return true, nil
+	}
+	return false, nil
+}
+
+// send does a POST/DELETE; with --json it prints the raw answer.
+func (x *ctlRun) send(method, path string, body, out any) (printed bool, err error) {
+	raw, err := x.c.do(method, path, body, out)
+	if err != nil {
+		return false, err
+	}
+	if x.conn.json {
+		printJSON(x.stdout, raw)
+		return true, nil
+	}
+	return false, nil
+}
+
+func (x *ctlRun) table() *tabwriter.Writer { return tabwriter.NewWriter(x.stdout, 0, 4, 2, ' ', 0) }
+
+func query(kv ...string) string {
+	v := url.Values{}
+	for i := 0; i+1 < len(kv); i += 2 {
+		if kv[i+1] != "" {
+			v.Set(kv[i], kv[i+1])
+		}
+	}
+	if len(v) == 0 {
+		return ""
+	}
+	return "?" + v.Encode()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// --- status and health ------------------------------------------------------
+
+func (x *ctlRun) status(args []string) error {
+	if _, err := x.sub("status", args, 0, nil); err != nil {
+		return err
+	}
+	var o broker.Overview
+	if printed, err := x.get("/api/v1/overview", &o); err != nil || printed {
+		return err
+	}
+	ready := "ready"
+	if !o.Ready {
+		ready = "not ready: " + o.ReadyReason
+	}
+	fmt.Fprintf(x.stdout, "node %s (version %s, up %s, %s)\n", o.Node, o.Version, time.Duration(o.UptimeSeconds)*time.Second, ready)
+	q := o.MQTT
+	fmt.Fprintf(x.stdout, "clients %d connected, %d sessions, %d subscriptions, %d retained; messages in %.0f, out %.0f, dropped %.0f\n",
+		q.ClientsConnected, q.Sessions, q.Subscriptions, q.Retained, q.MessagesIn, q.MessagesOut, q.Dropped)
+	if o.Cluster != nil {
+		printMembers(x.stdout, *o.Cluster)
+	} else {
+		fmt.Fprintln(x.stdout, "clustering disabled")
+	}
+	fmt.Fprintf(x.stdout, "parked conflicts: %d\n", o.Conflicts)
+	return nil
+}
+
+func (x *ctlRun) health(args []string) error {
+	var ready bool
+	if _, err := x.sub("health", args, 0, func(fs *flag.FlagSet) {
+		fs.BoolVar(&ready, "ready", false, "check /readyz instead of /healthz")
+	}); err != nil {
+		return err
+	}
+	path := "/healthz"
+	if ready {
+		path = "/readyz"
+	}
+	var out map[string]string
+	if printed, err := x.get(path, &out); err != nil || printed {
+		return err
+	}
+	fmt.Fprintln(x.stdout, out["status"])
+	return nil
+}
+
+// --- cluster ----------------------------------------------------------------
+
+func (x *ctlRun) clusterStatus(args []string) error {
+	if _, err := x.sub("cluster status", args, 0, nil); err != nil {
+		return err
+	}
+	// The server's own types: the columns cannot drift from the API.
+	var out struct {
+		Enabled bool           `json:"enabled"`
+		Node    string         `json:"node"`
+		Status  cluster.Status `json:"status"`
+	}
+	if printed, err := x.get("/api/v1/cluster", &out); err != nil || printed {
+		return err
+	}
+	if !out.Enabled {
+		fmt.Fprintf(x.stdout, "node %s: clustering disabled\n", out.Node)
+		return nil
+	}
+	st := out.Status
+	fmt.Fprintf(x.stdout, "node %s: %d sessions, %d retained in the replicated tables\n", st.Node, st.Sessions, st.Retained)
+	printMembers(x.stdout, st)
+	return nil
+}
+
+// printMembers renders the member table of a cluster status.
+func printMembers(w io.Writer, st cluster.Status) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "MEMBER\tSTATE\tGOSSIP\tDATA\tREACHABLE\tSENT\tRECEIVED\tQUEUED")
 	for _, m := range st.Members {
@@ -134,9 +319,56 @@ func printStatus(w io.Writer, enabled bool, node string, st cluster.Status) {
 		if m.Self {
 			reach = "(self)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\n", m.Name, m.State, m.GossipAddr, m.DataAddr, reach, m.BytesSent, m.BytesReceived, m.QueueFrames)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\n", m.Name, m.State, m.GossipAddr, dash(m.DataAddr), reach, m.BytesSent, m.BytesReceived, m.QueueFrames)
 	}
 	_ = tw.Flush()
+}
+
+func (x *ctlRun) clusterJoin(args []string) error {
+	seeds, err := x.sub("cluster join", args, -1, nil)
+	if err != nil {
+		return err
+	}
+	var out struct {
+		Contacted int `json:"contacted"`
+	}
+	if printed, err := x.send(http.MethodPost, "/api/v1/cluster/join", map[string][]string{"seeds": seeds}, &out); err != nil || printed {
+		return err
+	}
+	fmt.Fprintf(x.stdout, "joined: %d seed(s) contacted\n", out.Contacted)
+	return nil
+}
+
+func (x *ctlRun) clusterLeave(args []string) error {
+	if _, err := x.sub("cluster leave", args, 0, nil); err != nil {
+		return err
+	}
+	var out struct {
+		Withdrawal cluster.Withdrawal `json:"withdrawal"`
+	}
+	if printed, err := x.send(http.MethodPost, "/api/v1/cluster/leave", nil, &out); err != nil || printed {
+		return err
+	}
+	w := out.Withdrawal
+	fmt.Fprintf(x.stdout, "%s left the cluster: %d session(s) withdrawn; it serves its own clients alone until restarted\n", w.Node, w.Sessions)
+	printUnconfirmed(x.stderr, w, "a node that left cannot repair them: run `mendmq ctl cluster forget "+w.Node+"` on one of them")
+	return nil
+}
+
+func (x *ctlRun) clusterForget(args []string) error {
+	pos, err := x.sub("cluster forget", args, 1, nil)
+	if err != nil {
+		return err
+	}
+	var out struct {
+		Withdrawal cluster.Withdrawal `json:"withdrawal"`
+	}
+	if printed, err := x.send(http.MethodPost, "/api/v1/cluster/forget/"+url.PathEscape(pos[0]), nil, &out); err != nil || printed {
+		return err
+	}
+	fmt.Fprintf(x.stdout, "forgot %s: %d session record(s) deleted cluster-wide\n", pos[0], out.Withdrawal.Sessions)
+	printUnconfirmed(x.stderr, out.Withdrawal, "anti-entropy repairs them")
+	return nil
 }
 
 // printUnconfirmed warns about the parts of a withdrawal that peers did
@@ -151,36 +383,258 @@ func printUnconfirmed(w io.Writer, wd cluster.Withdrawal, remedy string) {
 	}
 }
 
-// ctlDo performs one admin API request; a non-2xx answer becomes an error
-// carrying the server's message.
-func ctlDo(c *http.Client, method, target string, body []byte, out any) error {
-	req, err := http.NewRequest(method, target, bytes.NewReader(body))
+// --- sessions and subscriptions ---------------------------------------------
+
+func (x *ctlRun) sessionsList(args []string) error {
+	var prefix, state, node, limit string
+	if _, err := x.sub("sessions list", args, 0, func(fs *flag.FlagSet) {
+		fs.StringVar(&prefix, "prefix", "", "client id prefix")
+		fs.StringVar(&state, "state", "", "connected or disconnected")
+		fs.StringVar(&node, "node", "", "node name (this node's only, today)")
+		fs.StringVar(&limit, "limit", "", "at most this many")
+	}); err != nil {
+		return err
+	}
+	var out broker.SessionList
+	if printed, err := x.get("/api/v1/sessions"+query("prefix", prefix, "state", state, "node", node, "limit", limit), &out); err != nil || printed {
+		return err
+	}
+	tw := x.table()
+	fmt.Fprintln(tw, "CLIENT\tNODE\tCONNECTED\tPROTO\tUSER\tREMOTE\tCLEAN\tSUBS\tQUEUED")
+	for _, s := range out.Sessions {
+		fmt.Fprintf(tw, "%s\t%s\t%v\t%d\t%s\t%s\t%v\t%d\t%d\n", s.ClientID, s.Node, s.Connected, s.Protocol, dash(s.Username), dash(s.Remote), s.Clean, s.Subscriptions, s.Queued)
+	}
+	_ = tw.Flush()
+	if out.Truncated {
+		fmt.Fprintf(x.stderr, "(truncated at %d; use --limit or --prefix)\n", len(out.Sessions))
+	}
+	return nil
+}
+
+func (x *ctlRun) sessionsShow(args []string) error {
+	pos, err := x.sub("sessions show", args, 1, nil)
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := c.Do(req)
+	var s broker.SessionInfo
+	if printed, err := x.get("/api/v1/sessions/show"+query("client_id", pos[0]), &s); err != nil || printed {
+		return err
+	}
+	tw := x.table()
+	fmt.Fprintf(tw, "client\t%s\nnode\t%s\nconnected\t%v\nprotocol\t%d\nusername\t%s\nremote\t%s\nlistener\t%s\nclean\t%v\nexpiry interval\t%ds\nqueued\t%d\n",
+		s.ClientID, s.Node, s.Connected, s.Protocol, dash(s.Username), dash(s.Remote), dash(s.Listener), s.Clean, s.ExpiryInterval, s.Queued)
+	if s.DisconnectedAt != nil {
+		fmt.Fprintf(tw, "disconnected at\t%s\n", s.DisconnectedAt.Local().Format(time.DateTime))
+	}
+	_ = tw.Flush()
+	fmt.Fprintln(x.stdout)
+	printSubs(x.table(), s.Subs, false)
+	return nil
+}
+
+func printSubs(tw *tabwriter.Writer, subs []broker.SubscriptionInfo, withClient bool) {
+	if withClient {
+		fmt.Fprint(tw, "CLIENT\t")
+	}
+	fmt.Fprintln(tw, "FILTER\tQOS\tNO LOCAL\tRETAIN AS PUBLISHED\tRETAIN HANDLING")
+	for _, s := range subs {
+		if withClient {
+			fmt.Fprintf(tw, "%s\t", s.ClientID)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%v\t%v\t%d\n", s.Filter, s.QoS, s.NoLocal, s.RetainAsPublished, s.RetainHandling)
+	}
+	_ = tw.Flush()
+}
+
+func (x *ctlRun) sessionsKick(args []string) error {
+	pos, err := x.sub("sessions kick", args, 1, nil)
 	if err != nil {
-		return fmt.Errorf("%s %s: %w (is the node running, and --admin right?)", method, target, err)
+		return err
 	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
+	var out broker.KickResult
+	printed, err := x.send(http.MethodPost, "/api/v1/sessions/kick", broker.KickRequest{ClientID: pos[0]}, &out)
+	var ae *apiError
+	if errors.As(err, &ae) && ae.Node != "" {
+		return fmt.Errorf("%w; run the kick against %s's admin API (--admin)", err, ae.Node)
+	}
+	if err != nil || printed {
+		return err
+	}
+	if out.Kicked {
+		fmt.Fprintf(x.stdout, "kicked %s from %s\n", out.ClientID, out.Node)
+	} else {
+		fmt.Fprintf(x.stdout, "%s was not connected to %s (its session stays until it expires)\n", out.ClientID, out.Node)
+	}
+	return nil
+}
+
+func (x *ctlRun) subscriptionsList(args []string) error {
+	var cp, fp, matches, limit string
+	if _, err := x.sub("subscriptions list", args, 0, func(fs *flag.FlagSet) {
+		fs.StringVar(&cp, "client-prefix", "", "client id prefix")
+		fs.StringVar(&fp, "filter-prefix", "", "topic filter prefix")
+		fs.StringVar(&matches, "matches", "", "only filters matching this topic")
+		fs.StringVar(&limit, "limit", "", "at most this many")
+	}); err != nil {
+		return err
+	}
+	var out broker.SubscriptionList
+	path := "/api/v1/subscriptions" + query("client_prefix", cp, "filter_prefix", fp, "matches", matches, "limit", limit)
+	if printed, err := x.get(path, &out); err != nil || printed {
+		return err
+	}
+	printSubs(x.table(), out.Subscriptions, true)
+	if out.Truncated {
+		fmt.Fprintf(x.stderr, "(truncated at %d; use --limit or a prefix)\n", len(out.Subscriptions))
+	}
+	if len(out.ClusterCounts) > 0 {
+		var parts []string
+		for n, c := range out.ClusterCounts {
+			parts = append(parts, fmt.Sprintf("%s %d", n, c))
+		}
+		sort.Strings(parts)
+		fmt.Fprintf(x.stderr, "cluster routes per node: %s\n", strings.Join(parts, ", "))
+	}
+	return nil
+}
+
+// --- retained ---------------------------------------------------------------
+
+func (x *ctlRun) retainedGet(args []string) error {
+	pos, err := x.sub("retained get", args, 1, nil)
 	if err != nil {
-		return fmt.Errorf("read answer: %w", err)
+		return err
 	}
-	if resp.StatusCode/100 != 2 {
-		var e struct {
-			Error string `json:"error"`
-		}
-		if json.Unmarshal(b, &e) == nil && e.Error != "" {
-			return fmt.Errorf("%s: %s", resp.Status, e.Error)
-		}
-		return fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(b)))
+	var out broker.RetainedList
+	if printed, err := x.get("/api/v1/retained"+query("topic", pos[0]), &out); err != nil || printed {
+		return err
 	}
-	if out != nil {
-		if err := json.Unmarshal(b, out); err != nil {
-			return fmt.Errorf("decode answer: %w", err)
-		}
+	x.printRetained(out.Messages)
+	return nil
+}
+
+func (x *ctlRun) retainedList(args []string) error {
+	filter, limit := "#", ""
+	if _, err := x.sub("retained list", args, 0, func(fs *flag.FlagSet) {
+		fs.StringVar(&filter, "filter", "#", "topic filter")
+		fs.StringVar(&limit, "limit", "", "at most this many")
+	}); err != nil {
+		return err
 	}
+	var out broker.RetainedList
+	if printed, err := x.get("/api/v1/retained"+query("filter", filter, "limit", limit), &out); err != nil || printed {
+		return err
+	}
+	x.printRetained(out.Messages)
+	if out.Truncated {
+		fmt.Fprintf(x.stderr, "(truncated at %d; use --limit or a narrower --filter)\n", len(out.Messages))
+	}
+	return nil
+}
+
+func (x *ctlRun) printRetained(ms []broker.RetainedMessage) {
+	tw := x.table()
+	fmt.Fprintln(tw, "TOPIC\tQOS\tBYTES\tORIGIN\tCREATED\tPAYLOAD")
+	for _, m := range ms {
+		created := "-"
+		if m.CreatedAt != nil {
+			created = m.CreatedAt.Local().Format(time.DateTime)
+		}
+		payload := "base64:" + deref(m.PayloadB64)
+		if m.Payload != nil {
+			payload = *m.Payload
+		}
+		if len(payload) > 60 {
+			payload = payload[:57] + "..."
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%q\n", m.Topic, m.QoS, m.Bytes, dash(m.Origin), created, payload)
+	}
+	_ = tw.Flush()
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+func (x *ctlRun) retainedDelete(args []string) error {
+	pos, err := x.sub("retained delete", args, 1, nil)
+	if err != nil {
+		return err
+	}
+	if printed, err := x.send(http.MethodDelete, "/api/v1/retained"+query("topic", pos[0]), nil, nil); err != nil || printed {
+		return err
+	}
+	fmt.Fprintf(x.stdout, "retained message on %s deleted\n", pos[0])
+	return nil
+}
+
+// --- policies ---------------------------------------------------------------
+
+func (x *ctlRun) policyList(args []string) error {
+	if _, err := x.sub("policy list", args, 0, nil); err != nil {
+		return err
+	}
+	var infos []plugins.PolicyInfo
+	if printed, err := x.get("/api/v1/policies", &infos); err != nil || printed {
+		return err
+	}
+	tw := x.table()
+	fmt.Fprintln(tw, "NAME\tLOADED\tMAPS\tINSTANCES\tSHA256\tLOADED AT\tSOURCE")
+	for _, p := range infos {
+		loaded, at := "no", "-"
+		if p.Loaded {
+			loaded = "yes"
+			at = p.LoadedAt.Local().Format(time.DateTime)
+		}
+		sum := p.SHA256
+		if len(sum) > 12 {
+			sum = sum[:12]
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", p.Name, loaded, dash(strings.Join(p.Maps, ",")), p.Instances, dash(sum), at, p.Source)
+	}
+	_ = tw.Flush()
+	return nil
+}
+
+func (x *ctlRun) policyReload(args []string) error {
+	if _, err := x.sub("policy reload", args, 0, nil); err != nil {
+		return err
+	}
+	if printed, err := x.send(http.MethodPost, "/api/v1/policies/reload", nil, nil); err != nil || printed {
+		return err
+	}
+	fmt.Fprintln(x.stdout, "policies reloaded")
+	return nil
+}
+
+func (x *ctlRun) policyConflicts(args []string) error {
+	if _, err := x.sub("policy conflicts", args, 0, nil); err != nil {
+		return err
+	}
+	var cs []plugins.Conflict
+	if printed, err := x.get("/api/v1/policies/conflicts", &cs); err != nil || printed {
+		return err
+	}
+	tw := x.table()
+	fmt.Fprintln(tw, "ID\tMAP\tPOLICY\tKIND\tPARKED\tKEY\tREASON")
+	for _, c := range cs {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%q\t%s\n", c.ID, c.Map, c.Policy, c.Kind, c.Time.Local().Format(time.DateTime), c.Merging.Key, c.Reason)
+	}
+	_ = tw.Flush()
+	return nil
+}
+
+func (x *ctlRun) policyDrop(args []string) error {
+	pos, err := x.sub("policy drop", args, 1, nil)
+	if err != nil {
+		return err
+	}
+	if printed, err := x.send(http.MethodDelete, "/api/v1/policies/conflicts/"+url.PathEscape(pos[0]), nil, nil); err != nil || printed {
+		return err
+	}
+	fmt.Fprintf(x.stdout, "conflict %s dropped\n", pos[0])
 	return nil
 }

@@ -259,6 +259,8 @@ func TestConfigErrorsExitNonZero(t *testing.T) {
 		{"bad type", "mqtt:\n  max_connections: many\n", nil, "mqtt.max_connections"},
 		{"missing cert", "mqtt:\n  listeners: [{type: tls, address: \"127.0.0.1:0\", cert_file: /no/cert.pem, key_file: /no/key.pem}]\n", nil, "mqtt.listeners[0].cert_file"},
 		{"bad env", "", []string{"MENDMQ_MQTT__CONNECT_TIMEOUT=never"}, "mqtt.connect_timeout"},
+		// The admin API on every interface without a token or mutual TLS.
+		{"open admin server", "admin: {address: \"0.0.0.0:0\"}\n", nil, "admin.token_file"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -384,5 +386,32 @@ func TestConfigHotReload(t *testing.T) {
 			t.Fatalf("valid change not applied:\n%s\n%s", list(), p.out)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestFreshStartLogsNoError starts the binary as `make run` does (text
+// log, info level) on a fresh node, with and without storage.path, and
+// checks that nothing is logged at ERROR: mochi's bolt hook used to log
+// "failed to get data ... key=SYS" on every start with a new file.
+func TestFreshStartLogsNoError(t *testing.T) {
+	for name, yaml := range map[string]string{
+		"memory":  "",
+		"storage": fmt.Sprintf("storage: {path: %q}\n", filepath.Join(t.TempDir(), "fresh.db")),
+	} {
+		t.Run(name, func(t *testing.T) {
+			p := startNode(t, yaml)
+			if err := p.stop(t); err != nil {
+				t.Fatalf("stop: %v\n%s", err, p.out)
+			}
+			out := p.out.String()
+			if !strings.Contains(out, "mendmq serving") {
+				t.Fatalf("no start line in the log:\n%s", out)
+			}
+			for _, line := range strings.Split(out, "\n") {
+				if strings.Contains(line, "level=ERROR") {
+					t.Errorf("ERROR logged on a fresh start: %s", line)
+				}
+			}
+		})
 	}
 }

@@ -1,0 +1,137 @@
+package broker
+
+import (
+	"net/http"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/mendmq/mendmq/broker/admin"
+	"github.com/mendmq/mendmq/cluster"
+	"github.com/mendmq/mendmq/plugins"
+)
+
+// Overview is GET /api/v1/overview: everything the status page shows,
+// in one request. Counters are totals since start; the page derives rates
+// from two polls.
+type Overview struct {
+	Node          string    `json:"node"`
+	Version       string    `json:"version"`
+	Time          time.Time `json:"time"`
+	UptimeSeconds int64     `json:"uptime_seconds"`
+	Ready         bool      `json:"ready"`
+	ReadyReason   string    `json:"ready_reason,omitempty"`
+
+	MQTT MQTTOverview `json:"mqtt"`
+	// Cluster is this node's view of the cluster; nil without clustering.
+	Cluster *cluster.Status `json:"cluster"`
+	// Policies are the merge policies with their call and failure counts.
+	Policies []PolicyOverview `json:"policies"`
+	// Conflicts is the number of parked conflicts (listed by
+	// GET /api/v1/policies/conflicts).
+	Conflicts int `json:"conflicts"`
+
+	// Netsplit is the netsplit detector's state, null until it exists.
+	// The status page shows a banner when it has "active": true, listing
+	// "unreachable" (member names), "since" and "window_ms" (the window of
+	// uncertainty), and the last heal from "last_heal": {"at",
+	// "convergence_ms"}; "merge": {"done", "total"} as a progress bar.
+	Netsplit any `json:"netsplit"`
+	// Maps are the partitioned maps, null until they exist. The page
+	// renders a table of the objects' fields (e.g. name, entries, dirty,
+	// partitions, per member).
+	Maps any `json:"maps"`
+}
+
+// MQTTOverview holds the node's MQTT counters and gauges.
+type MQTTOverview struct {
+	ClientsConnected int64   `json:"clients_connected"`
+	Sessions         int64   `json:"sessions"`
+	Subscriptions    int64   `json:"subscriptions"`
+	Retained         int64   `json:"retained"`
+	MessagesIn       float64 `json:"messages_in"`
+	MessagesOut      float64 `json:"messages_out"`
+	BytesIn          float64 `json:"bytes_in"`
+	BytesOut         float64 `json:"bytes_out"`
+	Dropped          float64 `json:"dropped"`
+}
+
+// PolicyOverview is a policy with its counters
+// (mendmq_policy_merges_total, mendmq_policy_conflicts_total).
+type PolicyOverview struct {
+	plugins.PolicyInfo
+	Calls    float64 `json:"calls"`
+	Failures float64 `json:"failures"`
+}
+
+func (b *Broker) overview() Overview {
+	info := b.server.Info.Clone()
+	o := Overview{
+		Node: b.cfg.Node.Name, Version: Version, Time: time.Now().UTC(),
+		UptimeSeconds: time.Now().Unix() - info.Started,
+		MQTT: MQTTOverview{
+			ClientsConnected: info.ClientsConnected,
+			Sessions:         int64(len(b.localClients())),
+			Subscriptions:    info.Subscriptions,
+			Retained:         info.Retained,
+		},
+		Conflicts: len(b.policies.Conflicts()),
+	}
+	if err := b.Ready(); err != nil {
+		o.ReadyReason = err.Error()
+	} else {
+		o.Ready = true
+	}
+	if b.node != nil {
+		st := b.node.Status()
+		o.Cluster = &st
+	}
+	calls, failures := map[string]float64{}, map[string]float64{}
+	if fams, err := b.registry.Gather(); err == nil {
+		for _, f := range fams {
+			for _, m := range f.GetMetric() {
+				v := m.GetCounter().GetValue()
+				switch f.GetName() {
+				case "mendmq_messages_total":
+					if label(m, "direction") == "in" {
+						o.MQTT.MessagesIn += v
+					} else {
+						o.MQTT.MessagesOut += v
+					}
+				case "mendmq_bytes_total":
+					if label(m, "direction") == "in" {
+						o.MQTT.BytesIn += v
+					} else {
+						o.MQTT.BytesOut += v
+					}
+				case "mendmq_messages_dropped_total":
+					o.MQTT.Dropped += v
+				case "mendmq_policy_merges_total":
+					calls[label(m, "policy")] += v
+				case "mendmq_policy_conflicts_total":
+					failures[label(m, "policy")] += v
+				}
+			}
+		}
+	}
+	for _, p := range b.policies.List() {
+		o.Policies = append(o.Policies, PolicyOverview{PolicyInfo: p, Calls: calls[p.Name], Failures: failures[p.Name]})
+	}
+	return o
+}
+
+func label(m *dto.Metric, name string) string {
+	for _, l := range m.GetLabel() {
+		if l.GetName() == name {
+			return l.GetValue()
+		}
+	}
+	return ""
+}
+
+func (b *Broker) apiOverview(w http.ResponseWriter, r *http.Request) {
+	if _, ok := admin.Query(w, r); !ok {
+		return
+	}
+	admin.WriteJSON(w, http.StatusOK, b.overview())
+}
