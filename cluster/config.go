@@ -15,6 +15,7 @@ import (
 	"github.com/mendmq/mendmq/cluster/dataplane"
 	"github.com/mendmq/mendmq/cluster/membership"
 	"github.com/mendmq/mendmq/cluster/merge"
+	"github.com/mendmq/mendmq/cluster/netsplit"
 )
 
 // Config is the cluster section of the node configuration (keys
@@ -93,6 +94,32 @@ type Config struct {
 	// resurrect deleted subscriptions or retained messages. Default 24h.
 	TombstoneGrace time.Duration `koanf:"tombstone_grace"`
 
+	// NetsplitMode is cluster.netsplit_mode: "any" (default, VerneMQ's
+	// rule: any unreachable member gates this node) or "majority" (only a
+	// side that does not see a strict majority of the last agreed
+	// membership gates; the majority side keeps serving and its writes
+	// are merged into the minority's at the heal). See package netsplit.
+	NetsplitMode string `koanf:"netsplit_mode"`
+	// NetsplitLinkGrace is cluster.netsplit_link_grace: how long a
+	// data-plane link to a member must stay down before the member counts
+	// as unreachable (shorter outages are flaps). Default 300ms.
+	NetsplitLinkGrace time.Duration `koanf:"netsplit_link_grace"`
+	// AllowRegisterDuringNetsplit, AllowPublishDuringNetsplit,
+	// AllowSubscribeDuringNetsplit and AllowUnsubscribeDuringNetsplit are
+	// cluster.allow_{register,publish,subscribe,unsubscribe}_during_netsplit:
+	// what a gated node still accepts. All default false (VerneMQ):
+	// CONNECT, PUBLISH, SUBSCRIBE and UNSUBSCRIBE are refused while gated.
+	// They change by hot reload.
+	AllowRegisterDuringNetsplit    bool `koanf:"allow_register_during_netsplit"`
+	AllowPublishDuringNetsplit     bool `koanf:"allow_publish_during_netsplit"`
+	AllowSubscribeDuringNetsplit   bool `koanf:"allow_subscribe_during_netsplit"`
+	AllowUnsubscribeDuringNetsplit bool `koanf:"allow_unsubscribe_during_netsplit"`
+	// ReadyzDuringNetsplit is cluster.readyz_during_netsplit: whether
+	// /readyz reports ready while the node is gated. Default true; false
+	// takes a gated node out of a load balancer's rotation, so clients
+	// reconnect to a node that serves.
+	ReadyzDuringNetsplit bool `koanf:"readyz_during_netsplit"`
+
 	// Transport replaces memberlist's network (tests inject faults).
 	Transport memberlist.Transport `koanf:"-"`
 	// DataNetwork replaces the data plane's TCP (tests inject faults).
@@ -129,6 +156,9 @@ func DefaultConfig() Config {
 		TombstoneGrace:           24 * time.Hour,
 		DataQueueFrames:          dp.QueueFrames,
 		DataQueueBytes:           dp.QueueBytes,
+		NetsplitMode:             "any",
+		NetsplitLinkGrace:        netsplit.DefaultConfig().LinkGrace,
+		ReadyzDuringNetsplit:     true,
 	}
 }
 
@@ -249,6 +279,12 @@ func (c *Config) Validate() error {
 	}
 	if err := c.DataTLS.validate(); err != nil {
 		errs = append(errs, err)
+	}
+	if _, err := netsplit.ParseMode(c.NetsplitMode); err != nil {
+		errs = append(errs, err)
+	}
+	if c.NetsplitLinkGrace < 0 {
+		errs = append(errs, fmt.Errorf("cluster.netsplit_link_grace: %v, must be >= 0 (default 300ms)", c.NetsplitLinkGrace))
 	}
 	return errors.Join(errs...)
 }

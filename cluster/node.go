@@ -34,6 +34,7 @@ import (
 	"github.com/mendmq/mendmq/cluster/dataplane"
 	"github.com/mendmq/mendmq/cluster/members"
 	"github.com/mendmq/mendmq/cluster/membership"
+	"github.com/mendmq/mendmq/cluster/netsplit"
 	"github.com/mendmq/mendmq/cluster/registry"
 	"github.com/mendmq/mendmq/cluster/replication"
 	"github.com/mendmq/mendmq/cluster/retained"
@@ -115,6 +116,7 @@ type Node struct {
 	retained *retained.Retained
 	router   *router.Router
 	registry *registry.Registry
+	split    *splitDriver
 
 	// leaveMu serializes Leave with the graceful leave of Stop.
 	leaveMu sync.Mutex
@@ -197,13 +199,19 @@ func New(name string, cfg Config, broker Broker) (*Node, error) {
 	if n.router, err = router.New(name, n.sessions.Index(), n.view, n.dp, broker, n.mux); err != nil {
 		return nil, err
 	}
-	// A new or returning member gets, and gives, everything at once.
+	mode, _ := netsplit.ParseMode(cfg.NetsplitMode) // validated
+	n.split = newSplitDriver(name, netsplit.Config{Mode: mode, LinkGrace: cfg.NetsplitLinkGrace})
+	n.view.Watch(n.observeSplit)
+	// A new or returning member gets, and gives, everything at once, on
+	// a link redialed at once (a healed network is used without waiting
+	// for the data plane's backoff).
 	n.view.Watch(func(ev members.Event, m members.Member) {
 		if ev.Kind == members.Joined && !m.Self {
+			n.dp.Redial(m.Name)
 			n.wg.Add(1)
 			go func() {
 				defer n.wg.Done()
-				n.repl.AntiEntropy(n.ctx, m.Name)
+				_, _, _ = n.repl.AntiEntropy(n.ctx, m.Name)
 			}()
 		}
 	})
@@ -264,10 +272,14 @@ func (n *Node) Start() error {
 		// even if the seeds answer only later.
 		n.repl.MarkSynced()
 	}
-	n.wg.Add(2)
+	n.wg.Add(3)
 	go func() {
 		defer n.wg.Done()
 		n.repl.Run(n.ctx)
+	}()
+	go func() {
+		defer n.wg.Done()
+		n.splitLoop(n.ctx)
 	}()
 	go func() {
 		defer n.wg.Done()

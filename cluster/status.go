@@ -48,13 +48,16 @@ type Status struct {
 	// application here, in milliseconds (mendmq_cluster_replication_lag_seconds
 	// has the distribution).
 	ReplicationLagMS int64 `json:"replication_lag_ms"`
+	// Netsplit is the node's netsplit state.
+	Netsplit NetsplitStatus `json:"netsplit"`
 }
 
 // Status returns the node's view of the cluster.
 func (n *Node) Status() Status {
 	rs := n.router.Stats()
 	st := Status{Node: n.name, Subscriptions: n.sessions.Index().NodeCounts(), Forwarded: rs.Forwarded.Load(), Received: rs.Received.Load(),
-		ReplicationLagMS: n.repl.LastLag().Milliseconds(), Sessions: n.repl.Len(sessions.Table), Retained: n.retained.Len()}
+		ReplicationLagMS: n.repl.LastLag().Milliseconds(), Sessions: n.repl.Len(sessions.Table), Retained: n.retained.Len(),
+		Netsplit: n.Netsplit()}
 	if n.ml == nil {
 		return st
 	}
@@ -92,16 +95,24 @@ var (
 	descReg       = prometheus.NewDesc("mendmq_cluster_registrations_total", "Client registrations and cross-node session takeovers.", []string{"what"}, nil)
 	descBad       = prometheus.NewDesc("mendmq_cluster_bad_messages_total", "Malformed or unknown messages from peers, and data-plane connections refused.", []string{"what"}, nil)
 	descMerges    = prometheus.NewDesc("mendmq_cluster_conflicts_total", "Conflicting replicated entries (retained messages set on both sides of a split) resolved through the merge policy, and resolutions retried because the policy left them undecided.", []string{"what"}, nil)
+	descSplit     = prometheus.NewDesc("mendmq_cluster_netsplit", "1 while this node is in a netsplit (a member of its view is unreachable).", nil, nil)
+	descGated     = prometheus.NewDesc("mendmq_cluster_netsplit_gated", "1 while this node gates CONNECT/PUBLISH/SUBSCRIBE/UNSUBSCRIBE (cluster.allow_*_during_netsplit): split in mode any, or split without a majority in mode majority.", nil, nil)
+	descUnreach   = prometheus.NewDesc("mendmq_cluster_unreachable_members", "Members this node finds unreachable now (netsplit detector).", nil, nil)
+	descSplits    = prometheus.NewDesc("mendmq_cluster_netsplits_total", "Netsplits this node entered.", nil, nil)
 	descBadGossip = prometheus.NewDesc("mendmq_cluster_gossip_bad_packets_total", "Gossip packets and streams refused as unreadable (wrong secret key, malformed, unknown type): an outsider or a misconfigured node reaches the gossip port.", nil, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (n *Node) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descMembers, descPeerBytes, descPeerFr, descPeerQueue, descPeerUp, descFwd, descFwdBytes,
-		descRecv, descDrops, descRefused, descKeys, descDeltas, descAE, descReg, descBad, descBadGossip, descPeerMsgs, descPeerFwdB, descMerges} {
+		descRecv, descDrops, descRefused, descKeys, descDeltas, descAE, descReg, descBad, descBadGossip, descPeerMsgs, descPeerFwdB, descMerges,
+		descSplit, descGated, descUnreach, descSplits} {
 		ch <- d
 	}
 	n.repl.Lag().Describe(ch)
+	n.split.uncertainty.Describe(ch)
+	n.split.duration.Describe(ch)
+	n.split.convergence.Describe(ch)
 }
 
 // Collect implements prometheus.Collector.
@@ -141,6 +152,14 @@ func (n *Node) Collect(ch chan<- prometheus.Metric) {
 		c(descPeerFwdB, pt.ForwardedBytes.Load(), peer)
 	})
 	n.repl.Lag().Collect(ch)
+	n.split.uncertainty.Collect(ch)
+	n.split.duration.Collect(ch)
+	n.split.convergence.Collect(ch)
+	ns := n.Netsplit()
+	g(descSplit, b2f(ns.Split))
+	g(descGated, b2f(ns.Gated))
+	g(descUnreach, float64(len(ns.Unreachable)))
+	c(descSplits, ns.Splits)
 	rs, ps := n.router.Stats(), n.repl.Stats()
 	c(descFwd, rs.Forwarded.Load())
 	c(descFwdBytes, rs.ForwardedBytes.Load())
@@ -164,4 +183,11 @@ func (n *Node) Collect(ch chan<- prometheus.Metric) {
 	c(descBad, ds.HandshakeFailures, "handshake_failures")
 	c(descBad, ds.ProtocolErrors, "protocol_errors")
 	c(descBad, ds.RefusedConns, "refused_connections")
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }

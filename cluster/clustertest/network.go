@@ -11,7 +11,7 @@
 //     whose dials across a cut fail and whose open connections are closed
 //     when their link is cut.
 //
-// Links are symmetric and named by node: Cut(a, b) drops everything
+// Links are named by node: Cut(a, b) drops everything
 // between a and b in both directions and nothing else, so an indirect
 // memberlist probe from a through c to b still succeeds — exactly the
 // "single broken link" case the netsplit detector must see through the
@@ -73,6 +73,7 @@ type Network struct {
 	maxDelay time.Duration
 	owner    map[string]string     // address -> node that bound it
 	cut      map[[2]string]bool    // sorted node pair -> cut
+	oneway   map[[2]string]bool    // (from, to) -> packets from->to dropped
 	isolated map[string]bool       // node -> cut from every other node
 	conns    map[*trackedConn]bool // open streams dialed through the Network
 	nextID   uint64                // trackedConn ids, for a stable close order
@@ -95,6 +96,7 @@ func New(tb testing.TB, cfg Config) *Network {
 		maxDelay: cfg.MaxDelay,
 		owner:    make(map[string]string),
 		cut:      make(map[[2]string]bool),
+		oneway:   make(map[[2]string]bool),
 		isolated: make(map[string]bool),
 		conns:    make(map[*trackedConn]bool),
 	}
@@ -121,6 +123,19 @@ func (n *Network) Cut(a, b string) {
 	victims := n.blockedConnsLocked()
 	n.mu.Unlock()
 	n.tb.Logf("clustertest: cut %s <-> %s", a, b)
+	closeConns(victims)
+}
+
+// CutOneWay drops the packets (memberlist's UDP) from node `from` to node
+// `to` and nothing the other way: an asymmetric failure. Streams need
+// both directions, so TCP between the two fails either way (dials fail,
+// open streams are closed), as it would on a real network.
+func (n *Network) CutOneWay(from, to string) {
+	n.mu.Lock()
+	n.oneway[[2]string{from, to}] = true
+	victims := n.blockedConnsLocked()
+	n.mu.Unlock()
+	n.tb.Logf("clustertest: cut %s -> %s (one way)", from, to)
 	closeConns(victims)
 }
 
@@ -159,12 +174,13 @@ func (n *Network) Partition(sides ...[]string) {
 func (n *Network) Heal() {
 	n.mu.Lock()
 	clear(n.cut)
+	clear(n.oneway)
 	clear(n.isolated)
 	n.mu.Unlock()
 	n.tb.Logf("clustertest: heal")
 }
 
-// Linked reports whether traffic currently flows between a and b.
+// Linked reports whether streams currently flow between a and b.
 func (n *Network) Linked(a, b string) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -185,11 +201,20 @@ func pair(a, b string) [2]string {
 	return [2]string{a, b}
 }
 
+// blockedLocked reports whether streams between a and b are cut.
 func (n *Network) blockedLocked(a, b string) bool {
 	if a == b {
 		return false
 	}
-	return n.cut[pair(a, b)] || n.isolated[a] || n.isolated[b]
+	return n.cut[pair(a, b)] || n.isolated[a] || n.isolated[b] || n.oneway[[2]string{a, b}] || n.oneway[[2]string{b, a}]
+}
+
+// packetBlockedLocked reports whether packets from a to b are dropped.
+func (n *Network) packetBlockedLocked(from, to string) bool {
+	if from == to {
+		return false
+	}
+	return n.cut[pair(from, to)] || n.isolated[from] || n.isolated[to] || n.oneway[[2]string{from, to}]
 }
 
 // route decides the fate of traffic from node `from` to address `to`:
@@ -202,6 +227,17 @@ func (n *Network) route(from, to string) (peer string, blocked bool) {
 		return "", false
 	}
 	return peer, n.blockedLocked(from, peer)
+}
+
+// packetRoute is route for a packet: only the from->to direction counts.
+func (n *Network) packetRoute(from, to string) (peer string, blocked bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	peer = n.owner[to]
+	if peer == "" {
+		return "", false
+	}
+	return peer, n.packetBlockedLocked(from, peer)
 }
 
 // packetFate draws the random fate of one packet on an intact link.

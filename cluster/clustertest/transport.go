@@ -76,7 +76,7 @@ func (t *Transport) WriteTo(b []byte, addr string) (time.Time, error) {
 // network would.
 func (t *Transport) WriteToAddress(b []byte, a memberlist.Address) (time.Time, error) {
 	now := time.Now()
-	if _, blocked := t.net.route(t.node, a.Addr); blocked {
+	if _, blocked := t.net.packetRoute(t.node, a.Addr); blocked {
 		return now, nil
 	}
 	drop, delay := t.net.packetFate()
@@ -97,7 +97,7 @@ func (t *Transport) WriteToAddress(b []byte, a memberlist.Address) (time.Time, e
 	time.AfterFunc(delay, func() {
 		defer t.wg.Done()
 		// The link may have been cut while the packet was in flight.
-		if _, blocked := t.net.route(t.node, a.Addr); !blocked {
+		if _, blocked := t.net.packetRoute(t.node, a.Addr); !blocked {
 			_, _ = t.inner.WriteToAddress(buf, a)
 		}
 	})

@@ -8,6 +8,7 @@ import (
 	"net"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -84,6 +85,9 @@ func (c *conn) run() error {
 type idleReader struct {
 	nc   net.Conn
 	idle time.Duration
+	// recv, once set, gets the time (Unix ns) of every read that brought
+	// bytes: the peer's last sign of life (PeerStats.LastReceived).
+	recv *atomic.Int64
 }
 
 func (r *idleReader) Read(b []byte) (int, error) {
@@ -92,7 +96,11 @@ func (r *idleReader) Read(b []byte) (int, error) {
 			return 0, err
 		}
 	}
-	return r.nc.Read(b)
+	n, err := r.nc.Read(b)
+	if n > 0 && r.recv != nil {
+		r.recv.Store(time.Now().UnixNano())
+	}
+	return n, err
 }
 
 var errIdle = errors.New("dataplane: nothing received within the idle timeout")

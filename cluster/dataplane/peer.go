@@ -37,6 +37,7 @@ type peer struct {
 	lastErrAt time.Time
 
 	connected atomic.Bool
+	lastRecv  atomic.Int64 // Unix ns of the last read that brought bytes
 
 	framesSent, bytesSent, framesRecv, bytesRecv atomic.Uint64
 	queueFull, dropped, dials, dialFailures      atomic.Uint64
@@ -268,5 +269,39 @@ func (p *peer) stats() PeerStats {
 	s.Dropped = p.dropped.Load()
 	s.Dials = p.dials.Load()
 	s.DialFailures = p.dialFailures.Load()
+	if ns := p.lastRecv.Load(); ns != 0 {
+		s.LastReceived = time.Unix(0, ns)
+	}
 	return s
+}
+
+// Redial makes the dial loop of a peer whose link is down try again now
+// rather than after its backoff (membership saw the peer come back, so a
+// healed network is used at once).
+func (pl *Plane) Redial(peer string) {
+	pl.mu.RLock()
+	p := pl.peers[peer]
+	pl.mu.RUnlock()
+	if p == nil {
+		return
+	}
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+// LastReceived returns when bytes last arrived from peer (zero if never
+// or unknown).
+func (pl *Plane) LastReceived(peer string) time.Time {
+	pl.mu.RLock()
+	p := pl.peers[peer]
+	pl.mu.RUnlock()
+	if p == nil {
+		return time.Time{}
+	}
+	if ns := p.lastRecv.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
 }

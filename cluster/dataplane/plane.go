@@ -472,7 +472,7 @@ func (pl *Plane) serveInbound(raw net.Conn) {
 	defer pl.wg.Done()
 	defer pl.untrack(raw)
 	defer raw.Close()
-	name, nc, br, err := pl.acceptHandshake(raw)
+	name, nc, br, ir, err := pl.acceptHandshake(raw)
 	<-pl.hsSem
 	if err != nil {
 		pl.handshakeFailures.Add(1)
@@ -490,6 +490,7 @@ func (pl *Plane) serveInbound(raw net.Conn) {
 		pl.peers[name] = p
 	}
 	pl.mu.Unlock()
+	ir.recv = &p.lastRecv
 	c := newConn(pl, p, raw, nc, br, false, newSendQueue(pl.cfg.QueueFrames, pl.cfg.QueueBytes))
 	if old := p.setIn(c); old != nil {
 		old.close(errors.New("replaced by a newer connection"))
@@ -500,10 +501,10 @@ func (pl *Plane) serveInbound(raw net.Conn) {
 	pl.log.Debug("inbound connection down", "peer", name, "err", err)
 }
 
-func (pl *Plane) acceptHandshake(raw net.Conn) (string, net.Conn, *bufio.Reader, error) {
+func (pl *Plane) acceptHandshake(raw net.Conn) (string, net.Conn, *bufio.Reader, *idleReader, error) {
 	deadline := time.Now().Add(pl.cfg.HandshakeTimeout)
 	if err := raw.SetDeadline(deadline); err != nil {
-		return "", nil, nil, err
+		return "", nil, nil, nil, err
 	}
 	var nc net.Conn = raw
 	if pl.cfg.TLS != nil {
@@ -512,7 +513,7 @@ func (pl *Plane) acceptHandshake(raw net.Conn) (string, net.Conn, *bufio.Reader,
 		err := tc.HandshakeContext(ctx)
 		cancel()
 		if err != nil {
-			return "", nil, nil, fmt.Errorf("%w: TLS: %w", ErrHandshake, err)
+			return "", nil, nil, nil, fmt.Errorf("%w: TLS: %w", ErrHandshake, err)
 		}
 		nc = tc
 	}
@@ -533,13 +534,13 @@ func (pl *Plane) acceptHandshake(raw net.Conn) (string, net.Conn, *bufio.Reader,
 	}
 	name, err := acceptHandshake(br, nc, pl.key, pl.cfg.ClusterName, pl.cfg.NodeName, checkDialer)
 	if err != nil {
-		return "", nil, nil, err
+		return "", nil, nil, nil, err
 	}
 	if err := raw.SetDeadline(time.Time{}); err != nil {
-		return "", nil, nil, err
+		return "", nil, nil, nil, err
 	}
 	ir.idle = pl.cfg.IdleTimeout
-	return name, nc, br, nil
+	return name, nc, br, ir, nil
 }
 
 // dial connects and authenticates to p at addr.
@@ -591,7 +592,7 @@ func (pl *Plane) dial(p *peer, addr string) (*conn, error) {
 	if err := raw.SetDeadline(time.Time{}); err != nil {
 		return fail(err)
 	}
-	ir.idle = pl.cfg.IdleTimeout
+	ir.idle, ir.recv = pl.cfg.IdleTimeout, &p.lastRecv
 	return newConn(pl, p, raw, nc, br, true, p.q), nil
 }
 
@@ -629,6 +630,11 @@ type PeerStats struct {
 
 	LastError   string // "" if none
 	LastErrorAt time.Time
+
+	// LastReceived is when bytes last arrived from the peer, on either
+	// connection (keepalives included): its last sign of life. Zero if
+	// never.
+	LastReceived time.Time
 }
 
 // Stats are the Plane's counters, for metrics.

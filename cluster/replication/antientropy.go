@@ -10,15 +10,17 @@ import (
 )
 
 // AntiEntropy compares digests with peer and exchanges what differs in
-// both directions; the first success marks the node Synced.
-func (r *Replicator) AntiEntropy(ctx context.Context, peer string) {
+// both directions; the first success marks the node Synced. It returns
+// how many entries the peer sent and how many this node sent back: 0 and
+// 0 means the two held the same tables.
+func (r *Replicator) AntiEntropy(ctx context.Context, peer string) (got, sent int, err error) {
 	r.mu.Lock()
 	d := r.store.Digest()
 	r.mu.Unlock()
 	req, err := d.AppendBinary(nil)
 	if err != nil {
 		r.log.Error("encode digest", "error", err)
-		return
+		return 0, 0, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -27,13 +29,13 @@ func (r *Replicator) AntiEntropy(ctx context.Context, peer string) {
 	if err != nil {
 		r.stats.AEFailures.Add(1)
 		r.log.Debug("anti-entropy", "peer", peer, "error", err)
-		return
+		return 0, 0, err
 	}
 	sets, theirs, err := decodeRepair(resp)
 	if err != nil {
 		r.stats.BadMessages.Add(1)
 		r.log.Warn("anti-entropy answer", "peer", peer, "error", err)
-		return
+		return 0, 0, err
 	}
 	r.apply(theirs, pathAntiEntropy)
 	r.stats.AERepaired.Add(uint64(len(theirs)))
@@ -44,15 +46,24 @@ func (r *Replicator) AntiEntropy(ctx context.Context, peer string) {
 		mine = append(mine, r.store.EntriesIn(s.Table, s.Buckets)...)
 	}
 	r.mu.Unlock()
+	got, sent = len(theirs), len(mine)
 	// Large repairs go in chunks that fit a frame.
 	for len(mine) > 0 {
 		k := min(len(mine), chunk)
 		if err := r.tr.SendWait(ctx, peer, FrameDeltas, replica.AppendDeltas(nil, mine[:k]...)); err != nil {
 			r.stats.AEFailures.Add(1)
-			return
+			return got, sent, err
 		}
 		mine = mine[k:]
 	}
+	return got, sent, nil
+}
+
+// Pending returns how many conflicts wait for the merge worker.
+func (r *Replicator) Pending() int {
+	r.pendMu.Lock()
+	defer r.pendMu.Unlock()
+	return len(r.pending)
 }
 
 // answerDigest is the responder's half of anti-entropy.

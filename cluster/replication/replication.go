@@ -240,7 +240,7 @@ func (r *Replicator) Run(ctx context.Context) {
 			return
 		case <-ae.C:
 			if peers := r.peers.AlivePeers(); len(peers) > 0 {
-				r.AntiEntropy(ctx, peers[rand.IntN(len(peers))])
+				_, _, _ = r.AntiEntropy(ctx, peers[rand.IntN(len(peers))])
 			}
 		case now := <-gc.C:
 			r.mu.Lock()

@@ -150,7 +150,7 @@ func TestConflictsResolvedOutsideTheLock(t *testing.T) {
 		}
 	}
 	n.down["a"] = false
-	a.AntiEntropy(context.Background(), "b") // both now hold both versions
+	_, _, _ = a.AntiEntropy(context.Background(), "b") // both now hold both versions
 	keys := func(r *Replicator) []tableKey {
 		var ks []tableKey
 		r.pendMu.Lock()
@@ -230,7 +230,7 @@ func TestUnmergedConflictsStayPending(t *testing.T) {
 	_ = a.Put("m", "k", []byte("x"), time.Now())
 	_ = b.Put("m", "k", []byte("y"), time.Now())
 	n.down["a"] = false
-	a.AntiEntropy(context.Background(), "b")
+	_, _, _ = a.AntiEntropy(context.Background(), "b")
 	failed := a.resolveConflicts(context.Background(), []tableKey{{"m", "k"}})
 	if len(failed) != 1 || f.calls == 0 {
 		t.Fatalf("failed %v after %d calls", failed, f.calls)
