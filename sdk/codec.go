@@ -10,6 +10,13 @@ import (
 // built with it exports mendmq_abi_version returning this value.
 const ABIVersion = 1
 
+// Version is this SDK's release. The SDK is versioned with the ABI: its
+// major version is ABIVersion, so every v1.x.y speaks ABI 1 and only adds
+// helpers; an ABI 2 would ship as the module github.com/mendmq/mendmq/sdk/v2.
+// Until the module is published, authors use it through a replace directive
+// (sdk/README.md) and the go command sees it as v0.0.0.
+const Version = "v1.0.0"
+
 // Sizes of the fixed parts of ABI version 1 buffers, in bytes (sdk/ABI.md).
 const (
 	// RequestHeaderSize is version, count, map_name_len, reserved.
