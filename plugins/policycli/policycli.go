@@ -305,7 +305,8 @@ func runList(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tLOADED\tMAPS\tINSTANCES\tSHA256\tLOADED AT\tSOURCE")
+	fmt.Fprintln(tw, "NAME\tLOADED\tMAPS\tINSTANCES\tSHA256\tON DISK\tLOADED AT\tSOURCE")
+	var problems []string
 	for _, p := range infos {
 		loaded, at := "no", "-"
 		if p.Loaded {
@@ -316,17 +317,37 @@ func runList(args []string, stdout, stderr io.Writer) int {
 		if maps == "" {
 			maps = "-"
 		}
-		sum := p.SHA256
-		if len(sum) > 12 {
-			sum = sum[:12]
+		// ON DISK: "=" when the file is what runs, its digest when it
+		// differs (changed, not loaded yet or refused), "-" for built-ins.
+		disk := "-"
+		switch {
+		case p.DiskError != "":
+			disk = "unreadable"
+			problems = append(problems, fmt.Sprintf("%s: module file unreadable: %s", p.Name, p.DiskError))
+		case p.DiskSHA256 != "" && p.DiskSHA256 == p.SHA256:
+			disk = "="
+		case p.DiskSHA256 != "":
+			disk = short(p.DiskSHA256)
 		}
-		if sum == "" {
-			sum = "-"
+		if p.LastReloadError != "" {
+			problems = append(problems, fmt.Sprintf("%s: last reload failed at %s: %s",
+				p.Name, p.LastReloadErrorAt.Local().Format(time.DateTime), p.LastReloadError))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", p.Name, loaded, maps, p.Instances, sum, at, p.Source)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", p.Name, loaded, maps, p.Instances, short(p.SHA256), disk, at, p.Source)
 	}
 	_ = tw.Flush()
+	for _, p := range problems {
+		fmt.Fprintln(stdout, p)
+	}
 	return 0
+}
+
+// short abbreviates a sha256 for the table ("-" when empty).
+func short(sum string) string {
+	if sum == "" {
+		return "-"
+	}
+	return sum[:min(len(sum), 12)]
 }
 
 func runReload(args []string, stdout, stderr io.Writer) int {
