@@ -305,6 +305,11 @@ func DecodeResults(buf []byte, dst []Result) ([]Result, error) {
 // malformed builds an ErrMalformed-wrapping error without fmt, which would
 // add ~200 KB to every Go policy module. Each %d in format takes one arg.
 func malformed(format string, args ...uint64) error {
+	return &malformedError{msg: expand(format, args)}
+}
+
+// expand replaces each %d of format with the next of args, in decimal.
+func expand(format string, args []uint64) string {
 	b := make([]byte, 0, len(format)+16)
 	for i := 0; i < len(format); i++ {
 		if format[i] == '%' && i+1 < len(format) && format[i+1] == 'd' && len(args) > 0 {
@@ -315,7 +320,7 @@ func malformed(format string, args ...uint64) error {
 		}
 		b = append(b, format[i])
 	}
-	return &malformedError{msg: string(b)}
+	return string(b)
 }
 
 type malformedError struct{ msg string }
