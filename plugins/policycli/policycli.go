@@ -1,6 +1,7 @@
-// Package policycli implements `mendmq policy`: run a merge policy locally
-// on two entries (the author's inner loop), and list or reload the policies
-// of a running node through its admin API. broker/cmd/mendmq/policy.go
+// Package policycli implements `mendmq policy`: scaffold a policy project
+// (new), run a merge policy locally on two entries or on a table of cases
+// (test: the author's inner loop and unit test), and list or reload the
+// policies of a running node through its admin API. broker/cmd/mendmq/policy.go
 // registers it; it lives here so it is tested with the package it drives.
 package policycli
 
