@@ -148,6 +148,7 @@ func TestNewRefuses(t *testing.T) {
 // TestFindSDK: without --sdk, the SDK is found above the working directory
 // (a checkout) and through $MENDMQ_SDK.
 func TestFindSDK(t *testing.T) {
+	t.Setenv("MENDMQ_SDK", "")
 	got, err := findSDK("")
 	if err != nil || got != sdkDir(t) {
 		t.Fatalf("from the working directory: %q, %v", got, err)
