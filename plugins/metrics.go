@@ -61,6 +61,9 @@ var verdictLabels = [...]string{"keep_existing", "take_merging", "put", "delete"
 
 const failSlot = len(verdictLabels) - 1
 
+// verdictCounts tallies merged entries per verdictLabels slot.
+type verdictCounts [len(verdictLabels)]int
+
 // mergeCounters are one policy's mendmq_policy_merges_total series, resolved
 // once per (map, verdict) so a merge costs a sync.Map load and an atomic add
 // rather than a label-hashing lookup in the vector.

@@ -507,6 +507,7 @@ func (r *Registry) run(ctx context.Context, p *policy, mapName string, items []M
 	dec, err := inst.Merge(ctx, mapName, items)
 	if err == nil {
 		var parkErr error
+		var counts verdictCounts
 		for i, d := range dec {
 			switch d.Verdict {
 			case abi.Fail:
@@ -520,10 +521,11 @@ func (r *Registry) run(ctx context.Context, p *policy, mapName string, items []M
 			default:
 				out[i] = Result{Verdict: d.Verdict}
 			}
+			counts[slot(&out[i])]++
 		}
 		// dec aliases the instance's buffers: return it only now.
 		p.pool.Put(inst)
-		r.observe(ctx, p, mapName, items, out)
+		r.observe(ctx, p, mapName, items, out, &counts)
 		return parkErr
 	}
 	p.pool.Discard(inst)
@@ -557,27 +559,23 @@ func (r *Registry) run(ctx context.Context, p *policy, mapName string, items []M
 		return firstErr
 	}
 	parkErr := r.park(p, mapName, items, out, kind, err)
-	r.observe(ctx, p, mapName, items, out)
+	var counts verdictCounts
+	counts[failSlot] = len(items)
+	r.observe(ctx, p, mapName, items, out, &counts)
 	return parkErr
 }
 
-// observe counts the merged entries in mendmq_policy_merges_total{policy,
-// map,verdict} and, when the logger is enabled for debug, logs one line per
+// observe adds counts (entries per verdictLabels slot, which the caller
+// tallies while it fills out) to mendmq_policy_merges_total{policy,map,
+// verdict} and, when the logger is enabled for debug, logs one line per
 // entry. Entries the policy failed on count as verdict "fail". With debug
-// off it costs one Enabled check.
-func (r *Registry) observe(ctx context.Context, p *policy, mapName string, items []MergeItem, out []Result) {
+// off it costs a counter lookup, one Enabled check and an atomic add per
+// verdict seen.
+func (r *Registry) observe(ctx context.Context, p *policy, mapName string, items []MergeItem, out []Result, counts *verdictCounts) {
 	c := p.merges.forMap(mapName)
-	if len(out) == 1 {
-		c[slot(&out[0])].Inc()
-	} else {
-		var n [len(verdictLabels)]int
-		for i := range out {
-			n[slot(&out[i])]++
-		}
-		for v, k := range n {
-			if k > 0 {
-				c[v].Add(float64(k))
-			}
+	for v, k := range counts {
+		if k > 0 {
+			c[v].Add(float64(k))
 		}
 	}
 	if !r.logger.Enabled(ctx, slog.LevelDebug) {
