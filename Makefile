@@ -17,15 +17,18 @@ build:
 run: build
 	./$(BIN) serve
 
-## test: vet, formatting, and the whole suite with the race detector
+## test: vet, formatting, and the whole suite with the race detector (the sdk is its own module: `./...` stops at sdk/go.mod, so it runs separately)
 test: vet fmt-check
 	$(GO) test -race -timeout $(TEST_TIMEOUT) ./...
+	cd sdk && $(GO) test -race ./...
 
 test-short:
 	$(GO) test -short ./...
+	cd sdk && $(GO) test -short ./...
 
 vet:
 	$(GO) vet ./...
+	cd sdk && $(GO) vet ./... && GOOS=wasip1 GOARCH=wasm $(GO) vet ./...
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"path/filepath"
 	"testing"
 
@@ -31,6 +32,7 @@ func benchEntries(n int) []MergeItem {
 // to the C latestupdate example.
 func benchRegistry(b *testing.B) *Registry {
 	cfg := DefaultConfig()
+	cfg.MapsInUse = AnyMap
 	cfg.Host.WatchModules = false
 	cfg.Host.CompilationCacheDir = testCacheDir
 	cfg.Policies["clatest"] = PolicyConfig{Module: repoPath("examples/policies/c/latestupdate/latestupdate.wasm")}
@@ -124,6 +126,7 @@ func BenchmarkLatestUpdateParallel(b *testing.B) {
 func BenchmarkApplySwap(b *testing.B) {
 	base := func() Config {
 		cfg := DefaultConfig()
+		cfg.MapsInUse = AnyMap
 		cfg.Host.WatchModules = false
 		cfg.Host.PoolSize = 1
 		cfg.Host.CompilationCacheDir = testCacheDir
@@ -190,4 +193,33 @@ func toSDK(e *EntryView) sdk.EntryView {
 	return sdk.EntryView{Key: e.Key, Value: e.Value, Cost: e.Cost, Hits: e.Hits, Version: e.Version,
 		CreationTime: e.CreationTime, LastAccessTime: e.LastAccessTime, LastUpdateTime: e.LastUpdateTime,
 		LastStoredTime: e.LastStoredTime, ExpirationTime: e.ExpirationTime}
+}
+
+// BenchmarkObserve: what counting and (not) logging costs per merge call
+// with debug logging off — the overhead of observable merges (the tally
+// per verdict is made by run in the loop that fills the results anyway).
+func BenchmarkObserve(b *testing.B) {
+	r := newRegistry(b, cConfig())
+	r.logger = slog.New(slog.DiscardHandler)
+	s, err := r.acquire()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.release()
+	p := s.policyFor("orders")
+	ctx := context.Background()
+	for _, n := range []int{1, 256} {
+		items := benchEntries(n)
+		out := make([]Result, n)
+		var counts verdictCounts
+		for i := range out {
+			out[i] = Result{Verdict: Verdict(i % 2)}
+			counts[slot(&out[i])]++
+		}
+		b.Run(fmt.Sprintf("entries%d", n), func(b *testing.B) {
+			for b.Loop() {
+				r.observe(ctx, p, "orders", items, out, &counts)
+			}
+		})
+	}
 }

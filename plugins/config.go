@@ -48,7 +48,19 @@ type Config struct {
 	// BaseDir resolves relative module paths; the broker sets it to the
 	// directory of its config file. Empty means the working directory.
 	BaseDir string `koanf:"-"`
+	// MapsInUse reports whether this node merges map name (other than
+	// "$retained") through the registry. Validate refuses a maps.<name>
+	// entry (other than maps.default) for which it reports false, naming the
+	// key, so a typo or a map nothing merges is not accepted without a word.
+	// nil means no map but "$retained" is merged, which is what runs today:
+	// the named, partitioned maps (DESIGN §4) are planned, so every such
+	// entry is refused. Tests and tools that merge under arbitrary map names
+	// set AnyMap.
+	MapsInUse func(name string) bool `koanf:"-"`
 }
+
+// AnyMap is a Config.MapsInUse that accepts every map name.
+func AnyMap(string) bool { return true }
 
 // PolicyConfig is one file-backed policy.
 type PolicyConfig struct {
@@ -162,6 +174,12 @@ func (c Config) Validate() error {
 	for _, m := range sortedKeys(c.Maps) {
 		if m == RetainedMap {
 			bad("maps."+m, "retained messages take their policy from retained.merge_policy; move it there")
+			continue
+		}
+		if m != DefaultMap && (c.MapsInUse == nil || !c.MapsInUse(m)) {
+			bad("maps."+m, "no map %q is merged on this node: today only retained messages are "+
+				"(their policy is retained.merge_policy); named maps are planned, not built yet. "+
+				"Remove maps.%s (maps.default stays for when they arrive)", m, m)
 			continue
 		}
 		known("maps."+m+".merge_policy", c.Maps[m].MergePolicy)

@@ -28,7 +28,16 @@ func TestValidateNamesKeyAndFix(t *testing.T) {
 		mutate func(*Config)
 		want   []string // substrings of the error
 	}{
-		{"unknown map policy", func(c *Config) { c.Maps["orders"] = MapConfig{MergePolicy: "nope"} },
+		{"map nothing merges", func(c *Config) { c.Maps["orders"] = MapConfig{MergePolicy: "latestupdate"} },
+			[]string{"maps.orders", `no map "orders" is merged on this node`, "retained.merge_policy", "planned", "Remove maps.orders"}},
+		{"map the node does not merge", func(c *Config) {
+			c.Maps["orders"] = MapConfig{MergePolicy: "latestupdate"}
+			c.MapsInUse = func(m string) bool { return m == "sessions" }
+		}, []string{"maps.orders", "no map"}},
+		{"unknown map policy", func(c *Config) {
+			c.Maps["orders"] = MapConfig{MergePolicy: "nope"}
+			c.MapsInUse = AnyMap
+		},
 			[]string{"maps.orders.merge_policy", `unknown policy "nope"`, "policies.nope.module"}},
 		{"no default", func(c *Config) { delete(c.Maps, DefaultMap) }, []string{"maps.default.merge_policy", "empty"}},
 		{"retained empty", func(c *Config) { c.Retained.MergePolicy = "" }, []string{"retained.merge_policy"}},
@@ -102,6 +111,7 @@ plugins:
 		t.Fatal(err)
 	}
 	cfg := DefaultConfig()
+	cfg.MapsInUse = AnyMap
 	if err := k.Unmarshal("", &cfg); err != nil {
 		t.Fatal(err)
 	}
@@ -140,6 +150,7 @@ func TestKoanfKeepsDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := DefaultConfig()
+	cfg.MapsInUse = AnyMap
 	if err := k.Unmarshal("", &cfg); err != nil {
 		t.Fatal(err)
 	}

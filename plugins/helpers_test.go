@@ -22,6 +22,7 @@ func testConfig() Config {
 	cfg.Host.PoolSize = 2
 	cfg.Host.CallTimeout = 5 * time.Second
 	cfg.Host.CompilationCacheDir = testCacheDir
+	cfg.MapsInUse = AnyMap // the tests merge under made-up map names
 	return cfg
 }
 
@@ -75,7 +76,8 @@ func repoPath(rel string) string { return filepath.Join("..", rel) }
 // hostilePath is a checked-in hostile module (see testdata/hostile/hostile.c).
 func hostilePath(mode string) string { return filepath.Join("testdata", "hostile", mode+".wasm") }
 
-// counterValue reads one sample of a collector by labels.
+// counterValue sums the samples of a collector whose labels match labels
+// (labels not given match any value).
 func counterValue(t testing.TB, r *Registry, name string, labels map[string]string) float64 {
 	t.Helper()
 	reg := prometheus.NewPedanticRegistry()
@@ -84,6 +86,7 @@ func counterValue(t testing.TB, r *Registry, name string, labels map[string]stri
 	if err != nil {
 		t.Fatal(err)
 	}
+	var sum float64
 	for _, mf := range mfs {
 		if mf.GetName() != name {
 			continue
@@ -96,12 +99,13 @@ func counterValue(t testing.TB, r *Registry, name string, labels map[string]stri
 				}
 			}
 			if c := m.GetCounter(); c != nil {
-				return c.GetValue()
+				sum += c.GetValue()
+			} else {
+				sum += m.GetGauge().GetValue()
 			}
-			return m.GetGauge().GetValue()
 		}
 	}
-	return 0
+	return sum
 }
 
 // waitFor polls cond until it holds or 10 s pass.

@@ -304,7 +304,16 @@ func TestRefusedAtLoad(t *testing.T) {
 			if err := running.Apply(cfg); err == nil || !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("Apply: %v", err)
 			}
-			if after := running.List(); fmt.Sprint(after) != fmt.Sprint(before) {
+			after := running.List()
+			if p := policyInfo(t, running, "p"); !strings.Contains(p.LastReloadError, c.want) {
+				t.Errorf("List does not show the refused load of p: %q", p.LastReloadError)
+			}
+			for _, l := range [][]PolicyInfo{before, after} {
+				for i := range l {
+					l[i].LastReloadError, l[i].LastReloadErrorAt = "", time.Time{}
+				}
+			}
+			if fmt.Sprint(after) != fmt.Sprint(before) {
 				t.Fatalf("running set changed:\n%v\n%v", before, after)
 			}
 			res, err := running.Merge(context.Background(), "orders", ev("k", 2), ev("k", 1))

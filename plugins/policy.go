@@ -12,7 +12,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tetratelabs/wazero"
 
 	"github.com/mendmq/mendmq/plugins/internal/abi"
@@ -34,7 +33,7 @@ type policy struct {
 	loadedAt time.Time
 	loadDur  time.Duration
 	pool     *wasmhost.Pool
-	merges   prometheus.Counter
+	merges   *mergeCounters
 	refs     atomic.Int32
 }
 

@@ -85,12 +85,35 @@ type Registry struct {
 
 	applyMu sync.Mutex // serialises Apply/Reload/Close
 	cfg     Config
-	watcher *filewatch.Watcher
-	pollFor time.Duration // watcher's poll interval, to notice changes
+	// loadErrs holds, per policy name, the last failure to read or load its
+	// module, until the policy loads (or is kept unchanged) again. Guarded
+	// by applyMu; shown by List.
+	loadErrs map[string]loadError
+	watcher  *filewatch.Watcher
+	pollFor  time.Duration // watcher's poll interval, to notice changes
 
 	reload       chan struct{}
 	stop         chan struct{}
 	reloaderDone chan struct{}
+}
+
+// loadError is a failed attempt to load one policy's module.
+type loadError struct {
+	err string
+	at  time.Time
+}
+
+// setLoadErr records (err non-nil) or clears the load failure of policy
+// name. Called with applyMu held.
+func (r *Registry) setLoadErr(name string, err error) {
+	if err == nil {
+		delete(r.loadErrs, name)
+		return
+	}
+	if r.loadErrs == nil {
+		r.loadErrs = map[string]loadError{}
+	}
+	r.loadErrs[name] = loadError{err: err.Error(), at: r.now()}
 }
 
 // policySet is one immutable generation of the configuration.
@@ -205,6 +228,11 @@ func (r *Registry) applyLocked(cfg Config) error {
 		}
 		return err
 	}
+	for name := range r.loadErrs {
+		if next.policies[name] == nil { // no longer used: nothing to report
+			delete(r.loadErrs, name)
+		}
+	}
 	cfg = cfg.clone()
 	r.watch(cfg.Host, next.modFiles)
 	r.conflicts.setLimit(cfg.Host.ConflictsLimit)
@@ -259,12 +287,15 @@ func (r *Registry) build(cfg Config) (_ *policySet, err error) {
 			if p := old.policies[name]; p != nil && p.key == builtins.SHA256(name)+" "+hk {
 				p.refs.Add(1)
 				next.policies[name] = p
+				r.setLoadErr(name, nil)
 				continue
 			}
 		}
 		bin, sum, err := readModule(name, source)
 		if err != nil {
-			return nil, fmt.Errorf("plugins: %s: read module: %w", key, err)
+			err = fmt.Errorf("plugins: %s: read module: %w", key, err)
+			r.setLoadErr(name, err)
+			return nil, err
 		}
 		if source != SourceBuiltin {
 			next.modFiles = append(next.modFiles, source)
@@ -273,6 +304,7 @@ func (r *Registry) build(cfg Config) (_ *policySet, err error) {
 			if p := old.policies[name]; p != nil && p.key == sum+" "+hk && p.source == source {
 				p.refs.Add(1)
 				next.policies[name] = p
+				r.setLoadErr(name, nil)
 				continue
 			}
 		}
@@ -296,13 +328,16 @@ func (r *Registry) build(cfg Config) (_ *policySet, err error) {
 	var loadErr error
 	for _, j := range jobs {
 		if j.err != nil {
+			err := fmt.Errorf("plugins: %s: %w", j.key, j.err)
+			r.setLoadErr(j.name, err)
 			if loadErr == nil {
-				loadErr = fmt.Errorf("plugins: %s: %w", j.key, j.err)
+				loadErr = err
 			}
 			continue
 		}
+		r.setLoadErr(j.name, nil)
 		p, name := j.p, j.name
-		p.merges = r.metrics.merges.WithLabelValues(name)
+		p.merges = newMergeCounters(r.metrics.merges, name)
 		p.pool.OnDiscard = func() { r.metrics.discarded.WithLabelValues(name).Inc() }
 		next.policies[name] = p // released by the deferred cleanup on error
 		r.logger.Info("merge policy loaded", "policy", name, "source", j.source, "sha256", j.sum,
@@ -461,6 +496,7 @@ func (r *Registry) run(ctx context.Context, p *policy, mapName string, items []M
 	dec, err := inst.Merge(ctx, mapName, items)
 	if err == nil {
 		var parkErr error
+		var counts verdictCounts
 		for i, d := range dec {
 			switch d.Verdict {
 			case abi.Fail:
@@ -474,10 +510,11 @@ func (r *Registry) run(ctx context.Context, p *policy, mapName string, items []M
 			default:
 				out[i] = Result{Verdict: d.Verdict}
 			}
+			counts[slot(&out[i])]++
 		}
 		// dec aliases the instance's buffers: return it only now.
 		p.pool.Put(inst)
-		p.merges.Add(float64(len(items)))
+		r.observe(ctx, p, mapName, items, out, &counts)
 		return parkErr
 	}
 	p.pool.Discard(inst)
@@ -510,8 +547,43 @@ func (r *Registry) run(ctx context.Context, p *policy, mapName string, items []M
 		}
 		return firstErr
 	}
-	p.merges.Add(float64(len(items)))
-	return r.park(p, mapName, items, out, kind, err)
+	parkErr := r.park(p, mapName, items, out, kind, err)
+	var counts verdictCounts
+	counts[failSlot] = len(items)
+	r.observe(ctx, p, mapName, items, out, &counts)
+	return parkErr
+}
+
+// observe adds counts (entries per verdictLabels slot, which the caller
+// tallies while it fills out) to mendmq_policy_merges_total{policy,map,
+// verdict} and, when the logger is enabled for debug, logs one line per
+// entry. Entries the policy failed on count as verdict "fail". With debug
+// off it costs a counter lookup, one Enabled check and an atomic add per
+// verdict seen.
+func (r *Registry) observe(ctx context.Context, p *policy, mapName string, items []MergeItem, out []Result, counts *verdictCounts) {
+	c := p.merges.forMap(mapName)
+	for v, k := range counts {
+		if k > 0 {
+			c[v].Add(float64(k))
+		}
+	}
+	if !r.logger.Enabled(ctx, slog.LevelDebug) {
+		return
+	}
+	for i := range out {
+		attrs := []slog.Attr{
+			slog.String("map", mapName),
+			slog.String("key", string(clip(items[i].Merging.Key))),
+			slog.String("verdict", verdictLabels[slot(&out[i])]),
+			slog.Bool("existing", items[i].Existing != nil),
+			slog.String("policy", p.name),
+			slog.String("sha256", p.sha256),
+		}
+		if id := out[i].ConflictID; id != 0 {
+			attrs = append(attrs, slog.Uint64("conflict", id))
+		}
+		r.logger.LogAttrs(ctx, slog.LevelDebug, "merge decided", attrs...)
+	}
 }
 
 func failureKind(err error) FailureKind {
@@ -586,6 +658,20 @@ type PolicyInfo struct {
 	// SHA256 is the hex digest of the module (of the uncompressed module for
 	// built-ins); empty for a file policy not loaded.
 	SHA256 string `json:"sha256,omitempty"`
+	// DiskSHA256 is the hex digest of a file policy's module as it is on
+	// disk now. It differs from SHA256 while a changed file has not been
+	// loaded yet, or could not be (see LastReloadError). Empty for
+	// built-ins and when the file cannot be read (DiskError).
+	DiskSHA256 string `json:"disk_sha256,omitempty"`
+	// DiskError says why the module file could not be read for DiskSHA256.
+	DiskError string `json:"disk_error,omitempty"`
+	// LastReloadError is the last failure to read or load this policy's
+	// module (compile, imports and exports, ABI version, self-test), with
+	// the file and the cause; the running module (SHA256), if any, stays in
+	// use. It is cleared once the policy loads again.
+	LastReloadError string `json:"last_reload_error,omitempty"`
+	// LastReloadErrorAt is when LastReloadError happened.
+	LastReloadErrorAt time.Time `json:"last_reload_error_at,omitzero"`
 	// Loaded says whether some map uses it (only those are compiled).
 	Loaded bool `json:"loaded"`
 	// LoadedAt is when the running module was loaded.
@@ -606,6 +692,10 @@ type PolicyInfo struct {
 func (r *Registry) List() []PolicyInfo {
 	r.applyMu.Lock()
 	cfg := r.cfg
+	loadErrs := make(map[string]loadError, len(r.loadErrs))
+	for k, v := range r.loadErrs {
+		loadErrs[k] = v
+	}
 	r.applyMu.Unlock()
 	s, err := r.acquire()
 	if err != nil {
@@ -630,6 +720,16 @@ func (r *Registry) List() []PolicyInfo {
 			if info.Source == SourceBuiltin {
 				info.SHA256 = builtins.SHA256(name)
 			}
+		}
+		if info.Source != SourceBuiltin {
+			if _, sum, err := readModule(name, info.Source); err != nil {
+				info.DiskError = err.Error()
+			} else {
+				info.DiskSHA256 = sum
+			}
+		}
+		if e, ok := loadErrs[name]; ok {
+			info.LastReloadError, info.LastReloadErrorAt = e.err, e.at
 		}
 		out = append(out, info)
 	}

@@ -10,6 +10,13 @@ import (
 // built with it exports mendmq_abi_version returning this value.
 const ABIVersion = 1
 
+// Version is this SDK's release. The SDK is versioned with the ABI: its
+// major version is ABIVersion, so every v1.x.y speaks ABI 1 and only adds
+// helpers; an ABI 2 would ship as the module github.com/mendmq/mendmq/sdk/v2.
+// Until the module is published, authors use it through a replace directive
+// (sdk/README.md) and the go command sees it as v0.0.0.
+const Version = "v1.0.0"
+
 // Sizes of the fixed parts of ABI version 1 buffers, in bytes (sdk/ABI.md).
 const (
 	// RequestHeaderSize is version, count, map_name_len, reserved.
@@ -298,6 +305,11 @@ func DecodeResults(buf []byte, dst []Result) ([]Result, error) {
 // malformed builds an ErrMalformed-wrapping error without fmt, which would
 // add ~200 KB to every Go policy module. Each %d in format takes one arg.
 func malformed(format string, args ...uint64) error {
+	return &malformedError{msg: expand(format, args)}
+}
+
+// expand replaces each %d of format with the next of args, in decimal.
+func expand(format string, args []uint64) string {
 	b := make([]byte, 0, len(format)+16)
 	for i := 0; i < len(format); i++ {
 		if format[i] == '%' && i+1 < len(format) && format[i+1] == 'd' && len(args) > 0 {
@@ -308,7 +320,7 @@ func malformed(format string, args ...uint64) error {
 		}
 		b = append(b, format[i])
 	}
-	return &malformedError{msg: string(b)}
+	return string(b)
 }
 
 type malformedError struct{ msg string }

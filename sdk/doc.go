@@ -25,6 +25,15 @@
 // it builds without exports, so the codec and dispatch logic (and a
 // policy's own unit tests) run natively with go test.
 //
+// Retained MQTT messages are merged under the map name RetainedMap
+// ("$retained"); DecodeRetained reads their values (sdk/ABI.md §8).
+//
+// The package is its own module, github.com/mendmq/mendmq/sdk, with no
+// dependencies and go 1.24 (the first Go with //go:wasmexport). It is
+// versioned with the ABI: Version's major number is ABIVersion. sdk/README.md
+// shows the go.mod a policy needs; `mendmq policy new NAME --lang go`
+// writes one.
+//
 // A policy must be deterministic: the module gets no file system, no
 // network, a frozen clock and a fixed random seed, and every node must reach
 // the same answer for the same inputs.

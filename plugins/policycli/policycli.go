@@ -1,6 +1,7 @@
-// Package policycli implements `mendmq policy`: run a merge policy locally
-// on two entries (the author's inner loop), and list or reload the policies
-// of a running node through its admin API. broker/cmd/mendmq/policy.go
+// Package policycli implements `mendmq policy`: scaffold a policy project
+// (new), run a merge policy locally on two entries or on a table of cases
+// (test: the author's inner loop and unit test), and list or reload the
+// policies of a running node through its admin API. broker/cmd/mendmq/policy.go
 // registers it; it lives here so it is tested with the package it drives.
 package policycli
 
@@ -24,14 +25,26 @@ import (
 )
 
 // Summary is the one-line description for the command list.
-const Summary = "merge policies: test a module locally, list or reload a node's policies"
+const Summary = "merge policies: scaffold and test a module locally, list or reload a node's policies"
 
 const usage = `usage: mendmq policy <command> [flags]
 
-  test    run a policy on two entries locally and print the result as JSON
+  new NAME --lang go|c [--dir D] [--sdk DIR]
+          create a policy project in D (default ./NAME): the source with
+            merge stubbed to the default (latestupdate), a Makefile
+            (make: build NAME.wasm; make test: run cases.json) and
+            cases.json; --sdk is the mendmq SDK (sdk/ of a checkout; default
+            $MENDMQ_SDK or found above the working directory or the binary)
+  test    run a policy on two entries locally and print the result as JSON,
+          or run a table of cases (--cases)
             --module FILE.wasm | --builtin NAME   the policy
+            --cases FILE        run the cases in FILE (JSON: {"map": M,
+                                "cases": [{"name", "map", "merging", "existing",
+                                "want": {"verdict", "value" | "value_b64",
+                                "entry", "reason"}}]}); one line per case, a
+                                diff for each mismatch, exit 1 if any fails
             --map NAME          map name passed to the policy (default "test")
-            --merging JSON      the merging entry (required)
+            --merging JSON      the merging entry (required without --cases)
             --existing JSON     the existing entry (omit: key absent)
             --timeout D         per-call deadline (default 5s)
             --memory-mib N      memory cap (default 64)
@@ -61,6 +74,8 @@ func Run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	switch args[0] {
+	case "new":
+		return runNew(args[1:], stdout, stderr)
 	case "test":
 		return runTest(args[1:], stdout, stderr)
 	case "list":
@@ -182,24 +197,39 @@ func runTest(args []string, stdout, stderr io.Writer) int {
 	timeout := fs.Duration("timeout", 5*time.Second, "per-call deadline")
 	memory := fs.Uint("memory-mib", 64, "memory cap in MiB")
 	cacheDir := fs.String("cache-dir", defaultCacheDir(), `compiled-module cache directory ("" disables)`)
+	casesFile := fs.String("cases", "", "run the cases in this JSON file")
 	fs.Usage = func() { fmt.Fprint(stderr, usage) }
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	if (*module == "") == (*builtin == "") || *merging == "" || fs.NArg() != 0 {
-		fmt.Fprintln(stderr, "mendmq policy test: give exactly one of --module and --builtin, and --merging")
+	if (*module == "") == (*builtin == "") || (*merging == "") == (*casesFile == "") || fs.NArg() != 0 {
+		fmt.Fprintln(stderr, "mendmq policy test: give exactly one of --module and --builtin, and --merging or --cases")
 		return 2
 	}
-	m, err := parseEntry("merging", *merging)
-	if err != nil {
-		fmt.Fprintln(stderr, "mendmq policy test:", err)
-		return 2
-	}
-	var e *plugins.EntryView
-	if *existing != "" && *existing != "null" {
-		if e, err = parseEntry("existing", *existing); err != nil {
+	var (
+		m, e  *plugins.EntryView
+		cases []parsedCase
+		err   error
+	)
+	if *casesFile != "" {
+		if *existing != "" {
+			fmt.Fprintln(stderr, "mendmq policy test: --existing goes with --merging; cases carry their own entries")
+			return 2
+		}
+		if cases, err = loadCases(*casesFile, *mapName); err != nil {
+			fmt.Fprintln(stderr, "mendmq policy test: --cases", err)
+			return 2
+		}
+	} else {
+		if m, err = parseEntry("merging", *merging); err != nil {
 			fmt.Fprintln(stderr, "mendmq policy test:", err)
 			return 2
+		}
+		if *existing != "" && *existing != "null" {
+			if e, err = parseEntry("existing", *existing); err != nil {
+				fmt.Fprintln(stderr, "mendmq policy test:", err)
+				return 2
+			}
 		}
 	}
 
@@ -225,6 +255,17 @@ func runTest(args []string, stdout, stderr io.Writer) int {
 	}
 	defer r.Close()
 
+	if cases != nil {
+		failed, err := runCases(r, cases, stdout)
+		if err != nil {
+			fmt.Fprintln(stderr, "mendmq policy test:", err)
+			return 1
+		}
+		if failed > 0 {
+			return 1
+		}
+		return 0
+	}
 	res, err := r.Merge(context.Background(), *mapName, m, e)
 	if err != nil {
 		fmt.Fprintln(stderr, "mendmq policy test:", err)
@@ -305,7 +346,8 @@ func runList(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tLOADED\tMAPS\tINSTANCES\tSHA256\tLOADED AT\tSOURCE")
+	fmt.Fprintln(tw, "NAME\tLOADED\tMAPS\tINSTANCES\tSHA256\tON DISK\tLOADED AT\tSOURCE")
+	var problems []string
 	for _, p := range infos {
 		loaded, at := "no", "-"
 		if p.Loaded {
@@ -316,17 +358,37 @@ func runList(args []string, stdout, stderr io.Writer) int {
 		if maps == "" {
 			maps = "-"
 		}
-		sum := p.SHA256
-		if len(sum) > 12 {
-			sum = sum[:12]
+		// ON DISK: "=" when the file is what runs, its digest when it
+		// differs (changed, not loaded yet or refused), "-" for built-ins.
+		disk := "-"
+		switch {
+		case p.DiskError != "":
+			disk = "unreadable"
+			problems = append(problems, fmt.Sprintf("%s: module file unreadable: %s", p.Name, p.DiskError))
+		case p.DiskSHA256 != "" && p.DiskSHA256 == p.SHA256:
+			disk = "="
+		case p.DiskSHA256 != "":
+			disk = short(p.DiskSHA256)
 		}
-		if sum == "" {
-			sum = "-"
+		if p.LastReloadError != "" {
+			problems = append(problems, fmt.Sprintf("%s: last reload failed at %s: %s",
+				p.Name, p.LastReloadErrorAt.Local().Format(time.DateTime), p.LastReloadError))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", p.Name, loaded, maps, p.Instances, sum, at, p.Source)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", p.Name, loaded, maps, p.Instances, short(p.SHA256), disk, at, p.Source)
 	}
 	_ = tw.Flush()
+	for _, p := range problems {
+		fmt.Fprintln(stdout, p)
+	}
 	return 0
+}
+
+// short abbreviates a sha256 for the table ("-" when empty).
+func short(sum string) string {
+	if sum == "" {
+		return "-"
+	}
+	return sum[:min(len(sum), 12)]
 }
 
 func runReload(args []string, stdout, stderr io.Writer) int {

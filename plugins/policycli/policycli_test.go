@@ -110,6 +110,10 @@ func TestListAndReload(t *testing.T) {
 		{Name: "latestupdate", Source: plugins.SourceBuiltin, SHA256: strings.Repeat("ab", 32), Loaded: true,
 			LoadedAt: time.Unix(1700000000, 0), Maps: []string{"default", "$retained"}, Instances: 2, Batch: true},
 		{Name: "discard", Source: plugins.SourceBuiltin, Maps: []string{}},
+		{Name: "mine", Source: "/etc/p.wasm", SHA256: strings.Repeat("cd", 32), DiskSHA256: strings.Repeat("ef", 32),
+			Loaded: true, Maps: []string{"orders"}, LastReloadError: "plugins: policies.mine.module (/etc/p.wasm): compile module: invalid magic number",
+			LastReloadErrorAt: time.Unix(1700000000, 0)},
+		{Name: "same", Source: "/etc/s.wasm", SHA256: strings.Repeat("12", 32), DiskSHA256: strings.Repeat("12", 32), Loaded: true, Maps: []string{"x"}},
 	}
 	var reloadFails atomic.Bool
 	mux := http.NewServeMux()
@@ -131,7 +135,9 @@ func TestListAndReload(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("list: %d %s", code, stderr)
 	}
-	for _, want := range []string{"NAME", "latestupdate", "yes", "default,$retained", "abababababab", "discard", "no"} {
+	for _, want := range []string{"NAME", "ON DISK", "latestupdate", "yes", "default,$retained", "abababababab", "discard", "no",
+		"cdcdcdcdcdcd  efefefefefef", "121212121212  =",
+		"mine: last reload failed at " + time.Unix(1700000000, 0).Local().Format(time.DateTime) + ": plugins: policies.mine.module (/etc/p.wasm): compile module: invalid magic number"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)
 		}
