@@ -48,7 +48,7 @@ func TestPolicyHotLoadByConfigMapSwap(t *testing.T) {
 
 	cfg := brokertest.Config()
 	cfg.Plugins.Policies["counter"] = plugins.PolicyConfig{Module: module}
-	cfg.Plugins.Maps["counters"] = plugins.MapConfig{MergePolicy: "counter"}
+	cfg.Plugins.Retained.MergePolicy = "counter" // referenced, so loaded
 	cfg.Plugins.Host.WatchPollInterval = 200 * time.Millisecond
 	n := brokertest.Start(t, cfg)
 	sha := func() string {

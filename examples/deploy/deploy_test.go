@@ -262,33 +262,33 @@ func TestKubernetesManifests(t *testing.T) {
 	}
 
 	// The configuration loads, names the files where the pod mounts them,
-	// and its policy module is the repository's counter.wasm and loads.
+	// and its policy module is the repository's C latestupdate.wasm and loads.
 	cm := named("ConfigMap", "mendmq-config")
 	args := get(t, ctr, "args").([]any)
 	if cfgPath := args[len(args)-1].(string); filepath.Dir(cfgPath) != mounts["config"] {
 		t.Errorf("--config %s is not in the config mount %s", cfgPath, mounts["config"])
 	}
-	mod, err := base64.StdEncoding.DecodeString(str(t, named("ConfigMap", "mendmq-policies"), "binaryData", "counter.wasm"))
+	mod, err := base64.StdEncoding.DecodeString(str(t, named("ConfigMap", "mendmq-policies"), "binaryData", "latestupdate.wasm"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	repoMod, err := os.ReadFile(filepath.Join(repoRoot, "examples", "policies", "c", "counter", "counter.wasm"))
+	repoMod, err := os.ReadFile(filepath.Join(repoRoot, "examples", "policies", "c", "latestupdate", "latestupdate.wasm"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(mod, repoMod) {
-		t.Error("mendmq-policies counter.wasm differs from examples/policies/c/counter/counter.wasm: regenerate it (command in the manifest)")
+		t.Error("mendmq-policies latestupdate.wasm differs from examples/policies/c/latestupdate/latestupdate.wasm: regenerate it (command in the manifest)")
 	}
-	modPath := filepath.Join(t.TempDir(), "counter.wasm")
+	modPath := filepath.Join(t.TempDir(), "latestupdate.wasm")
 	os.WriteFile(modPath, mod, 0o600)
-	cfg := loadConfig(t, str(t, cm, "data", "mendmq.yaml"), env, "policies.counter.module="+modPath)
+	cfg := loadConfig(t, str(t, cm, "data", "mendmq.yaml"), env, "policies.retained-latest.module="+modPath)
 	if cfg.Node.Name != "mendmq-0" || !cfg.Cluster.Enabled || len(cfg.Cluster.Seeds) != 1 ||
 		cfg.Cluster.Seeds[0] != str(t, headless, "metadata", "name")+":7946" {
 		t.Errorf("node %q cluster %+v", cfg.Node.Name, cfg.Cluster.Seeds)
 	}
 	orig := loadConfig(t, str(t, cm, "data", "mendmq.yaml"), env)
-	if m := orig.Plugins.Policies["counter"].Module; filepath.Dir(m) != mounts["policies"] {
-		t.Errorf("policies.counter.module %s is not in the policies mount %s", m, mounts["policies"])
+	if m := orig.Plugins.Policies["retained-latest"].Module; filepath.Dir(m) != mounts["policies"] {
+		t.Errorf("policies.retained-latest.module %s is not in the policies mount %s", m, mounts["policies"])
 	}
 	if filepath.Dir(orig.Admin.TokenFile) == mounts["secrets"] {
 		t.Errorf("admin.token_file was replaced by the test's")
@@ -369,6 +369,7 @@ func scrapeBusyNode(t *testing.T) map[string]bool {
 	cfg.Admin.TokenFile = writeToken(t)
 	cfg.Plugins.Policies["trap"] = plugins.PolicyConfig{Module: filepath.Join(repoRoot, "plugins", "testdata", "hostile", "trap.wasm")}
 	cfg.Plugins.Maps["evil"] = plugins.MapConfig{MergePolicy: "trap"}
+	cfg.Plugins.MapsInUse = plugins.AnyMap // "evil" is merged only by this test's direct calls
 	n := brokertest.Start(t, cfg)
 	// A peer, for the per-peer series and the replication lag.
 	pcfg := brokertest.Config()

@@ -1,20 +1,18 @@
 // Package policycli implements `mendmq policy`: scaffold a policy project
 // (new), run a merge policy locally on two entries or on a table of cases
-// (test: the author's inner loop and unit test), and list or reload the
-// policies of a running node through its admin API. broker/cmd/mendmq/policy.go
-// registers it; it lives here so it is tested with the package it drives.
+// (test: the author's inner loop and unit test), and print a node's
+// policies (WriteList, for `mendmq ctl policy list`, which talks to the
+// node). broker/cmd/mendmq/policy.go registers it; it lives here so it is
+// tested with the package it drives.
 package policycli
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -57,10 +55,9 @@ const usage = `usage: mendmq policy <command> [flags]
           Exit status: 0 the policy decided, 1 it failed (trap, timeout,
             garbage or refusal; the reason is printed) or could not load,
             2 usage.
-  list    GET {admin}/api/v1/policies and print a table (--json: raw)
-  reload  POST {admin}/api/v1/policies/reload; non-zero exit on error
-
---admin defaults to $MENDMQ_ADMIN or http://127.0.0.1:8080.
+  list    a node's policies (mendmq ctl policy list: --admin, --json,
+          credentials; see mendmq ctl)
+  reload  re-read a node's config and modules (mendmq ctl policy reload)
 `
 
 // Run executes `mendmq policy` with args (after "policy") and returns the
@@ -78,10 +75,6 @@ func Run(args []string, stdout, stderr io.Writer) int {
 		return runNew(args[1:], stdout, stderr)
 	case "test":
 		return runTest(args[1:], stdout, stderr)
-	case "list":
-		return runList(args[1:], stdout, stderr)
-	case "reload":
-		return runReload(args[1:], stdout, stderr)
 	}
 	fmt.Fprintf(stderr, "mendmq policy: unknown command %q\n\n%s", args[0], usage)
 	return 2
@@ -303,49 +296,13 @@ func defaultCacheDir() string {
 	return filepath.Join(dir, "mendmq", "wazero")
 }
 
-func adminFlags(name string, stderr io.Writer) (*flag.FlagSet, *string) {
-	fs := flag.NewFlagSet("policy "+name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	def := os.Getenv("MENDMQ_ADMIN")
-	if def == "" {
-		def = "http://127.0.0.1:8080"
-	}
-	admin := fs.String("admin", def, "admin API base URL")
-	fs.Usage = func() { fmt.Fprint(stderr, usage) }
-	return fs, admin
-}
 
-func baseURL(admin string) string {
-	base := strings.TrimRight(admin, "/")
-	if !strings.Contains(base, "://") {
-		base = "http://" + base
-	}
-	return base
-}
-
-func runList(args []string, stdout, stderr io.Writer) int {
-	fs, admin := adminFlags("list", stderr)
-	asJSON := fs.Bool("json", false, "print the API's JSON")
-	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
-		return 2
-	}
-	var raw json.RawMessage
-	if err := call(http.MethodGet, baseURL(*admin)+"/api/v1/policies", &raw); err != nil {
-		fmt.Fprintln(stderr, "mendmq policy list:", err)
-		return 1
-	}
-	if *asJSON {
-		var buf bytes.Buffer
-		_ = json.Indent(&buf, raw, "", "  ")
-		fmt.Fprintln(stdout, buf.String())
-		return 0
-	}
-	var infos []plugins.PolicyInfo
-	if err := json.Unmarshal(raw, &infos); err != nil {
-		fmt.Fprintln(stderr, "mendmq policy list: decode response:", err)
-		return 1
-	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+// WriteList prints policies as `mendmq ctl policy list` shows them: a
+// table (ON DISK: "=" when the module file is what runs, its digest when
+// it differs, "-" for built-ins), then one line per module whose file is
+// unreadable or whose last reload failed.
+func WriteList(w io.Writer, infos []plugins.PolicyInfo) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tLOADED\tMAPS\tINSTANCES\tSHA256\tON DISK\tLOADED AT\tSOURCE")
 	var problems []string
 	for _, p := range infos {
@@ -378,10 +335,10 @@ func runList(args []string, stdout, stderr io.Writer) int {
 	}
 	_ = tw.Flush()
 	for _, p := range problems {
-		fmt.Fprintln(stdout, p)
+		fmt.Fprintln(w, p)
 	}
-	return 0
 }
+
 
 // short abbreviates a sha256 for the table ("-" when empty).
 func short(sum string) string {
@@ -391,54 +348,3 @@ func short(sum string) string {
 	return sum[:min(len(sum), 12)]
 }
 
-func runReload(args []string, stdout, stderr io.Writer) int {
-	fs, admin := adminFlags("reload", stderr)
-	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
-		return 2
-	}
-	if err := call(http.MethodPost, baseURL(*admin)+"/api/v1/policies/reload", nil); err != nil {
-		fmt.Fprintln(stderr, "mendmq policy reload:", err)
-		return 1
-	}
-	fmt.Fprintln(stdout, "policies reloaded")
-	return 0
-}
-
-// call does one admin API request. A non-2xx answer becomes an error with
-// the API's {"error": "..."} message.
-func call(method, url string, out any) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, method, url, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if err != nil {
-		return fmt.Errorf("%s %s: read response: %w", method, url, err)
-	}
-	if resp.StatusCode/100 != 2 {
-		var apiErr struct {
-			Error string `json:"error"`
-		}
-		if json.Unmarshal(body, &apiErr) == nil && apiErr.Error != "" {
-			return fmt.Errorf("%s %s: %s: %s", method, url, resp.Status, apiErr.Error)
-		}
-		return fmt.Errorf("%s %s: %s: %s", method, url, resp.Status, strings.TrimSpace(string(body)))
-	}
-	if out == nil {
-		var ok struct {
-			OK bool `json:"ok"`
-		}
-		if err := json.Unmarshal(body, &ok); err != nil || !ok.OK {
-			return errors.New("unexpected answer: " + strings.TrimSpace(string(body)))
-		}
-		return nil
-	}
-	return json.Unmarshal(body, out)
-}

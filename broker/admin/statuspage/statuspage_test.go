@@ -92,6 +92,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 		if name == "n1" {
 			cfg.Plugins.Policies["trap"] = plugins.PolicyConfig{Module: filepath.Join("..", "..", "..", "plugins", "testdata", "hostile", "trap.wasm")}
 			cfg.Plugins.Maps["evil"] = plugins.MapConfig{MergePolicy: "trap"}
+			cfg.Plugins.MapsInUse = plugins.AnyMap // "evil" is merged only by this test's direct calls
 		}
 	})
 	mctx, mcancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -16,6 +16,7 @@ import (
 	"github.com/mendmq/mendmq/broker"
 	"github.com/mendmq/mendmq/cluster"
 	"github.com/mendmq/mendmq/plugins"
+	"github.com/mendmq/mendmq/plugins/policycli"
 )
 
 func init() {
@@ -581,21 +582,7 @@ func (x *ctlRun) policyList(args []string) error {
 	if printed, err := x.get("/api/v1/policies", &infos); err != nil || printed {
 		return err
 	}
-	tw := x.table()
-	fmt.Fprintln(tw, "NAME\tLOADED\tMAPS\tINSTANCES\tSHA256\tLOADED AT\tSOURCE")
-	for _, p := range infos {
-		loaded, at := "no", "-"
-		if p.Loaded {
-			loaded = "yes"
-			at = p.LoadedAt.Local().Format(time.DateTime)
-		}
-		sum := p.SHA256
-		if len(sum) > 12 {
-			sum = sum[:12]
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", p.Name, loaded, dash(strings.Join(p.Maps, ",")), p.Instances, dash(sum), at, p.Source)
-	}
-	_ = tw.Flush()
+	policycli.WriteList(x.stdout, infos)
 	return nil
 }
 
