@@ -207,6 +207,10 @@ func (b *Broker) addCluster() error {
 	if cc.Merger == nil {
 		cc.Merger = b.policies // conflicting retained messages: the $retained policy
 	}
+	if b.cfg.Storage.Path != "" && cc.StoragePath == "" {
+		// The cluster's own file: publishes held for unreachable nodes.
+		cc.StoragePath = b.cfg.Storage.Path + ".cluster"
+	}
 	opts := clusterhook.Options{
 		Server:          b.server,
 		Metrics:         b.metrics,

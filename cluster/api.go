@@ -62,6 +62,15 @@ func (n *Node) Forward(ctx context.Context, topic string, qos byte, id uint64, e
 	return n.router.Forward(ctx, topic, qos, id, encode)
 }
 
+// ForwardHold is Forward for a publish that must not wait for unreachable
+// nodes (allow_publish_during_netsplit, wills): the routable ones get it
+// now, the others once they are back (held in order, delivered once). It
+// fails only if the node cannot hold it (cluster.netsplit_queue_*): then
+// nothing was held, though routable nodes may have it.
+func (n *Node) ForwardHold(ctx context.Context, topic string, qos byte, id uint64, encode func() ([]byte, error)) error {
+	return n.router.ForwardHold(ctx, topic, qos, id, encode)
+}
+
 // Register claims clientID for this node with the client id's leader,
 // which takes the session over from the node that holds it (clean: the
 // new connection discards it). The moved session, if any, comes back

@@ -114,11 +114,23 @@ type Config struct {
 	AllowPublishDuringNetsplit     bool `koanf:"allow_publish_during_netsplit"`
 	AllowSubscribeDuringNetsplit   bool `koanf:"allow_subscribe_during_netsplit"`
 	AllowUnsubscribeDuringNetsplit bool `koanf:"allow_unsubscribe_during_netsplit"`
+	// NetsplitQueueMessages and NetsplitQueueBytes are
+	// cluster.netsplit_queue_messages and cluster.netsplit_queue_bytes:
+	// the bound of the queue of QoS 1/2 publishes (and wills) held for
+	// each unreachable node until it is back. A publish that does not fit
+	// is refused (v5: PUBACK/PUBREC 0x97 quota exceeded), never dropped.
+	// Defaults 100000 messages, 64 MiB.
+	NetsplitQueueMessages int `koanf:"netsplit_queue_messages"`
+	NetsplitQueueBytes    int `koanf:"netsplit_queue_bytes"`
 	// ReadyzDuringNetsplit is cluster.readyz_during_netsplit: whether
 	// /readyz reports ready while the node is gated. Default true; false
 	// takes a gated node out of a load balancer's rotation, so clients
 	// reconnect to a node that serves.
 	ReadyzDuringNetsplit bool `koanf:"readyz_during_netsplit"`
+
+	// StoragePath is the cluster's own storage file (the broker sets it to
+	// storage.path + ".cluster"); empty keeps held publishes in memory.
+	StoragePath string `koanf:"-"`
 
 	// Transport replaces memberlist's network (tests inject faults).
 	Transport memberlist.Transport `koanf:"-"`
@@ -157,6 +169,8 @@ func DefaultConfig() Config {
 		DataQueueFrames:          dp.QueueFrames,
 		DataQueueBytes:           dp.QueueBytes,
 		NetsplitMode:             "any",
+		NetsplitQueueMessages:    100000,
+		NetsplitQueueBytes:       64 << 20,
 		NetsplitLinkGrace:        netsplit.DefaultConfig().LinkGrace,
 		ReadyzDuringNetsplit:     true,
 	}
@@ -282,6 +296,12 @@ func (c *Config) Validate() error {
 	}
 	if _, err := netsplit.ParseMode(c.NetsplitMode); err != nil {
 		errs = append(errs, err)
+	}
+	if c.NetsplitQueueMessages < 1 {
+		errs = append(errs, fmt.Errorf("cluster.netsplit_queue_messages: %d, must be >= 1 (default 100000)", c.NetsplitQueueMessages))
+	}
+	if c.NetsplitQueueBytes < 1024 {
+		errs = append(errs, fmt.Errorf("cluster.netsplit_queue_bytes: %d, must be >= 1024 (default 67108864)", c.NetsplitQueueBytes))
 	}
 	if c.NetsplitLinkGrace < 0 {
 		errs = append(errs, fmt.Errorf("cluster.netsplit_link_grace: %v, must be >= 0 (default 300ms)", c.NetsplitLinkGrace))

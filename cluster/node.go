@@ -32,9 +32,11 @@ import (
 	"time"
 
 	"github.com/mendmq/mendmq/cluster/dataplane"
+	"github.com/mendmq/mendmq/cluster/durable"
 	"github.com/mendmq/mendmq/cluster/members"
 	"github.com/mendmq/mendmq/cluster/membership"
 	"github.com/mendmq/mendmq/cluster/netsplit"
+	"github.com/mendmq/mendmq/cluster/outbox"
 	"github.com/mendmq/mendmq/cluster/registry"
 	"github.com/mendmq/mendmq/cluster/replication"
 	"github.com/mendmq/mendmq/cluster/retained"
@@ -117,6 +119,7 @@ type Node struct {
 	router   *router.Router
 	registry *registry.Registry
 	split    *splitDriver
+	disk     *durable.DB // cluster storage (StoragePath), nil without
 
 	// leaveMu serializes Leave with the graceful leave of Stop.
 	leaveMu sync.Mutex
@@ -196,7 +199,23 @@ func New(name string, cfg Config, broker Broker) (*Node, error) {
 	n.sessions = sessions.New(name, n.repl, broker, n.registry.Forget, n.log)
 	n.registry.SetSessions(n.sessions)
 	n.retained = retained.New(n.repl, broker, n.log)
-	if n.router, err = router.New(name, n.sessions.Index(), n.view, n.dp, broker, n.mux); err != nil {
+	oc := outbox.Config{MaxMessages: cfg.NetsplitQueueMessages, MaxBytes: cfg.NetsplitQueueBytes}
+	if cfg.StoragePath != "" {
+		if n.disk, err = durable.Open(cfg.StoragePath, 2*time.Second); err != nil {
+			return nil, err
+		}
+		oc.Store = n.disk.Outbox()
+	}
+	ob, err := outbox.New(oc)
+	if err != nil {
+		n.closeDisk()
+		return nil, err
+	}
+	if held := ob.Peers(); len(held) > 0 {
+		n.log.Info("publishes held for unreachable nodes restored", "peers", held)
+	}
+	if n.router, err = router.New(name, n.sessions.Index(), n.view, n.dp, broker, ob, n.mux); err != nil {
+		n.closeDisk()
 		return nil, err
 	}
 	mode, _ := netsplit.ParseMode(cfg.NetsplitMode) // validated
@@ -206,6 +225,9 @@ func New(name string, cfg Config, broker Broker) (*Node, error) {
 	// a link redialed at once (a healed network is used without waiting
 	// for the data plane's backoff).
 	n.view.Watch(func(ev members.Event, m members.Member) {
+		if (ev.Kind == members.LinkChanged && ev.Link == members.LinkUp) || ev.Kind == members.Joined {
+			n.router.Kick() // held publishes go out as soon as the member is back
+		}
 		if ev.Kind == members.Joined && !m.Self {
 			n.dp.Redial(m.Name)
 			n.wg.Add(1)
@@ -272,10 +294,14 @@ func (n *Node) Start() error {
 		// even if the seeds answer only later.
 		n.repl.MarkSynced()
 	}
-	n.wg.Add(3)
+	n.wg.Add(4)
 	go func() {
 		defer n.wg.Done()
 		n.repl.Run(n.ctx)
+	}()
+	go func() {
+		defer n.wg.Done()
+		n.router.Run(n.ctx)
 	}()
 	go func() {
 		defer n.wg.Done()
@@ -336,8 +362,18 @@ func (n *Node) Stop() error {
 		n.sessions.Wait()
 		n.running.Store(false)
 		n.router.SetRunning(false)
-		err = errors.Join(err, n.ml.Shutdown(), n.dp.Close())
+		err = errors.Join(err, n.ml.Shutdown(), n.dp.Close(), n.closeDisk())
 	})
+	return err
+}
+
+// closeDisk closes the cluster's storage file, if any.
+func (n *Node) closeDisk() error {
+	if n.disk == nil {
+		return nil
+	}
+	err := n.disk.Close()
+	n.disk = nil
 	return err
 }
 
@@ -450,6 +486,9 @@ func (h *memberHandler) MemberRemove(m membership.Member) {
 	n.memberEvent(members.Removed, m)
 	n.dp.RemovePeer(m.Name)
 	n.log.Info("member forgotten", "peer", m.Name)
+	if k, err := n.router.DropHeld(m.Name); k > 0 || err != nil {
+		n.log.Warn("publishes held for a member removed for good are dropped", "peer", m.Name, "messages", k, "error", err)
+	}
 	// Its sessions will never come back (forgotten, or gone for longer
 	// than reconnect_timeout): delete their records so that routes stop
 	// pointing at it. Every node that removes the member does so, since

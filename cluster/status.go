@@ -30,7 +30,10 @@ type MemberStatus struct {
 	Forwarded      uint64 `json:"forwarded"`
 	ForwardedBytes uint64 `json:"forwarded_bytes"`
 	Received       uint64 `json:"received"`
-	LastError      string `json:"last_error,omitempty"`
+	// Held is how many publishes wait in the outbox for this member
+	// (held while it was unreachable).
+	Held      int    `json:"held"`
+	LastError string `json:"last_error,omitempty"`
 }
 
 // Status is a snapshot of the node's view of the cluster.
@@ -68,6 +71,9 @@ func (n *Node) Status() Status {
 			ms.FramesSent, ms.BytesSent, ms.FramesReceived, ms.BytesReceived = ps.FramesSent, ps.BytesSent, ps.FramesReceived, ps.BytesReceived
 			ms.QueueFrames, ms.Dropped, ms.LastError = ps.QueueFrames, ps.Dropped, ps.LastError
 		}
+		if ob := n.router.Outbox(); ob != nil {
+			ms.Held, _ = ob.Len(m.Name)
+		}
 		if pt := n.router.PeerTraffic(m.Name); pt != nil {
 			ms.Forwarded, ms.ForwardedBytes, ms.Received = pt.Forwarded.Load(), pt.ForwardedBytes.Load(), pt.Received.Load()
 		}
@@ -98,6 +104,8 @@ var (
 	descSplit     = prometheus.NewDesc("mendmq_cluster_netsplit", "1 while this node is in a netsplit (a member of its view is unreachable).", nil, nil)
 	descGated     = prometheus.NewDesc("mendmq_cluster_netsplit_gated", "1 while this node gates CONNECT/PUBLISH/SUBSCRIBE/UNSUBSCRIBE (cluster.allow_*_during_netsplit): split in mode any, or split without a majority in mode majority.", nil, nil)
 	descUnreach   = prometheus.NewDesc("mendmq_cluster_unreachable_members", "Members this node finds unreachable now (netsplit detector).", nil, nil)
+	descHeldQ     = prometheus.NewDesc("mendmq_cluster_held_messages", "QoS 1/2 publishes and wills held for an unreachable node, delivered once it is back (cluster.netsplit_queue_*).", []string{"peer"}, nil)
+	descHeld      = prometheus.NewDesc("mendmq_cluster_held_total", "Publishes held for unreachable nodes (held), delivered to them after (drained), and deliveries received twice and dropped (duplicates).", []string{"what"}, nil)
 	descSplits    = prometheus.NewDesc("mendmq_cluster_netsplits_total", "Netsplits this node entered.", nil, nil)
 	descBadGossip = prometheus.NewDesc("mendmq_cluster_gossip_bad_packets_total", "Gossip packets and streams refused as unreadable (wrong secret key, malformed, unknown type): an outsider or a misconfigured node reaches the gossip port.", nil, nil)
 )
@@ -106,7 +114,7 @@ var (
 func (n *Node) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descMembers, descPeerBytes, descPeerFr, descPeerQueue, descPeerUp, descFwd, descFwdBytes,
 		descRecv, descDrops, descRefused, descKeys, descDeltas, descAE, descReg, descBad, descBadGossip, descPeerMsgs, descPeerFwdB, descMerges,
-		descSplit, descGated, descUnreach, descSplits} {
+		descSplit, descGated, descUnreach, descSplits, descHeldQ, descHeld} {
 		ch <- d
 	}
 	n.repl.Lag().Describe(ch)
@@ -160,7 +168,16 @@ func (n *Node) Collect(ch chan<- prometheus.Metric) {
 	g(descGated, b2f(ns.Gated))
 	g(descUnreach, float64(len(ns.Unreachable)))
 	c(descSplits, ns.Splits)
+	if ob := n.router.Outbox(); ob != nil {
+		for _, p := range ob.Peers() {
+			k, _ := ob.Len(p)
+			g(descHeldQ, float64(k), p)
+		}
+	}
 	rs, ps := n.router.Stats(), n.repl.Stats()
+	c(descHeld, rs.Held.Load(), "held")
+	c(descHeld, rs.Drained.Load(), "drained")
+	c(descHeld, rs.Duplicates.Load(), "duplicates")
 	c(descFwd, rs.Forwarded.Load())
 	c(descFwdBytes, rs.ForwardedBytes.Load())
 	c(descRecv, rs.Received.Load())

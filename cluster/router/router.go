@@ -34,6 +34,7 @@ import (
 	"sync/atomic"
 
 	"github.com/mendmq/mendmq/cluster/dataplane"
+	"github.com/mendmq/mendmq/cluster/outbox"
 	"github.com/mendmq/mendmq/cluster/routes"
 )
 
@@ -44,6 +45,10 @@ const (
 	// CallForward: a forward payload -> empty, a QoS 1/2 publish, acked
 	// once injected.
 	CallForward uint8 = 10
+	// CallHeld: held forward payloads (count, then each with its
+	// length) -> empty, once all are injected: what the outbox held for
+	// this node while it was unreachable.
+	CallHeld uint8 = 17
 )
 
 // ErrUnreachable: a node with matching subscribers is not reachable.
@@ -93,6 +98,11 @@ type Router struct {
 
 	matchPool sync.Pool
 	stats     Stats
+	seen      dedup
+	// outbox holds publishes for unreachable nodes (ForwardHold); nil:
+	// nothing is held.
+	outbox *outbox.Outbox
+	drain  chan struct{}
 	// traffic holds the publishes exchanged with each peer (name ->
 	// *PeerTraffic).
 	traffic sync.Map
@@ -104,6 +114,9 @@ type Stats struct {
 	DropQueueFull, DropUnreachable atomic.Uint64
 	RefusedUnreachable, Received   atomic.Uint64
 	BadMessages                    atomic.Uint64
+	// Held counts publishes held for unreachable nodes, Drained those
+	// delivered after, Duplicates deliveries dropped as seen before.
+	Held, Drained, Duplicates atomic.Uint64
 }
 
 // PeerTraffic counts the publishes exchanged with one peer.
@@ -112,9 +125,10 @@ type PeerTraffic struct {
 }
 
 // New returns the router of node self and registers its messages on mux.
-// It forwards nothing until SetRunning(true).
-func New(self string, index *routes.Index, members Members, tr Transport, broker Broker, mux *dataplane.Mux) (*Router, error) {
-	r := &Router{self: self, index: index, members: members, tr: tr, broker: broker}
+// ob, if not nil, holds publishes for unreachable nodes (ForwardHold); Run
+// drains it. It forwards nothing until SetRunning(true).
+func New(self string, index *routes.Index, members Members, tr Transport, broker Broker, ob *outbox.Outbox, mux *dataplane.Mux) (*Router, error) {
+	r := &Router{self: self, index: index, members: members, tr: tr, broker: broker, outbox: ob, drain: make(chan struct{}, 1)}
 	r.matchPool.New = func() any { return new(routes.Result) }
 	if mux != nil {
 		err := errors.Join(
@@ -124,7 +138,8 @@ func New(self string, index *routes.Index, members Members, tr Transport, broker
 			// waits for the sending node, and handing each one to a call
 			// worker goroutine cost the receiving node more than decoding
 			// it.
-			mux.HandleCallFunc(CallForward, true, func(from string, p []byte) ([]byte, error) { return nil, r.deliver(from, p) }),
+			mux.HandleCallFunc(CallForward, true, func(from string, p []byte) ([]byte, error) { return nil, r.deliverOnce(from, p, true) }),
+			mux.HandleCallFunc(CallHeld, false, r.handleHeld),
 		)
 		if err != nil {
 			return nil, err
@@ -174,8 +189,25 @@ type target struct {
 // see the package documentation for the guarantee. encode is called only
 // when some node needs the message. id is passed on to the receivers
 // (Delivery.ID): the broker numbers its publishes so that one can be
-// recognized when it reaches a session by two paths (a session handoff).
+// recognized when it reaches a session by two paths (a session handoff),
+// or twice (a held message redelivered).
 func (r *Router) Forward(ctx context.Context, topic string, qos byte, id uint64, encode func() ([]byte, error)) error {
+	return r.forward(ctx, topic, qos, id, encode, false)
+}
+
+// ForwardHold is Forward for a publish that must not wait for unreachable
+// nodes: a QoS 1/2 publish accepted during a netsplit
+// (allow_publish_during_netsplit), a will. Routable targets get it now;
+// the others (not routable, or failing the call) get it from the outbox
+// once they are back, in order, once. It fails only if the outbox cannot
+// hold it (outbox.ErrFull): then nothing was held, though routable
+// targets may have it. QoS 0 publishes to unreachable nodes are dropped
+// as with Forward.
+func (r *Router) ForwardHold(ctx context.Context, topic string, qos byte, id uint64, encode func() ([]byte, error)) error {
+	return r.forward(ctx, topic, qos, id, encode, r.outbox != nil)
+}
+
+func (r *Router) forward(ctx context.Context, topic string, qos byte, id uint64, encode func() ([]byte, error), hold bool) error {
 	if !r.running.Load() {
 		return nil
 	}
@@ -215,6 +247,12 @@ func (r *Router) Forward(ctx context.Context, topic string, qos byte, id uint64,
 		}
 		switch pick := r.pickShared(sm.Nodes); pick {
 		case "":
+			if hold && qos > 0 {
+				// Held for the group's first node (the same one for
+				// every publish, so the group keeps its order).
+				add(slices.Min(sm.Nodes), "$share/"+sm.Group+"/"+sm.Filter)
+				continue
+			}
 			unservable = append(unservable, "$share/"+sm.Group+"/"+sm.Filter)
 		case r.self:
 		default:
@@ -248,6 +286,9 @@ func (r *Router) Forward(ctx context.Context, topic string, qos byte, id uint64,
 			r.countForward(t.node, len(msg))
 		}
 		return nil
+	}
+	if hold {
+		return r.forwardHold(ctx, targets, id, msg)
 	}
 	// Every target is checked before any is sent to: a refused publish
 	// must reach nobody, or the publisher's retry duplicates it on the
@@ -334,10 +375,20 @@ func (r *Router) pickShared(nodes []string) string {
 
 // deliver hands a forwarded publish to the broker.
 func (r *Router) deliver(from string, payload []byte) error {
+	return r.deliverOnce(from, payload, false)
+}
+
+// deliverOnce hands a forwarded publish to the broker; with dedup, unless
+// (from, id) was delivered before (a QoS 1/2 forward, a held message).
+func (r *Router) deliverOnce(from string, payload []byte, dedup bool) error {
 	groups, id, msg, err := decodeForward(payload)
 	if err != nil {
 		r.stats.BadMessages.Add(1)
 		return err
+	}
+	if dedup && id != 0 && !r.seen.first(from, id) {
+		r.stats.Duplicates.Add(1)
+		return nil
 	}
 	r.stats.Received.Add(1)
 	r.peerTraffic(from).Received.Add(1)

@@ -2,10 +2,12 @@ package router
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"sync"
 	"testing"
 
+	"github.com/mendmq/mendmq/cluster/outbox"
 	"github.com/mendmq/mendmq/cluster/routes"
 )
 
@@ -14,10 +16,13 @@ type members map[string]bool
 
 func (m members) Routable(name string) bool { return m[name] }
 
-// transport records what is sent.
+// transport records what is sent; a call fails for peers in fail, and
+// CallHeld goes to held (the receiving router) when set.
 type transport struct {
 	mu           sync.Mutex
 	sent, called []string
+	fail         map[string]bool
+	held         *Router
 }
 
 func (t *transport) Send(peer string, typ uint8, payload []byte) error {
@@ -29,8 +34,15 @@ func (t *transport) Send(peer string, typ uint8, payload []byte) error {
 
 func (t *transport) Call(ctx context.Context, peer string, typ uint8, payload []byte) ([]byte, error) {
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	t.called = append(t.called, peer)
+	fail, held := t.fail[peer], t.held
+	t.mu.Unlock()
+	if fail {
+		return nil, errors.New("call timed out")
+	}
+	if typ == CallHeld && held != nil {
+		return held.handleHeld("a", payload)
+	}
 	return nil, nil
 }
 
@@ -45,7 +57,11 @@ func newRouter(t *testing.T, m members) (*Router, *routes.Index, *transport, *br
 	t.Helper()
 	ix := routes.NewIndex()
 	tr, b := &transport{}, &broker{}
-	r, err := New("a", ix, m, tr, b, nil)
+	ob, err := outbox.New(outbox.Config{MaxMessages: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := New("a", ix, m, tr, b, ob, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,5 +161,83 @@ func TestDeliverDecodes(t *testing.T) {
 	}
 	if err := r.deliver("b", []byte{0xff}); err == nil || r.stats.BadMessages.Load() != 1 {
 		t.Fatalf("garbage: %v, bad %d", err, r.stats.BadMessages.Load())
+	}
+}
+
+// TestForwardHold: with hold, unroutable targets get the publish later
+// from the outbox, routable ones now; a failed call is held too; a full
+// outbox refuses and holds nothing; the drain delivers each message once,
+// in order, even when a batch is sent twice.
+func TestForwardHold(t *testing.T) {
+	m := members{"a": true, "b": true}
+	r, ix, tr, _ := newRouter(t, m)
+	ix.Set("c1", record("b", "t/#"))
+	ix.Set("c2", record("c", "t/#"))
+	ix.Set("c3", record("d", "t/#"))
+	tr.fail = map[string]bool{}
+	if err := r.ForwardHold(context.Background(), "t/x", 1, 1, enc); err != nil {
+		t.Fatalf("ForwardHold = %v", err)
+	}
+	if n, _ := r.outbox.Len("c"); n != 1 {
+		t.Fatalf("held for c: %d", n)
+	}
+	if len(tr.called) != 1 || tr.called[0] != "b" {
+		t.Fatalf("called %v, want b only", tr.called)
+	}
+	// b's call fails: held for b too.
+	tr.fail["b"] = true
+	if err := r.ForwardHold(context.Background(), "t/x", 1, 2, enc); err != nil {
+		t.Fatalf("ForwardHold with a failing call = %v", err)
+	}
+	if n, _ := r.outbox.Len("b"); n != 1 {
+		t.Fatalf("held for b after its call failed: %d", n)
+	}
+	// c and d hold 2 each of 3; a third fits, a fourth does not: then
+	// neither is held (all or nothing).
+	if err := r.ForwardHold(context.Background(), "t/x", 1, 3, enc); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.ForwardHold(context.Background(), "t/x", 1, 4, enc); !errors.Is(err, outbox.ErrFull) {
+		t.Fatalf("over the bound: %v, want ErrFull", err)
+	}
+	if nc, _ := r.outbox.Len("c"); nc != 3 {
+		t.Fatalf("c holds %d, want 3", nc)
+	}
+	if nd, _ := r.outbox.Len("d"); nd != 3 {
+		t.Fatalf("d holds %d, want 3", nd)
+	}
+
+	// c comes back: the drain hands its queue to the receiver, in order;
+	// a batch sent again is delivered once.
+	rb := &broker{}
+	recv, err := New("c", routes.NewIndex(), members{}, &transport{}, rb, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr.held = recv
+	m["c"] = true
+	batch := r.outbox.Peek("c", 10, 1<<20)
+	r.drainPeer(context.Background(), "c")
+	if n, _ := r.outbox.Len("c"); n != 0 {
+		t.Fatalf("c still holds %d after the drain", n)
+	}
+	ids := []uint64{}
+	for _, d := range rb.delivered {
+		ids = append(ids, d.ID)
+	}
+	if len(ids) != 3 || ids[0] != 1 || ids[1] != 2 || ids[2] != 3 {
+		t.Fatalf("delivered ids %v, want [1 2 3]", ids)
+	}
+	var again []byte
+	again = binary.AppendUvarint(again, uint64(len(batch)))
+	for _, msg := range batch {
+		again = binary.AppendUvarint(again, uint64(len(msg.Payload)))
+		again = append(again, msg.Payload...)
+	}
+	if _, err := recv.handleHeld("a", again); err != nil {
+		t.Fatal(err)
+	}
+	if len(rb.delivered) != 3 || recv.stats.Duplicates.Load() != 3 {
+		t.Fatalf("a repeated batch: %d delivered, %d duplicates", len(rb.delivered), recv.stats.Duplicates.Load())
 	}
 }

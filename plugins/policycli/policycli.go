@@ -296,7 +296,6 @@ func defaultCacheDir() string {
 	return filepath.Join(dir, "mendmq", "wazero")
 }
 
-
 // WriteList prints policies as `mendmq ctl policy list` shows them: a
 // table (ON DISK: "=" when the module file is what runs, its digest when
 // it differs, "-" for built-ins), then one line per module whose file is
@@ -339,7 +338,6 @@ func WriteList(w io.Writer, infos []plugins.PolicyInfo) {
 	}
 }
 
-
 // short abbreviates a sha256 for the table ("-" when empty).
 func short(sum string) string {
 	if sum == "" {
@@ -347,4 +345,3 @@ func short(sum string) string {
 	}
 	return sum[:min(len(sum), 12)]
 }
-

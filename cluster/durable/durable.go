@@ -1,0 +1,81 @@
+// Package durable is the cluster's own storage: a bbolt file beside the
+// broker's (storage.path + ".cluster"), holding what the cluster must not
+// lose in a restart — the publishes held for unreachable nodes (package
+// outbox) today. The broker's file belongs to mochi's storage hook, which
+// keeps it locked, so the cluster keeps its own.
+package durable
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"go.etcd.io/bbolt"
+
+	"github.com/mendmq/mendmq/cluster/outbox"
+)
+
+// DB is an open cluster storage file.
+type DB struct{ db *bbolt.DB }
+
+var bucketOutbox = []byte("outbox")
+
+// Open opens (creating) the file at path; lockTimeout bounds the wait for
+// another process's lock on it.
+func Open(path string, lockTimeout time.Duration) (*DB, error) {
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: lockTimeout})
+	if err != nil {
+		return nil, fmt.Errorf("open cluster storage %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bbolt.Tx) error {
+		_, err := tx.CreateBucketIfNotExists(bucketOutbox)
+		return err
+	})
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("prepare cluster storage %s: %w", path, err), db.Close())
+	}
+	return &DB{db: db}, nil
+}
+
+// Close closes the file.
+func (d *DB) Close() error { return d.db.Close() }
+
+// Outbox is the outbox.Store in this file.
+func (d *DB) Outbox() outbox.Store { return outboxStore{d.db} }
+
+type outboxStore struct{ db *bbolt.DB }
+
+func (s outboxStore) Put(peer string, seq uint64, payload []byte) error {
+	return s.db.Update(func(tx *bbolt.Tx) error {
+		return tx.Bucket(bucketOutbox).Put(outbox.Key(peer, seq), payload)
+	})
+}
+
+func (s outboxStore) Delete(peer string, seqs []uint64) error {
+	return s.db.Update(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bucketOutbox)
+		for _, seq := range seqs {
+			if err := b.Delete(outbox.Key(peer, seq)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func (s outboxStore) Load() (map[string][]outbox.Message, error) {
+	out := map[string][]outbox.Message{}
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		// Keys sort by peer, then big-endian seq: each peer's messages
+		// come in order.
+		return tx.Bucket(bucketOutbox).ForEach(func(k, v []byte) error {
+			peer, seq, err := outbox.ParseKey(k)
+			if err != nil {
+				return err
+			}
+			out[peer] = append(out[peer], outbox.Message{Seq: seq, Payload: append([]byte(nil), v...)})
+			return nil
+		})
+	})
+	return out, err
+}
