@@ -31,16 +31,62 @@ type Overview struct {
 	// GET /api/v1/policies/conflicts).
 	Conflicts int `json:"conflicts"`
 
-	// Netsplit is the netsplit detector's state, null until it exists.
-	// The status page shows a banner when it has "active": true, listing
-	// "unreachable" (member names), "since" and "window_ms" (the window of
-	// uncertainty), and the last heal from "last_heal": {"at",
-	// "convergence_ms"}; "merge": {"done", "total"} as a progress bar.
-	Netsplit any `json:"netsplit"`
+	// Netsplit is the netsplit state (nil without clustering). The status
+	// page shows a banner while it is active.
+	Netsplit *NetsplitOverview `json:"netsplit"`
 	// Maps are the partitioned maps, null until they exist. The page
 	// renders a table of the objects' fields (e.g. name, entries, dirty,
 	// partitions, per member).
 	Maps any `json:"maps"`
+}
+
+// NetsplitOverview is the netsplit state as the status page shows it.
+type NetsplitOverview struct {
+	// Active: a member is unreachable (the banner shows).
+	Active bool `json:"active"`
+	// Gated: this node refuses what cluster.allow_*_during_netsplit
+	// do not allow.
+	Gated bool   `json:"gated"`
+	Mode  string `json:"mode"`
+	// Unreachable names the unreachable members, Since when the split
+	// began, WindowMS the longest window of uncertainty among them (last
+	// sign of life to detection).
+	Unreachable []string  `json:"unreachable,omitempty"`
+	Since       time.Time `json:"since,omitzero"`
+	WindowMS    int64     `json:"window_ms"`
+	// Held is how many publishes wait for unreachable members.
+	Held int `json:"held"`
+	// LastHeal is the last split that ended.
+	LastHeal *HealOverview `json:"last_heal,omitempty"`
+	// Splits counts the splits since the node started.
+	Splits uint64 `json:"splits"`
+}
+
+// HealOverview is the end of a split.
+type HealOverview struct {
+	At            time.Time `json:"at"`
+	DurationMS    int64     `json:"duration_ms"`
+	ConvergenceMS *int64    `json:"convergence_ms,omitempty"` // nil while converging
+}
+
+func netsplitOverview(st cluster.Status) *NetsplitOverview {
+	ns := st.Netsplit
+	o := &NetsplitOverview{Active: ns.Split, Gated: ns.Gated, Mode: ns.Mode, Since: ns.Since, Splits: ns.Splits}
+	for _, u := range ns.Unreachable {
+		o.Unreachable = append(o.Unreachable, u.Name)
+		o.WindowMS = max(o.WindowMS, u.Uncertainty().Milliseconds())
+	}
+	for _, m := range st.Members {
+		o.Held += m.Held
+	}
+	if h := ns.LastHeal; h != nil {
+		o.LastHeal = &HealOverview{At: h.At, DurationMS: h.Duration.Milliseconds()}
+		if !h.Converged.IsZero() {
+			ms := h.Convergence.Milliseconds()
+			o.LastHeal.ConvergenceMS = &ms
+		}
+	}
+	return o
 }
 
 // MQTTOverview holds the node's MQTT counters and gauges.
@@ -85,6 +131,7 @@ func (b *Broker) overview() Overview {
 	if b.node != nil {
 		st := b.node.Status()
 		o.Cluster = &st
+		o.Netsplit = netsplitOverview(st)
 	}
 	calls, failures := map[string]float64{}, map[string]float64{}
 	if fams, err := b.registry.Gather(); err == nil {

@@ -85,6 +85,21 @@ type Config struct {
 	// frames, 64 MiB.
 	DataQueueFrames int `koanf:"data_queue_frames"`
 	DataQueueBytes  int `koanf:"data_queue_bytes"`
+	// DataKeepaliveInterval and DataIdleTimeout are
+	// cluster.data_keepalive_interval and cluster.data_idle_timeout: a
+	// data-plane connection quiet for the interval sends a keepalive, and
+	// one that received nothing for the timeout is closed — which is how
+	// a cut link is noticed when memberlist cannot see it (netsplit
+	// detection: the timeout plus cluster.netsplit_link_grace). The
+	// timeout must exceed twice the interval. Defaults 250ms, 1s.
+	DataKeepaliveInterval time.Duration `koanf:"data_keepalive_interval"`
+	DataIdleTimeout       time.Duration `koanf:"data_idle_timeout"`
+	// DataReconnectMin and DataReconnectMax are cluster.data_reconnect_min
+	// and cluster.data_reconnect_max: the backoff between dials of an
+	// unreachable peer (a member membership reports back is redialed at
+	// once). Defaults 100ms, 2s.
+	DataReconnectMin time.Duration `koanf:"data_reconnect_min"`
+	DataReconnectMax time.Duration `koanf:"data_reconnect_max"`
 	// DataTLS is cluster.data_tls: mutual TLS on the data plane, which
 	// encrypts the publish stream and replication (the secret's HMAC
 	// handshake still runs inside). All three keys or none.
@@ -168,6 +183,10 @@ func DefaultConfig() Config {
 		TombstoneGrace:           24 * time.Hour,
 		DataQueueFrames:          dp.QueueFrames,
 		DataQueueBytes:           dp.QueueBytes,
+		DataKeepaliveInterval:    dp.KeepaliveInterval,
+		DataIdleTimeout:          dp.IdleTimeout,
+		DataReconnectMin:         dp.ReconnectMin,
+		DataReconnectMax:         dp.ReconnectMax,
 		NetsplitMode:             "any",
 		NetsplitQueueMessages:    100000,
 		NetsplitQueueBytes:       64 << 20,
@@ -237,6 +256,8 @@ func LoopbackConfig() Config {
 	c.ProbeInterval, c.ProbeTimeout, c.SuspicionMult = m.ProbeInterval, m.ProbeTimeout, m.SuspicionMult
 	c.GossipInterval, c.PushPullInterval = m.GossipInterval, m.PushPullInterval
 	c.ReconnectInterval, c.ReconnectTimeout = m.ReconnectInterval, m.ReconnectTimeout
+	l := dataplane.LoopbackConfig()
+	c.DataKeepaliveInterval, c.DataIdleTimeout, c.DataReconnectMin, c.DataReconnectMax = l.KeepaliveInterval, l.IdleTimeout, l.ReconnectMin, l.ReconnectMax
 	c.AntiEntropyInterval = 300 * time.Millisecond
 	c.ForwardTimeout = 3 * time.Second
 	c.RegisterTimeout = 3 * time.Second
@@ -290,6 +311,14 @@ func (c *Config) Validate() error {
 	}
 	if c.DataQueueBytes < 1024 {
 		errs = append(errs, fmt.Errorf("cluster.data_queue_bytes: %d, must be >= 1024 (default 67108864)", c.DataQueueBytes))
+	}
+	if c.DataKeepaliveInterval <= 0 || c.DataIdleTimeout <= 2*c.DataKeepaliveInterval {
+		errs = append(errs, fmt.Errorf("cluster.data_idle_timeout (%v) must exceed twice cluster.data_keepalive_interval (%v), both > 0 (defaults 1s, 250ms)",
+			c.DataIdleTimeout, c.DataKeepaliveInterval))
+	}
+	if c.DataReconnectMin <= 0 || c.DataReconnectMax < c.DataReconnectMin {
+		errs = append(errs, fmt.Errorf("cluster.data_reconnect_min (%v) must be > 0 and <= cluster.data_reconnect_max (%v) (defaults 100ms, 2s)",
+			c.DataReconnectMin, c.DataReconnectMax))
 	}
 	if err := c.DataTLS.validate(); err != nil {
 		errs = append(errs, err)

@@ -164,6 +164,8 @@ func New(name string, cfg Config, broker Broker) (*Node, error) {
 	dc.NodeName, dc.ClusterName, dc.BindAddr = name, cfg.Name, cfg.DataAddress
 	dc.SecretKey = []byte(cfg.SecretKey)
 	dc.QueueFrames, dc.QueueBytes = cfg.DataQueueFrames, cfg.DataQueueBytes
+	dc.KeepaliveInterval, dc.IdleTimeout = cfg.DataKeepaliveInterval, cfg.DataIdleTimeout
+	dc.ReconnectMin, dc.ReconnectMax = cfg.DataReconnectMin, cfg.DataReconnectMax
 	var err error
 	if cfg.DataTLS.Enabled() {
 		if dc.TLS, err = cfg.DataTLS.Load(); err != nil {
@@ -173,8 +175,6 @@ func New(name string, cfg Config, broker Broker) (*Node, error) {
 	dc.Logger = log // the data plane adds the node attribute
 	if cfg.DataNetwork != nil {
 		dc.Network = cfg.DataNetwork
-		l := dataplane.LoopbackConfig()
-		dc.KeepaliveInterval, dc.IdleTimeout, dc.ReconnectMin, dc.ReconnectMax = l.KeepaliveInterval, l.IdleTimeout, l.ReconnectMin, l.ReconnectMax
 	}
 	if n.dp, err = dataplane.New(dc, n.mux); err != nil {
 		return nil, fmt.Errorf("create data plane: %w", err)
@@ -280,8 +280,10 @@ func (n *Node) Start() error {
 		return fmt.Errorf("join cluster: %w", err)
 	}
 	// An unspecified data host (":7947") is only known once memberlist
-	// picked the advertised address.
+	// picked the advertised address. The view learns its own addresses
+	// now rather than from the event queue: Status reports them at once.
 	if self, ok := ml.Member(n.name); ok {
+		n.memberEvent(members.Joined, self)
 		if addr := n.dataAdvertise(self.GossipAddr); addr != mc.Meta.DataAddr {
 			if err := ml.UpdateMeta(membership.NodeMeta{DataAddr: addr, Proto: protoVersion}); err != nil {
 				n.log.Warn("update data address in metadata", "error", err)

@@ -97,14 +97,15 @@ type Config struct {
 	// this long is closed — a peer that vanished without closing (netsplit,
 	// frozen host) is noticed within IdleTimeout. Must exceed
 	// 2*KeepaliveInterval. Keys cluster.data_keepalive_interval,
-	// cluster.data_idle_timeout. Defaults 500ms, 2s.
+	// cluster.data_idle_timeout. Defaults 250ms, 1s: a cut link is seen
+	// within about a second (netsplit detection of a broken link).
 	KeepaliveInterval time.Duration
 	IdleTimeout       time.Duration
 
 	// ReconnectMin and ReconnectMax bound the exponential backoff (with
 	// jitter) between attempts to reach an unreachable peer. Keys
 	// cluster.data_reconnect_min, cluster.data_reconnect_max. Defaults
-	// 100ms, 5s.
+	// 100ms, 2s.
 	ReconnectMin time.Duration
 	ReconnectMax time.Duration
 
@@ -140,10 +141,10 @@ func DefaultConfig() Config {
 		BufferSize:           64 << 10,
 		DialTimeout:          2 * time.Second,
 		HandshakeTimeout:     3 * time.Second,
-		KeepaliveInterval:    500 * time.Millisecond,
-		IdleTimeout:          2 * time.Second,
+		KeepaliveInterval:    250 * time.Millisecond,
+		IdleTimeout:          time.Second,
 		ReconnectMin:         100 * time.Millisecond,
-		ReconnectMax:         5 * time.Second,
+		ReconnectMax:         2 * time.Second,
 		CallTimeout:          10 * time.Second,
 		MaxConcurrentCalls:   64,
 		MaxPendingHandshakes: 64,

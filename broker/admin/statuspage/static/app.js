@@ -84,14 +84,15 @@ function renderMembers(o) {
 }
 
 function renderNetsplit(o) {
-  // Filled by the netsplit detector (overview.netsplit); absent today.
+  // overview.netsplit: null without clustering.
   const ns = o.netsplit, banner = document.getElementById("netsplit"), heal = document.getElementById("heal");
   banner.hidden = !(ns && ns.active);
   if (ns && ns.active) {
     const who = (ns.unreachable || []).join(", ") || "some members";
-    let t = `— unreachable: ${who}`;
+    let t = `— unreachable: ${who}` + (ns.gated ? " (this node refuses what the netsplit switches do not allow)" : " (this node keeps serving)");
     if (ns.since) t += `, since ${ago(ns.since)}`;
     if (ns.window_ms != null) t += `, window of uncertainty ${ns.window_ms} ms`;
+    if (ns.held) t += `, ${num(ns.held)} publishes held for them`;
     document.getElementById("netsplit-text").textContent = t;
   }
   const mg = ns && ns.merge, mp = document.getElementById("merge-progress");
