@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/mendmq/mendmq/cluster/pmap"
 	"github.com/mendmq/mendmq/cluster/routes"
 )
 
@@ -95,3 +96,7 @@ func (n *Node) FinishTakeover(ctx context.Context, from, clientID string) ([]byt
 func (n *Node) AppendSession(ctx context.Context, node, clientID string, msgs []byte) error {
 	return n.registry.AppendSession(ctx, node, clientID, msgs)
 }
+
+// Maps is the node's part of the partitioned maps (Get, Put, Delete from
+// any node; see package pmap).
+func (n *Node) Maps() *pmap.Maps { return n.maps }

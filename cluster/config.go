@@ -16,6 +16,8 @@ import (
 	"github.com/mendmq/mendmq/cluster/membership"
 	"github.com/mendmq/mendmq/cluster/merge"
 	"github.com/mendmq/mendmq/cluster/netsplit"
+	"github.com/mendmq/mendmq/cluster/partition"
+	"github.com/mendmq/mendmq/cluster/pmap"
 )
 
 // Config is the cluster section of the node configuration (keys
@@ -143,6 +145,22 @@ type Config struct {
 	// reconnect to a node that serves.
 	ReadyzDuringNetsplit bool `koanf:"readyz_during_netsplit"`
 
+	// MapPartitionCount is cluster.map_partition_count: the partitions of
+	// the partitioned maps (Hazelcast: 271). Every node must use the same
+	// value. (The map settings proper are under maps.<name>; these two
+	// are cluster-wide, and maps.* is keyed by map name.)
+	MapPartitionCount int `koanf:"map_partition_count"`
+	// MapMergeBatchSize is cluster.map_merge_batch_size: map entries per
+	// merge call when a netsplit heals (Hazelcast: 100).
+	MapMergeBatchSize int `koanf:"map_merge_batch_size"`
+	// MapMaxBackups is the backups the partition table keeps per
+	// partition: the largest maps.<name>.backup_count (the broker sets it
+	// at start; a larger one needs a restart). Default 1.
+	MapMaxBackups int `koanf:"-"`
+	// MapConfig returns a map's settings (maps.<name>, or maps.default);
+	// nil: one sync backup, no limits.
+	MapConfig func(name string) pmap.MapConfig `koanf:"-"`
+
 	// StoragePath is the cluster's own storage file (the broker sets it to
 	// storage.path + ".cluster"); empty keeps held publishes in memory.
 	StoragePath string `koanf:"-"`
@@ -188,6 +206,8 @@ func DefaultConfig() Config {
 		DataReconnectMin:         dp.ReconnectMin,
 		DataReconnectMax:         dp.ReconnectMax,
 		NetsplitMode:             "any",
+		MapPartitionCount:        partition.DefaultCount,
+		MapMergeBatchSize:        100,
 		NetsplitQueueMessages:    100000,
 		NetsplitQueueBytes:       64 << 20,
 		NetsplitLinkGrace:        netsplit.DefaultConfig().LinkGrace,
@@ -325,6 +345,12 @@ func (c *Config) Validate() error {
 	}
 	if _, err := netsplit.ParseMode(c.NetsplitMode); err != nil {
 		errs = append(errs, err)
+	}
+	if c.MapPartitionCount < 1 || c.MapPartitionCount > 1<<16 {
+		errs = append(errs, fmt.Errorf("cluster.map_partition_count: %d, must be 1..65536 (default 271, the same on every node)", c.MapPartitionCount))
+	}
+	if c.MapMergeBatchSize < 1 || c.MapMergeBatchSize > 10000 {
+		errs = append(errs, fmt.Errorf("cluster.map_merge_batch_size: %d, must be 1..10000 (default 100)", c.MapMergeBatchSize))
 	}
 	if c.NetsplitQueueMessages < 1 {
 		errs = append(errs, fmt.Errorf("cluster.netsplit_queue_messages: %d, must be >= 1 (default 100000)", c.NetsplitQueueMessages))

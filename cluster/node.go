@@ -37,6 +37,7 @@ import (
 	"github.com/mendmq/mendmq/cluster/membership"
 	"github.com/mendmq/mendmq/cluster/netsplit"
 	"github.com/mendmq/mendmq/cluster/outbox"
+	"github.com/mendmq/mendmq/cluster/pmap"
 	"github.com/mendmq/mendmq/cluster/registry"
 	"github.com/mendmq/mendmq/cluster/replication"
 	"github.com/mendmq/mendmq/cluster/retained"
@@ -119,6 +120,7 @@ type Node struct {
 	router   *router.Router
 	registry *registry.Registry
 	split    *splitDriver
+	maps     *pmap.Maps
 	disk     *durable.DB // cluster storage (StoragePath), nil without
 
 	// leaveMu serializes Leave with the graceful leave of Stop.
@@ -218,6 +220,12 @@ func New(name string, cfg Config, broker Broker) (*Node, error) {
 		n.closeDisk()
 		return nil, err
 	}
+	n.maps, err = pmap.New(pmap.Config{Node: name, PartitionCount: cfg.MapPartitionCount, MaxBackups: max(cfg.MapMaxBackups, 1),
+		MergeBatchSize: cfg.MapMergeBatchSize, Map: cfg.MapConfig, Merger: merger, Logger: n.log}, n.dp, n.view, n.mux)
+	if err != nil {
+		n.closeDisk()
+		return nil, err
+	}
 	mode, _ := netsplit.ParseMode(cfg.NetsplitMode) // validated
 	n.split = newSplitDriver(name, netsplit.Config{Mode: mode, LinkGrace: cfg.NetsplitLinkGrace})
 	n.view.Watch(n.observeSplit)
@@ -227,6 +235,9 @@ func New(name string, cfg Config, broker Broker) (*Node, error) {
 	n.view.Watch(func(ev members.Event, m members.Member) {
 		if (ev.Kind == members.LinkChanged && ev.Link == members.LinkUp) || ev.Kind == members.Joined {
 			n.router.Kick() // held publishes go out as soon as the member is back
+		}
+		if ev.Kind != members.LinkChanged {
+			n.maps.MembersChanged()
 		}
 		if ev.Kind == members.Joined && !m.Self {
 			n.dp.Redial(m.Name)
@@ -296,7 +307,11 @@ func (n *Node) Start() error {
 		// even if the seeds answer only later.
 		n.repl.MarkSynced()
 	}
-	n.wg.Add(4)
+	n.wg.Add(5)
+	go func() {
+		defer n.wg.Done()
+		n.maps.Run(n.ctx, n.Split)
+	}()
 	go func() {
 		defer n.wg.Done()
 		n.repl.Run(n.ctx)
@@ -361,6 +376,7 @@ func (n *Node) Stop() error {
 		n.leaveMu.Unlock()
 		n.cancel()
 		n.wg.Wait()
+		n.maps.Wait()
 		n.sessions.Wait()
 		n.running.Store(false)
 		n.router.SetRunning(false)

@@ -1,0 +1,153 @@
+package cluster_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/mendmq/mendmq/cluster"
+	"github.com/mendmq/mendmq/cluster/clustertest"
+	"github.com/mendmq/mendmq/cluster/pmap"
+)
+
+func mapCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func settled(nodes ...*cluster.Node) func() (bool, string) {
+	return func() (bool, string) {
+		for _, n := range nodes {
+			if !n.Maps().Settled() || len(n.Maps().Table().Members) != len(nodes) {
+				return false, fmt.Sprintf("%s: not active %v, table of %d", n.Name(), n.Maps().Migrating(), len(n.Maps().Table().Members))
+			}
+		}
+		return true, ""
+	}
+}
+
+// TestMapAcrossNodes: entries written on any node are read on every
+// node, with Hazelcast's metadata (version +1 per update, hits +1 per
+// read), and survive the loss of a member (backups promoted).
+func TestMapAcrossNodes(t *testing.T) {
+	t.Parallel()
+	nw := clustertest.New(t, clustertest.Config{})
+	nodes := startNodes(t, nw, 3, nil)
+	waitFor(t, 10*time.Second, "the maps to settle", settled(nodes...))
+	ctx := mapCtx(t)
+	for i := range 100 {
+		if _, err := nodes[i%3].Maps().Put(ctx, "m", fmt.Sprint("k", i), []byte(fmt.Sprint("v", i)), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e, err := nodes[0].Maps().Put(ctx, "m", "k7", []byte("v7b"), 0)
+	if err != nil || e.Version != 1 || e.CreationTime == 0 || e.LastUpdateTime < e.CreationTime {
+		t.Fatalf("update: %+v %v", e, err)
+	}
+	for _, n := range nodes {
+		got, ok, err := n.Maps().Get(ctx, "m", "k7")
+		if err != nil || !ok || string(got.Value) != "v7b" {
+			t.Fatalf("%s: get k7 = %q %v %v", n.Name(), got.Value, ok, err)
+		}
+	}
+	if got, _, _ := nodes[1].Maps().Get(ctx, "m", "k7"); got.Hits != 4 {
+		t.Fatalf("hits %d, want 4 (three reads before this one)", got.Hits)
+	}
+	if ok, err := nodes[2].Maps().Delete(ctx, "m", "k8"); !ok || err != nil {
+		t.Fatalf("delete: %v %v", ok, err)
+	}
+	// n3 crashes: its partitions are promoted on n1 and n2, nothing lost.
+	nw.Isolate("n3")
+	waitFor(t, 15*time.Second, "n1 and n2 to settle without n3", settled(nodes[0], nodes[1]))
+	for i := range 100 {
+		got, ok, err := nodes[i%2].Maps().Get(ctx, "m", fmt.Sprint("k", i))
+		want := fmt.Sprint("v", i)
+		if i == 7 {
+			want = "v7b"
+		}
+		if i == 8 {
+			if ok || err != nil {
+				t.Fatalf("k8 deleted, got %q %v %v", got.Value, ok, err)
+			}
+			continue
+		}
+		if err != nil || !ok || string(got.Value) != want {
+			t.Fatalf("after losing n3: k%d = %q %v %v", i, got.Value, ok, err)
+		}
+	}
+	st := nodes[0].Maps().Stats().Promotions.Load() + nodes[1].Maps().Stats().Promotions.Load()
+	if st == 0 {
+		t.Error("no backup was promoted")
+	}
+}
+
+// TestMapSplitAndMerge: a 2|1 split, writes on both sides, the heal: the
+// single node merges into the pair through the policy (the cluster's
+// default merger is latestupdate: the later update wins), and every node
+// ends with the same entries.
+func TestMapSplitAndMerge(t *testing.T) {
+	t.Parallel()
+	nw := clustertest.New(t, clustertest.Config{})
+	nodes := startNodes(t, nw, 3, nil)
+	waitFor(t, 10*time.Second, "the maps to settle", settled(nodes...))
+	ctx := mapCtx(t)
+	for i := range 30 {
+		if _, err := nodes[0].Maps().Put(ctx, "m", fmt.Sprint("k", i), []byte("before"), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nw.Partition([]string{"n1", "n2"}, []string{"n3"})
+	waitFor(t, 15*time.Second, "both sides to settle", all(settled(nodes[0], nodes[1]), settled(nodes[2])))
+	// Conflicting writes: the small side writes k0-k9 first, the big side
+	// k5-k14 after; only the small side writes k20.
+	for i := range 10 {
+		if _, err := nodes[2].Maps().Put(ctx, "m", fmt.Sprint("k", i), []byte("small"), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := nodes[2].Maps().Put(ctx, "m", "only-small", []byte("small"), 0); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(5 * time.Millisecond) // later updates, by the clock latestupdate compares
+	for i := 5; i < 15; i++ {
+		if _, err := nodes[0].Maps().Put(ctx, "m", fmt.Sprint("k", i), []byte("big"), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nw.Heal()
+	waitFor(t, 20*time.Second, "the merge", func() (bool, string) {
+		if ok, why := settled(nodes...)(); !ok {
+			return false, why
+		}
+		if p := nodes[2].Maps().Progress(); p.Finished.IsZero() {
+			return false, "n3 has not merged"
+		}
+		return true, ""
+	})
+	want := func(i int) string {
+		switch {
+		case i < 5:
+			return "small"
+		case i < 15:
+			return "big"
+		}
+		return "before"
+	}
+	for _, n := range nodes {
+		for i := range 30 {
+			got, ok, err := n.Maps().Get(ctx, "m", fmt.Sprint("k", i))
+			if err != nil || !ok || string(got.Value) != want(i) {
+				t.Errorf("%s: k%d = %q %v %v, want %q", n.Name(), i, got.Value, ok, err, want(i))
+			}
+		}
+		if got, ok, _ := n.Maps().Get(ctx, "m", "only-small"); !ok || string(got.Value) != "small" {
+			t.Errorf("%s: only-small = %q %v", n.Name(), got.Value, ok)
+		}
+	}
+	if l0, l2 := nodes[0].Maps().Lineage(), nodes[2].Maps().Lineage(); l0.Hash != l2.Hash {
+		t.Errorf("lineages differ after the merge: %+v vs %+v", l0, l2)
+	}
+	_ = pmap.ErrRefused
+}

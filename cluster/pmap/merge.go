@@ -1,0 +1,257 @@
+package pmap
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/mendmq/mendmq/cluster/merge"
+	"github.com/mendmq/mendmq/cluster/partition"
+)
+
+// The split-brain merge (Hazelcast's): a node of the smaller side of a
+// healed split pauses its map operations, takes the entries it owned,
+// drops all its map data, joins the bigger side's partition table (pulling
+// the partitions it now owns from the bigger side) and sends its entries
+// in batches of MergeBatchSize to their owners, which decide each one with
+// the map's policy: merge(mapName, merging, existing). Then it serves
+// again.
+
+// errMergeRetry: the owner cannot merge the batch now (not the owner of
+// some entry, or migrating): the sender resolves the owners and tries
+// again.
+var errMergeRetry = errors.New("pmap: not the active owner of every entry; retry the merge")
+
+// mergeTimeout bounds the whole merge of one node's entries.
+const mergeTimeout = 5 * time.Minute
+
+// MergeProgress is a merge under way (or the last one).
+type MergeProgress struct {
+	Started, Finished time.Time
+	Total, Done       int
+	Failed            int
+}
+
+// mergeInto merges this node's data into the bigger side w.
+func (m *Maps) mergeInto(ctx context.Context, w side, alive []string) {
+	m.mu.Lock()
+	// Every copy this node holds, backups included: a membership flap at
+	// the heal can wipe an owner and its backup one after the other, and
+	// an entry merged twice is decided the same (the existing one is the
+	// merging one's copy).
+	var snap []Item
+	for i := range m.cfg.PartitionCount {
+		p := partition.ID(i)
+		if m.table.Role(p, m.cfg.Node) != partition.None && m.state[p] == stActive {
+			snap = append(snap, m.store.Copy(p)...)
+		}
+	}
+	for i := range m.cfg.PartitionCount {
+		m.store.Drop(partition.ID(i))
+		m.state[i], m.full[i] = stActive, false
+	}
+	mySize := len(m.table.Members)
+	m.merging = true
+	m.lineage, m.base = w.lineage, w.lineage.Hash
+	m.lineage.Size = max(m.lineage.Size, len(alive))
+	m.progress = MergeProgress{Started: time.Now(), Total: len(snap)}
+	m.mu.Unlock()
+	m.stats.Merges.Add(1)
+	m.log.Warn("netsplit healed: this side is the smaller; merging its map entries into the bigger side",
+		"this_side", mySize, "other_side", len(w.members), "entries", len(snap), "lineage", m.lineage, "from", w.members)
+	prev := partition.Compute(w.members, m.cfg.PartitionCount, m.cfg.MaxBackups)
+	m.adopt(ctx, partition.Compute(alive, m.cfg.PartitionCount, m.cfg.MaxBackups), prev, true)
+	// The entries go out in the background, to their owners in the
+	// table of the moment: membership may still change meanwhile.
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		failed := m.sendMerges(ctx, snap)
+		m.mu.Lock()
+		m.merging = false
+		m.progress.Finished, m.progress.Failed = time.Now(), failed
+		p := m.progress
+		m.mu.Unlock()
+		lvl := m.log.Info
+		if failed > 0 {
+			lvl = m.log.Error
+		}
+		lvl("map merge after the netsplit done", "entries", p.Total, "merged", p.Done, "failed", failed,
+			"took", p.Finished.Sub(p.Started).Round(time.Millisecond))
+	}()
+}
+
+// Progress returns the last (or running) merge of this node's entries.
+func (m *Maps) Progress() MergeProgress {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.progress
+}
+
+// sendMerges sends entries to their owners in batches, retrying until
+// mergeTimeout; it returns how many could not be merged.
+func (m *Maps) sendMerges(ctx context.Context, items []Item) int {
+	deadline := time.Now().Add(mergeTimeout)
+	pending := items
+	wait := 20 * time.Millisecond
+	for len(pending) > 0 && time.Now().Before(deadline) && ctx.Err() == nil {
+		// Batches per (owner, map), in order.
+		type dest struct{ owner, m string }
+		m.mu.Lock()
+		groups := map[dest][]Item{}
+		var order []dest
+		for _, it := range pending {
+			d := dest{m.table.Owner(m.store.Partition(it.Key)), it.Map}
+			if _, ok := groups[d]; !ok {
+				order = append(order, d)
+			}
+			groups[d] = append(groups[d], it)
+		}
+		m.mu.Unlock()
+		var retry []Item
+		for _, d := range order {
+			g := groups[d]
+			for len(g) > 0 {
+				k := min(len(g), m.cfg.MergeBatchSize)
+				batch := g[:k]
+				g = g[k:]
+				var err error
+				if d.owner == m.cfg.Node {
+					err = m.mergeLocal(ctx, d.m, batch)
+				} else {
+					cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+					_, err = m.tr.Call(cctx, d.owner, CallMerge, appendMerge(nil, d.m, batch))
+					cancel()
+				}
+				if err != nil {
+					retry = append(retry, batch...)
+					continue
+				}
+				m.mu.Lock()
+				m.progress.Done += len(batch)
+				m.mu.Unlock()
+				m.stats.MergedIn.Add(uint64(len(batch)))
+			}
+		}
+		if len(retry) > 0 {
+			time.Sleep(wait)
+			wait = min(2*wait, time.Second)
+		}
+		pending = retry
+	}
+	if len(pending) > 0 {
+		m.stats.MergeFailures.Add(uint64(len(pending)))
+	}
+	return len(pending)
+}
+
+func (m *Maps) handleMerge(from string, payload []byte) ([]byte, error) {
+	name, items, err := decodeMerge(payload)
+	if err != nil {
+		m.stats.BadMessages.Add(1)
+		return nil, err
+	}
+	if err := ValidName(name); err != nil {
+		m.stats.BadMessages.Add(1)
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return nil, m.mergeLocal(ctx, name, items)
+}
+
+// mergeLocal merges entries of map name into the partitions this node
+// owns, through the map's policy, outside the lock: the existing entries
+// are read, the policy decides, and a result whose existing entry changed
+// meanwhile (a write) is decided again.
+func (m *Maps) mergeLocal(ctx context.Context, name string, items []Item) error {
+	if m.cfg.Merger == nil {
+		return errors.New("pmap: no merge policies")
+	}
+	for round := 0; len(items) > 0; round++ {
+		if round == 5 {
+			return fmt.Errorf("%w: entries kept changing", errMergeRetry)
+		}
+		m.mu.Lock()
+		seqs := make([]uint64, len(items))
+		mitems := make([]merge.Item, len(items))
+		now := m.now()
+		for i, it := range items {
+			p := m.store.Partition(it.Key)
+			if m.table.Role(p, m.cfg.Node) != partition.Owner || m.state[p] != stActive {
+				m.mu.Unlock()
+				return errMergeRetry
+			}
+			mv := it.Entry.View(it.Key)
+			mitems[i].Merging = &mv
+			if e, ok := m.store.Get(name, it.Key, now, false); ok {
+				ev := e.View(it.Key)
+				mitems[i].Existing, seqs[i] = &ev, e.Seq
+			}
+		}
+		m.mu.Unlock()
+		res, err := m.cfg.Merger.MergeBatch(ctx, name, mitems)
+		if err != nil && len(res) != len(items) {
+			return fmt.Errorf("merge %d entries of map %s: %w", len(items), name, err)
+		}
+		var redo []Item
+
+		backups := map[string][]Item{}
+		m.mu.Lock()
+		for i, it := range items {
+			r := res[i]
+			if r.Unmerged {
+				redo = append(redo, it)
+				continue
+			}
+			p := m.store.Partition(it.Key)
+			cur, ok := m.store.Get(name, it.Key, now, false)
+			if (ok && cur.Seq != seqs[i]) || (!ok && seqs[i] != 0) || m.table.Role(p, m.cfg.Node) != partition.Owner {
+				redo = append(redo, it) // written meanwhile: decide again
+				continue
+			}
+			var w Item
+			switch r.Verdict {
+			case merge.TakeMerging:
+				e := m.store.Write(name, it.Key, it.Entry)
+				w = Item{Map: name, Key: it.Key, Entry: e}
+				m.stats.MergeReplaced.Add(1)
+			case merge.Put:
+				e := m.store.Write(name, it.Key, FromView(r.Entry))
+				w = Item{Map: name, Key: it.Key, Entry: e}
+				m.stats.MergeReplaced.Add(1)
+			case merge.Delete:
+				e, found := m.store.Delete(name, it.Key)
+				if !found {
+					m.stats.MergeKept.Add(1)
+					continue
+				}
+				w = Item{Map: name, Key: it.Key, Entry: e, Deleted: true}
+				m.stats.MergeDeleted.Add(1)
+			default:
+				if r.ConflictID != 0 {
+					m.stats.MergeParked.Add(1)
+				} else {
+					m.stats.MergeKept.Add(1)
+				}
+				continue
+			}
+			m.stats.Merged.Add(1)
+
+			for _, b := range m.backupsLocked(p, m.cfg.Map(name)) {
+				backups[b] = append(backups[b], w)
+			}
+		}
+		m.mu.Unlock()
+		for b, its := range backups {
+			m.replicate([]string{b}, its, true)
+		}
+		if err != nil && len(redo) > 0 {
+			return fmt.Errorf("merge map %s: %d entries undecided: %w", name, len(redo), err)
+		}
+		items = slices.Clip(redo)
+	}
+	return nil
+}

@@ -1,0 +1,594 @@
+package pmap
+
+import (
+	"context"
+	"errors"
+	"hash/fnv"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/mendmq/mendmq/cluster/partition"
+)
+
+// Membership changes.
+//
+// Every node computes the partition table from the members it sees alive
+// (package partition), so all agree once their views do. When the table
+// changes, each partition goes where it now belongs:
+//
+//   - a backup that becomes owner (its owner was lost) is promoted at
+//     once: it holds the data;
+//   - any other new owner pulls the partition from its previous owner, or
+//     from a previous backup if the owner is gone, answering "retry" to
+//     operations until the copy is in; the node it pulled from stops
+//     taking writes for the partition at that moment (it answers
+//     "retry", so the writer finds the new owner), so no write races the
+//     copy; a partition no copy of which is reachable is recreated empty;
+//   - an owner (re)writes its backups with a full copy of the partition.
+//
+// A side of a split thus repairs itself and keeps serving. When sides
+// meet again, their map data have different lineages (see Lineage): the
+// nodes of the smaller lineage wipe their data, join the bigger side's
+// table and merge every entry they owned into it, through the map's policy
+// at the entry's new owner (merge.go) — Hazelcast's split-brain merge.
+
+// MembersChanged tells the driver to look at the members again.
+func (m *Maps) MembersChanged() {
+	select {
+	case m.changed <- struct{}{}:
+	default:
+	}
+}
+
+// Run reconciles the table with the members and expires entries until
+// ctx ends. split reports whether the node is in a netsplit now (its
+// shrinking membership then starts a new lineage).
+func (m *Maps) Run(ctx context.Context, split func() bool) {
+	t := time.NewTicker(m.cfg.ShrinkDelay / 4)
+	defer t.Stop()
+	lastExpire := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-m.changed:
+		case now := <-t.C:
+			if now.Sub(lastExpire) >= time.Second {
+				m.expire()
+				lastExpire = now
+			}
+		}
+		m.reconcile(ctx, split())
+	}
+}
+
+// Lineage identifies where a node's map data come from, and how big that
+// cluster was. A new node starts a lineage of its own (a random hash,
+// size 1). A side of a split starts one when it loses members: its hash is
+// a function of the whole cluster's lineage and of the side's members (so
+// every node of the side computes the same), its size the side's. When a
+// node meets a member of another lineage, the smaller lineage (fewer
+// members, then the smaller hash) merges into the bigger and takes its
+// lineage. A lineage grows with the members that join it or merge into
+// it: a bigger lineage only gets bigger, so both nodes of a pair decide the
+// same whichever asks first.
+type Lineage struct {
+	Hash uint64
+	Size int
+}
+
+// less reports whether a merges into b.
+func (a Lineage) less(b Lineage) bool {
+	if a.Size != b.Size {
+		return a.Size < b.Size
+	}
+	return a.Hash < b.Hash
+}
+
+// splitLineage is the lineage of a side of a split.
+func splitLineage(base uint64, members []string) uint64 {
+	h := fnv.New64a()
+	var b [8]byte
+	for i := range b {
+		b[i] = byte(base >> (8 * i))
+	}
+	_, _ = h.Write(b[:])
+	for _, m := range members {
+		_, _ = h.Write([]byte(m))
+		_, _ = h.Write([]byte{0})
+	}
+	return h.Sum64()
+}
+
+// side is what another node said of its map data.
+type side struct {
+	lineage Lineage
+	members []string
+	data    bool
+}
+
+// reconcile adopts the table of the alive members, merging into another
+// side first if the newcomers' data have another lineage and their side
+// is bigger.
+func (m *Maps) reconcile(ctx context.Context, split bool) {
+	alive := m.stableAlive(time.Now())
+	m.mu.Lock()
+	cur, mine := m.table, m.lineage
+	if !split && !m.merging {
+		m.base = mine.Hash // whole: this is the cluster's lineage
+	}
+	m.mu.Unlock()
+	if slices.Equal(alive, cur.Members) {
+		return
+	}
+	// The lineages of the newcomers: a newcomer that does not answer is
+	// left out of the table until it does (the next round).
+	var winner *side
+	for _, n := range alive {
+		if slices.Contains(cur.Members, n) {
+			continue
+		}
+		ctx2, cancel := context.WithTimeout(ctx, 2*time.Second)
+		b, err := m.tr.Call(ctx2, n, CallSide, nil)
+		cancel()
+		var s side
+		if err == nil {
+			s.lineage, s.members, s.data, err = decodeSide(b)
+		}
+		if err != nil {
+			m.log.Debug("map lineage of a new member unknown; not in the table yet", "peer", n, "error", err)
+			alive = slices.DeleteFunc(alive, func(a string) bool { return a == n })
+			continue
+		}
+		if s.lineage.Hash == mine.Hash {
+			continue
+		}
+		if mine.less(s.lineage) && (winner == nil || winner.lineage.less(s.lineage)) {
+			winner = &s
+		}
+	}
+	if winner != nil {
+		m.mergeInto(ctx, *winner, alive)
+		return
+	}
+	m.mu.Lock()
+	prev := m.table
+	switch {
+	case split && len(alive) < len(cur.Members):
+		// Members lost in a netsplit: this side's data are a lineage of
+		// their own now.
+		m.lineage = Lineage{Hash: splitLineage(m.base, alive), Size: len(alive)}
+	case len(alive) > m.lineage.Size:
+		// Grown: by members of its lineage, or by smaller ones that merge
+		// into it (a bigger lineage only grows bigger, so every node of
+		// a smaller one still decides to merge).
+		m.lineage.Size = len(alive)
+	}
+	m.mu.Unlock()
+	m.adopt(ctx, partition.Compute(alive, m.cfg.PartitionCount, m.cfg.MaxBackups), prev, false)
+}
+
+// stableAlive is the view's alive members plus those of the table gone
+// for less than ShrinkDelay.
+func (m *Maps) stableAlive(now time.Time) []string {
+	alive := m.members.Alive()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.gone == nil {
+		m.gone = map[string]time.Time{}
+	}
+	for name := range m.gone {
+		if slices.Contains(alive, name) || !slices.Contains(m.table.Members, name) {
+			delete(m.gone, name)
+		}
+	}
+	for _, name := range m.table.Members {
+		if slices.Contains(alive, name) {
+			continue
+		}
+		since, ok := m.gone[name]
+		if !ok {
+			m.gone[name], since = now, now
+		}
+		if now.Sub(since) < m.cfg.ShrinkDelay {
+			alive = append(alive, name)
+		}
+	}
+	slices.Sort(alive)
+	return alive
+}
+
+// pull is a partition to fetch, from the first source that has it.
+// patient: the sources are members this node is merging into, some maybe
+// not seen yet: wait for them rather than recreate the partition.
+type pull struct {
+	p       partition.ID
+	sources []string
+	patient bool
+}
+
+// seqFloor is the write-sequence floor of a partition this node takes
+// over as owner (see Store.Floor).
+func (m *Maps) seqFloor() uint64 { return uint64(max(m.now(), 0)) << 20 }
+
+// adopt makes next the table: promotions at once, pulls and backup copies
+// after. wiped means this node dropped its data (merging into another
+// side): it holds no copy, whatever its previous role.
+func (m *Maps) adopt(ctx context.Context, next, prev partition.Table, wiped bool) {
+	self := m.cfg.Node
+	var pulls []pull
+	var pushes []partition.ID
+	m.mu.Lock()
+	cur := m.table
+	for i := range m.cfg.PartitionCount {
+		p := partition.ID(i)
+		was, now := cur.Role(p, self), next.Role(p, self)
+		if wiped {
+			was = partition.None
+		}
+		switch now {
+		case partition.Owner:
+			switch {
+			case m.state[p] == stMigrating && !wiped:
+				// A pull for it is under way (pullOne keeps trying
+				// while this node waits for the partition).
+			case was == partition.Owner && m.state[p] == stActive:
+				if !slices.Equal(cur.Backups(p), next.Backups(p)) {
+					pushes = append(pushes, p)
+				}
+			case was == partition.Backup && m.full[p] && (prev.Owner(p) == "" || !slices.Contains(next.Members, prev.Owner(p))):
+				// The owner is gone: the backup takes over.
+				m.state[p] = stActive
+				m.store.Floor(p, m.seqFloor())
+				m.stats.Promotions.Add(1)
+				pushes = append(pushes, p)
+			case prev.Owner(p) == self && !wiped && m.state[p] == stActive && m.full[p]:
+				pushes = append(pushes, p)
+			default:
+				var src []string
+				if m.state[p] == stHanded && m.handedTo[p] != "" && m.handedTo[p] != self {
+					// It was pulled from here: the puller may have
+					// written since.
+					src = append(src, m.handedTo[p])
+				}
+				m.state[p], m.full[p] = stMigrating, false
+				for _, s := range prev.Replicas[p] {
+					if s != self && !slices.Contains(src, s) {
+						src = append(src, s)
+					}
+				}
+				pulls = append(pulls, pull{p: p, sources: src, patient: wiped})
+			}
+		case partition.Backup:
+			// Its owner rewrites the copy (pushCopies).
+			m.state[p] = stActive
+		case partition.None:
+			switch {
+			case was == partition.Backup:
+				m.store.Drop(p) // the owner has it
+				m.state[p], m.full[p] = stActive, false
+			case m.state[p] == stMigrating:
+				m.state[p], m.full[p] = stActive, false // not wanted any more
+			}
+			// A former owner keeps its copy until the new owner pulls it
+			// (stHanded) or the copy is dropped after dropAfter.
+		}
+	}
+	m.table = next
+	m.mu.Unlock()
+	if len(pulls) > 0 || len(pushes) > 0 {
+		m.log.Info("map partitions rebalanced", "members", len(next.Members), "pulls", len(pulls), "backup_rewrites", len(pushes))
+	}
+	// Pulls and copies run in the background: a slow source must not
+	// hold up the next membership change (install checks that the pull
+	// is still wanted).
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		m.runPulls(ctx, pulls)
+		m.pushCopies(ctx, pushes)
+		m.dropUnowned()
+	}()
+}
+
+// runPulls fetches partitions, a few at a time.
+func (m *Maps) runPulls(ctx context.Context, pulls []pull) {
+	sem := make(chan struct{}, 8)
+	var wg sync.WaitGroup
+	for _, pl := range pulls {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			m.pullOne(ctx, pl)
+		}()
+	}
+	wg.Wait()
+}
+
+// Wait waits for the background pulls and copies (after Run returned).
+func (m *Maps) Wait() { m.wg.Wait() }
+
+// pullOne fetches one partition from the first of its sources that gives
+// it, as long as this node waits for it; a source that is itself
+// migrating the partition, or that cannot be reached for a moment (a
+// link coming back after a heal), is asked again. Only when no source is
+// a member any more is the partition recreated (empty): this side of a
+// split has no copy of it.
+func (m *Maps) pullOne(ctx context.Context, pl pull) {
+	wait := 20 * time.Millisecond
+	patience := time.Now().Add(10 * time.Second)
+	for ctx.Err() == nil && m.wants(pl.p) {
+		alive := m.members.Alive()
+		var sources []string
+		for _, s := range pl.sources {
+			if slices.Contains(alive, s) {
+				sources = append(sources, s)
+			}
+		}
+		waiting := pl.patient && len(sources) < len(pl.sources) && time.Now().Before(patience)
+		if len(sources) == 0 && !waiting {
+			m.recreate(pl.p)
+			return
+		}
+		noCopy := 0
+		for _, src := range sources {
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			b, err := m.tr.Call(cctx, src, CallPull, appendPartition(nil, int(pl.p)))
+			cancel()
+			var items []Item
+			if err == nil {
+				items, err = decodeItems(b)
+			}
+			if err == nil {
+				m.install(pl.p, items)
+				m.stats.Migrations.Add(1)
+				m.pushCopies(ctx, []partition.ID{pl.p})
+				return
+			}
+			if isRemote(err, errNoCopy) {
+				noCopy++
+			}
+			m.log.Debug("map partition pull failed; trying again", "partition", pl.p, "source", src, "error", err)
+		}
+		if noCopy == len(sources) && !waiting {
+			// Every source that is still a member holds no complete copy:
+			// the partition is recreated empty.
+			m.recreate(pl.p)
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, time.Second)
+	}
+}
+
+// recreate activates an empty partition p nobody holds a copy of, if this
+// node still waits for it.
+func (m *Maps) recreate(p partition.ID) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.table.Role(p, m.cfg.Node) == partition.Owner && m.state[p] == stMigrating {
+		m.state[p], m.full[p] = stActive, true
+		m.store.Floor(p, m.seqFloor())
+		m.stats.Recreated.Add(1)
+	}
+}
+
+// wants reports whether this node still waits for partition p.
+func (m *Maps) wants(p partition.ID) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.table.Role(p, m.cfg.Node) == partition.Owner && m.state[p] == stMigrating
+}
+
+var (
+	errPullRetry = errors.New("pmap: partition is migrating here too; retry")
+	errNoCopy    = errors.New("pmap: no complete copy of the partition here")
+)
+
+// isRemote reports whether err is (or a peer answered) target: an error
+// crosses the data plane as its text.
+func isRemote(err, target error) bool {
+	return err != nil && (errors.Is(err, target) || strings.Contains(err.Error(), target.Error()))
+}
+
+// install makes items partition p's content here and activates it, if
+// this node still owns it and waits for it.
+func (m *Maps) install(p partition.ID, items []Item) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.table.Role(p, m.cfg.Node) != partition.Owner || m.state[p] != stMigrating {
+		return
+	}
+	m.store.Replace(p, items)
+	m.store.Floor(p, m.seqFloor())
+	m.state[p], m.full[p] = stActive, true
+}
+
+// handlePull gives a new owner partition p: this node's complete copy.
+// A node that owns p in its own table answers "retry": either it has not
+// adopted the puller's newer table yet (once it has, it owns p no more,
+// takes no more writes for it, and gives the copy with every write it
+// took), or the puller's table is the older one (the puller stops
+// wanting p when it catches up). A former owner hands p over: it drops
+// its copy once it is sure the new owner has it.
+func (m *Maps) handlePull(from string, payload []byte) ([]byte, error) {
+	pi, _, err := decodePartition(payload, m.cfg.PartitionCount)
+	if err != nil {
+		m.stats.BadMessages.Add(1)
+		return nil, err
+	}
+	p := partition.ID(pi)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	role := m.table.Role(p, m.cfg.Node)
+	if m.merging || role == partition.Owner {
+		return nil, errPullRetry
+	}
+	if !m.full[p] {
+		return nil, errNoCopy
+	}
+	if role == partition.None {
+		m.state[p], m.handedTo[p] = stHanded, from
+	}
+	return appendItems(nil, m.store.Copy(p)), nil
+}
+
+// pushCopies rewrites the backups of partitions this node owns.
+func (m *Maps) pushCopies(ctx context.Context, ps []partition.ID) {
+	for _, p := range ps {
+		m.mu.Lock()
+		if m.table.Role(p, m.cfg.Node) != partition.Owner || m.state[p] != stActive {
+			m.mu.Unlock()
+			continue
+		}
+		backups := slices.Clone(m.table.Backups(p))
+		payload := appendItems(appendPartition(nil, int(p)), m.store.Copy(p))
+		m.mu.Unlock()
+		for _, b := range backups {
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			if _, err := m.tr.Call(cctx, b, CallCopy, payload); err != nil {
+				m.stats.BackupFailures.Add(1)
+				m.log.Debug("map backup copy not confirmed", "backup", b, "partition", p, "error", err)
+			}
+			cancel()
+		}
+	}
+}
+
+// handleCopy takes an owner's full copy of a partition as its backup:
+// the copy, but for local entries written after it (a backup write that
+// overtook the copy).
+func (m *Maps) handleCopy(from string, payload []byte) ([]byte, error) {
+	pi, rest, err := decodePartition(payload, m.cfg.PartitionCount)
+	if err != nil {
+		m.stats.BadMessages.Add(1)
+		return nil, err
+	}
+	items, err := decodeItems(rest)
+	if err != nil {
+		m.stats.BadMessages.Add(1)
+		return nil, err
+	}
+	p := partition.ID(pi)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.table.Role(p, m.cfg.Node) != partition.Backup {
+		return nil, nil
+	}
+	var top uint64
+	for _, it := range items {
+		top = max(top, it.Entry.Seq)
+	}
+	for _, it := range m.store.Copy(p) {
+		if it.Entry.Seq > top {
+			items = append(items, it)
+		}
+	}
+	m.store.Replace(p, items)
+	m.state[p], m.full[p] = stActive, true
+	return nil, nil
+}
+
+// dropUnowned empties partitions this node neither owns nor backs up
+// once a new owner took them (stHanded).
+func (m *Maps) dropUnowned() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for i := range m.cfg.PartitionCount {
+		p := partition.ID(i)
+		if m.table.Role(p, m.cfg.Node) == partition.None && m.state[p] == stHanded {
+			m.store.Drop(p)
+			m.state[p], m.full[p] = stActive, false
+		}
+	}
+}
+
+// expire removes expired entries of the owned partitions and tells the
+// backups.
+func (m *Maps) expire() {
+	m.mu.Lock()
+	items := m.store.Expire(m.now(), func(p partition.ID) bool {
+		return m.table.Role(p, m.cfg.Node) == partition.Owner && m.state[p] == stActive
+	})
+	byBackups := map[string][]Item{}
+	for _, it := range items {
+		p := m.store.Partition(it.Key)
+		for _, b := range m.backupsLocked(p, m.cfg.Map(it.Map)) {
+			byBackups[b] = append(byBackups[b], it)
+		}
+	}
+	m.mu.Unlock()
+	for b, its := range byBackups {
+		m.replicate([]string{b}, its, false)
+	}
+}
+
+// handleSide answers the cluster-merge handshake.
+func (m *Maps) handleSide(from string, _ []byte) ([]byte, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	data := false
+	for i := range m.cfg.PartitionCount {
+		if len(m.store.Copy(partition.ID(i))) > 0 {
+			data = true
+			break
+		}
+	}
+	return appendSide(nil, m.lineage, m.table.Members, data), nil
+}
+
+// Lineage returns where this node's map data come from.
+func (m *Maps) Lineage() Lineage {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.lineage
+}
+
+// Table returns the partition table in use.
+func (m *Maps) Table() partition.Table {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.table
+}
+
+// Settled reports whether every partition this node owns or backs up is
+// active (no migration or merge under way).
+func (m *Maps) Settled() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return !m.merging && len(m.unsettledLocked()) == 0
+}
+
+// Migrating returns the partitions this node holds a role for that are
+// not active (migrating, or handed to a new owner).
+func (m *Maps) Migrating() []partition.ID {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.unsettledLocked()
+}
+
+func (m *Maps) unsettledLocked() []partition.ID {
+	var out []partition.ID
+	for i := range m.cfg.PartitionCount {
+		if m.table.Role(partition.ID(i), m.cfg.Node) != partition.None && m.state[i] != stActive {
+			out = append(out, partition.ID(i))
+		}
+	}
+	return out
+}
+
+// Local returns this node's own copy of key in map name, whatever its
+// role (for operators and tests; no hit is counted).
+func (m *Maps) Local(name, key string) (Entry, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.store.Get(name, key, m.now(), false)
+}
