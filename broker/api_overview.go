@@ -1,7 +1,12 @@
 package broker
 
 import (
+	"context"
+	"fmt"
+	"maps"
 	"net/http"
+	"slices"
+	"strings"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
@@ -34,10 +39,9 @@ type Overview struct {
 	// Netsplit is the netsplit state (nil without clustering). The status
 	// page shows a banner while it is active.
 	Netsplit *NetsplitOverview `json:"netsplit"`
-	// Maps are the partitioned maps, null until they exist. The page
-	// renders a table of the objects' fields (e.g. name, entries, dirty,
-	// partitions, per member).
-	Maps any `json:"maps"`
+	// Maps summarizes the partitioned maps, one row per map (nil without
+	// clustering); the page renders them as a table.
+	Maps []MapRow `json:"maps"`
 }
 
 // NetsplitOverview is the netsplit state as the status page shows it.
@@ -89,6 +93,39 @@ func netsplitOverview(st cluster.Status) *NetsplitOverview {
 	return o
 }
 
+// MapRow is one map on the status page.
+type MapRow struct {
+	Map     string `json:"map"`
+	Entries int64  `json:"entries"`
+	Bytes   int64  `json:"bytes"`
+	// PerMember is "member:entries" for each member.
+	PerMember string `json:"per_member"`
+	// Migrating counts partitions waiting for a copy, cluster-wide.
+	Migrating int `json:"migrating_partitions"`
+}
+
+func (b *Broker) mapRows(ctx context.Context) []MapRow {
+	all := b.mapsOverview(ctx)
+	rows := []MapRow{}
+	migrating := 0
+	for _, st := range all.Members {
+		migrating += st.Migrating
+	}
+	for _, name := range all.Maps {
+		r := MapRow{Map: name, Migrating: migrating}
+		members := slices.Sorted(maps.Keys(all.Members))
+		for _, m := range members {
+			ms := all.Members[m].Maps[name]
+			r.Entries += ms.Entries
+			r.Bytes += ms.Bytes
+			r.PerMember += fmt.Sprintf("%s:%d ", m, ms.Entries)
+		}
+		r.PerMember = strings.TrimSpace(r.PerMember)
+		rows = append(rows, r)
+	}
+	return rows
+}
+
 // MQTTOverview holds the node's MQTT counters and gauges.
 type MQTTOverview struct {
 	ClientsConnected int64   `json:"clients_connected"`
@@ -132,6 +169,9 @@ func (b *Broker) overview() Overview {
 		st := b.node.Status()
 		o.Cluster = &st
 		o.Netsplit = netsplitOverview(st)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		o.Maps = b.mapRows(ctx)
+		cancel()
 	}
 	calls, failures := map[string]float64{}, map[string]float64{}
 	if fams, err := b.registry.Gather(); err == nil {

@@ -28,6 +28,7 @@ import (
 	"github.com/mendmq/mendmq/broker/reserved"
 	"github.com/mendmq/mendmq/broker/storage"
 	"github.com/mendmq/mendmq/cluster"
+	"github.com/mendmq/mendmq/cluster/pmap"
 	"github.com/mendmq/mendmq/plugins"
 )
 
@@ -207,6 +208,19 @@ func (b *Broker) addCluster() error {
 	if cc.Merger == nil {
 		cc.Merger = b.policies // conflicting retained messages: the $retained policy
 	}
+	// The partitioned maps' settings: maps.<name> (maps.default for the
+	// rest), read per operation from the running configuration.
+	maxBackups := 1
+	for name := range b.cfg.Plugins.Maps {
+		maxBackups = max(maxBackups, *b.cfg.Plugins.Settings(name).BackupCount)
+	}
+	cc.MapMaxBackups = maxBackups
+	cc.MapConfig = func(name string) pmap.MapConfig {
+		pc := b.policies.Config()
+		s := pc.Settings(name)
+		return pmap.MapConfig{BackupCount: *s.BackupCount, AsyncBackups: *s.AsyncBackups, MinClusterSize: *s.MinClusterSize,
+			ReadQuorum: *s.ReadQuorum, ReadFromBackup: *s.ReadFromBackup, TTL: *s.TTL, MaxIdle: *s.MaxIdle}
+	}
 	if b.cfg.Storage.Path != "" && cc.StoragePath == "" {
 		// The cluster's own file: publishes held for unreachable nodes.
 		cc.StoragePath = b.cfg.Storage.Path + ".cluster"
@@ -257,6 +271,7 @@ func (b *Broker) Reconfigure(cfg config.Config) error {
 	old.Plugins, next.Plugins = plugins.Config{}, plugins.Config{}
 	old.Cluster.Logger, next.Cluster.Logger = nil, nil
 	old.Cluster.Merger, next.Cluster.Merger = nil, nil
+	old.Cluster.MapConfig, next.Cluster.MapConfig = nil, nil
 	old.Cluster.Transport, next.Cluster.Transport = nil, nil
 	old.Cluster.DataNetwork, next.Cluster.DataNetwork = nil, nil
 	if fmt.Sprintf("%+v", old) != fmt.Sprintf("%+v", next) {

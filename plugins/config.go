@@ -70,11 +70,77 @@ type PolicyConfig struct {
 	Module string `koanf:"module"`
 }
 
-// MapConfig is the policy part of one map's settings.
+// MapConfig is one map's settings: maps.<name>. The merge policy is this
+// package's; the other keys are the partitioned map's (cluster/pmap),
+// kept here so one section holds a map's configuration. A map without an
+// entry uses maps.default's; an entry's unset keys take maps.default's.
 type MapConfig struct {
 	// MergePolicy names a built-in or a policies.<name> entry. Empty means
 	// "use maps.default.merge_policy".
 	MergePolicy string `koanf:"merge_policy"`
+	// BackupCount is maps.<name>.backup_count: copies of each partition
+	// besides the owner's, 0-3. Unset: maps.default's (default 1). The
+	// cluster keeps as many backups as the largest value at start.
+	BackupCount *int `koanf:"backup_count"`
+	// AsyncBackups is maps.<name>.async_backups: a write is answered
+	// before its backups applied it (faster; lost if the owner dies at
+	// once). Default false.
+	AsyncBackups *bool `koanf:"async_backups"`
+	// MinClusterSize is maps.<name>.min_cluster_size: Hazelcast's
+	// split-brain protection — with fewer members (on the smaller side of
+	// a split) writes are refused, and reads with read_quorum. 0: off.
+	MinClusterSize *int `koanf:"min_cluster_size"`
+	// ReadQuorum is maps.<name>.read_quorum: min_cluster_size applies to
+	// reads too. Default false.
+	ReadQuorum *bool `koanf:"read_quorum"`
+	// ReadFromBackup is maps.<name>.read_from_backup: a node holding a
+	// backup answers reads itself (may lag one write). Default false.
+	ReadFromBackup *bool `koanf:"read_from_backup"`
+	// TTL and MaxIdle are maps.<name>.ttl and maps.<name>.max_idle: an
+	// entry expires TTL after its last update, or MaxIdle after its last
+	// access. 0: never. A write may give its own TTL.
+	TTL     *time.Duration `koanf:"ttl"`
+	MaxIdle *time.Duration `koanf:"max_idle"`
+}
+
+// Settings returns map name's settings with maps.default filling what
+// its entry leaves unset (and 1 backup if neither sets it).
+func (c *Config) Settings(name string) MapConfig {
+	def := c.Maps[DefaultMap]
+	out := c.Maps[name]
+	if out.MergePolicy == "" {
+		out.MergePolicy = def.MergePolicy
+	}
+	fill := func(v *int, d *int, fallback int) *int {
+		switch {
+		case v != nil:
+			return v
+		case d != nil:
+			return d
+		}
+		return &fallback
+	}
+	out.BackupCount = fill(out.BackupCount, def.BackupCount, 1)
+	out.MinClusterSize = fill(out.MinClusterSize, def.MinClusterSize, 0)
+	for _, f := range []struct{ v, d **bool }{{&out.AsyncBackups, &def.AsyncBackups}, {&out.ReadQuorum, &def.ReadQuorum}, {&out.ReadFromBackup, &def.ReadFromBackup}} {
+		if *f.v == nil {
+			if *f.d != nil {
+				*f.v = *f.d
+			} else {
+				*f.v = new(bool)
+			}
+		}
+	}
+	for _, f := range []struct{ v, d **time.Duration }{{&out.TTL, &def.TTL}, {&out.MaxIdle, &def.MaxIdle}} {
+		if *f.v == nil {
+			if *f.d != nil {
+				*f.v = *f.d
+			} else {
+				*f.v = new(time.Duration)
+			}
+		}
+	}
+	return out
 }
 
 // RetainedConfig is the policy part of the retained-message settings.
@@ -177,12 +243,26 @@ func (c Config) Validate() error {
 			continue
 		}
 		if m != DefaultMap && (c.MapsInUse == nil || !c.MapsInUse(m)) {
-			bad("maps."+m, "no map %q is merged on this node: today only retained messages are "+
-				"(their policy is retained.merge_policy); named maps are planned, not built yet. "+
-				"Remove maps.%s (maps.default stays for when they arrive)", m, m)
+			bad("maps."+m, "no map %q can exist on this node: the partitioned maps run with the cluster "+
+				"(cluster.enabled: true; a cluster of one node is fine). Enable it, or remove maps.%s", m, m)
 			continue
 		}
-		known("maps."+m+".merge_policy", c.Maps[m].MergePolicy)
+		mc := c.Maps[m]
+		known("maps."+m+".merge_policy", mc.MergePolicy)
+		if v := mc.BackupCount; v != nil && (*v < 0 || *v > 3) {
+			bad("maps."+m+".backup_count", "%d is outside 0..3", *v)
+		}
+		if v := mc.MinClusterSize; v != nil && *v < 0 {
+			bad("maps."+m+".min_cluster_size", "%d is negative; 0 turns split-brain protection off", *v)
+		}
+		for _, d := range []struct {
+			k string
+			v *time.Duration
+		}{{"ttl", mc.TTL}, {"max_idle", mc.MaxIdle}} {
+			if d.v != nil && *d.v < 0 {
+				bad("maps."+m+"."+d.k, "%v is negative; 0 means never", *d.v)
+			}
+		}
 	}
 	if c.Retained.MergePolicy == "" {
 		bad("retained.merge_policy", "empty; set it (e.g. latestupdate) — every node must use the same")

@@ -344,6 +344,11 @@ func (c *Config) Validate() error {
 	if err := c.Cluster.Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	if c.Cluster.Enabled && c.Plugins.MapsInUse == nil {
+		// The partitioned maps run with the cluster, and a map is
+		// created on first use: any maps.<name> may be used.
+		c.Plugins.MapsInUse = plugins.AnyMap
+	}
 	if err := c.Plugins.Validate(); err != nil {
 		errs = append(errs, err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -195,6 +196,7 @@ func New(cfg Config, tr Transport, members Members, mux *dataplane.Mux) (*Maps, 
 			mux.HandleCallFunc(CallCopy, false, m.handleCopy),
 			mux.HandleCallFunc(CallSide, false, m.handleSide),
 			mux.HandleCallFunc(CallMerge, false, m.handleMerge),
+			mux.HandleCallFunc(CallStats, false, func(string, []byte) ([]byte, error) { return json.Marshal(m.LocalStats()) }),
 		)
 		if err != nil {
 			return nil, err
@@ -442,4 +444,39 @@ func (m *Maps) handleBackup(from string, payload []byte) ([]byte, error) {
 		}
 	}
 	return nil, nil
+}
+
+// ClusterStats asks every alive member for its share of the maps; a
+// member that does not answer is listed in the errors.
+func (m *Maps) ClusterStats(ctx context.Context) (map[string]MemberStats, map[string]string) {
+	out, errs := map[string]MemberStats{}, map[string]string{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, name := range m.members.Alive() {
+		if name == m.cfg.Node {
+			st := m.LocalStats()
+			mu.Lock()
+			out[name] = st
+			mu.Unlock()
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			b, err := m.tr.Call(ctx, name, CallStats, nil)
+			var st MemberStats
+			if err == nil {
+				err = json.Unmarshal(b, &st)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs[name] = err.Error()
+				return
+			}
+			out[name] = st
+		}()
+	}
+	wg.Wait()
+	return out, errs
 }

@@ -592,3 +592,52 @@ func (m *Maps) Local(name, key string) (Entry, bool) {
 	defer m.mu.Unlock()
 	return m.store.Get(name, key, m.now(), false)
 }
+
+// MemberStats are one member's share of the maps.
+type MemberStats struct {
+	// Partitions it owns and backs up.
+	Owned   int `json:"partitions_owned"`
+	Backups int `json:"partitions_backed_up"`
+	// Migrating is how many of its partitions wait for a copy.
+	Migrating int `json:"migrating"`
+	// Maps by name: entries and bytes it owns, entries it backs up.
+	Maps map[string]MapStats `json:"maps"`
+	// Merge is this member's last merge after a netsplit.
+	Merge MergeProgress `json:"merge"`
+}
+
+// MapStats are one map's entries on one member.
+type MapStats struct {
+	Entries      int64 `json:"entries"`
+	Bytes        int64 `json:"bytes"`
+	BackupCopies int64 `json:"backup_entries"`
+}
+
+// LocalStats returns this node's share of the maps.
+func (m *Maps) LocalStats() MemberStats {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	st := MemberStats{Maps: map[string]MapStats{}, Merge: m.progress, Migrating: len(m.unsettledLocked())}
+	self := m.cfg.Node
+	for i := range m.cfg.PartitionCount {
+		switch m.table.Role(partition.ID(i), self) {
+		case partition.Owner:
+			st.Owned++
+		case partition.Backup:
+			st.Backups++
+		}
+	}
+	owned := m.store.Stats(func(p partition.ID) bool { return m.table.Role(p, self) == partition.Owner })
+	backed := m.store.Stats(func(p partition.ID) bool { return m.table.Role(p, self) == partition.Backup })
+	for name, v := range owned {
+		ms := st.Maps[name]
+		ms.Entries, ms.Bytes = v[0], v[1]
+		st.Maps[name] = ms
+	}
+	for name, v := range backed {
+		ms := st.Maps[name]
+		ms.BackupCopies = v[0]
+		st.Maps[name] = ms
+	}
+	return st
+}

@@ -25,6 +25,8 @@ const (
 	// CallMerge: a map and merging entries -> empty, once merged at the
 	// owner through the map's policy.
 	CallMerge uint8 = 26
+	// CallStats: empty -> the member's MemberStats, JSON (operators).
+	CallStats uint8 = 27
 )
 
 // Operations (CallOp).

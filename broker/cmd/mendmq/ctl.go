@@ -50,6 +50,11 @@ const ctlUsageText = `usage: mendmq ctl [connection flags] <command> [flags] [ar
   policy reload                  re-read the config and modules; error if refused
   policy conflicts               parked conflicts
   policy drop ID                 drop a parked conflict
+  map get MAP KEY                an entry of a partitioned map, with its metadata
+  map put MAP KEY VALUE [--ttl D]    write it (--b64: VALUE is base64)
+  map del MAP KEY                delete it
+  map stats [MAP]                every map (or one) per member: entries, bytes,
+                                 partitions, migrations, the last merge
 
 Connection flags (before or after the command):
   --admin URL        admin API: http(s)://host:port or host:port ($MENDMQ_ADMIN,
@@ -131,7 +136,7 @@ func (x *ctlRun) sub(name string, args []string, n int, define func(fs *flag.Fla
 		pos = append(pos, args[0])
 		args = args[1:]
 	}
-	if (n >= 0 && len(pos) != n) || (n < 0 && len(pos) == 0) {
+	if (n >= 0 && len(pos) != n) || (n == -1 && len(pos) == 0) { // -1: one or more; -2: any
 		return nil, usageError{errShowUsage}
 	}
 	c, err := x.conn.client()
@@ -146,7 +151,7 @@ func (x *ctlRun) dispatch(rest []string) error {
 	cmd := rest[0]
 	if len(rest) > 1 && !strings.HasPrefix(rest[1], "-") {
 		switch cmd {
-		case "cluster", "sessions", "subscriptions", "retained", "policy":
+		case "cluster", "sessions", "subscriptions", "retained", "policy", "map":
 			cmd += " " + rest[1]
 			rest = rest[1:]
 		}
@@ -187,6 +192,14 @@ func (x *ctlRun) dispatch(rest []string) error {
 		return x.policyConflicts(args)
 	case "policy drop":
 		return x.policyDrop(args)
+	case "map get":
+		return x.mapGet(args)
+	case "map put":
+		return x.mapPut(args)
+	case "map del", "map delete":
+		return x.mapDel(args)
+	case "map stats":
+		return x.mapStats(args)
 	}
 	return usageError{errShowUsage}
 }

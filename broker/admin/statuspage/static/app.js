@@ -107,7 +107,7 @@ function renderNetsplit(o) {
 }
 
 function renderMaps(o) {
-  // Filled by the partitioned maps (overview.maps); absent today.
+  // overview.maps: one row per map; null without clustering.
   const card = document.getElementById("maps-card");
   const maps = Array.isArray(o.maps) ? o.maps : null;
   card.hidden = !maps;
