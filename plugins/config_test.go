@@ -28,8 +28,13 @@ func TestValidateNamesKeyAndFix(t *testing.T) {
 		mutate func(*Config)
 		want   []string // substrings of the error
 	}{
-		{"map nothing merges", func(c *Config) { c.Maps["orders"] = MapConfig{MergePolicy: "latestupdate"} },
-			[]string{"maps.orders", `no map "orders" is merged on this node`, "retained.merge_policy", "planned", "Remove maps.orders"}},
+		{"map without the cluster", func(c *Config) { c.Maps["orders"] = MapConfig{MergePolicy: "latestupdate"} },
+			[]string{"maps.orders", `no map "orders" can exist on this node`, "cluster.enabled", "remove maps.orders"}},
+		{"map settings out of range", func(c *Config) {
+			b, m, ttl := 4, -1, -time.Second
+			c.Maps["orders"] = MapConfig{BackupCount: &b, MinClusterSize: &m, TTL: &ttl}
+			c.MapsInUse = AnyMap
+		}, []string{"maps.orders.backup_count", "outside 0..3", "maps.orders.min_cluster_size", "maps.orders.ttl"}},
 		{"map the node does not merge", func(c *Config) {
 			c.Maps["orders"] = MapConfig{MergePolicy: "latestupdate"}
 			c.MapsInUse = func(m string) bool { return m == "sessions" }
@@ -165,5 +170,24 @@ func TestKoanfKeepsDefaults(t *testing.T) {
 	}
 	if cfg.Host != DefaultConfig().Host {
 		t.Errorf("host settings changed: %+v", cfg.Host)
+	}
+}
+
+// TestSettingsFallBackToDefault: a map's unset keys take maps.default's,
+// and 1 backup when neither sets it; a key set to zero stays zero.
+func TestSettingsFallBackToDefault(t *testing.T) {
+	c := DefaultConfig()
+	if s := c.Settings("any"); *s.BackupCount != 1 || *s.MinClusterSize != 0 || *s.TTL != 0 || *s.AsyncBackups || s.MergePolicy != "latestupdate" {
+		t.Fatalf("defaults %+v", s)
+	}
+	two, zero, ttl, yes := 2, 0, time.Minute, true
+	c.Maps[DefaultMap] = MapConfig{MergePolicy: "latestupdate", BackupCount: &two, TTL: &ttl, ReadFromBackup: &yes}
+	c.Maps["orders"] = MapConfig{MergePolicy: "putifabsent", BackupCount: &zero}
+	s := c.Settings("orders")
+	if *s.BackupCount != 0 || *s.TTL != time.Minute || !*s.ReadFromBackup || s.MergePolicy != "putifabsent" {
+		t.Fatalf("orders %+v", s)
+	}
+	if s := c.Settings("other"); *s.BackupCount != 2 || s.MergePolicy != "latestupdate" {
+		t.Fatalf("other %+v", s)
 	}
 }

@@ -127,7 +127,7 @@ func TestLoadErrorsNameTheKey(t *testing.T) {
 			[]string{"mqtt.listeners[0].type", "quic"}},
 		{"bad address", Sources{Sets: []string{"admin.address=localhost"}}, []string{"admin.address"}},
 		{"bad log level", Sources{Sets: []string{"log.level=loud"}}, []string{"log.level", "loud"}},
-		{"map nothing merges", Sources{Sets: []string{"maps.orders.merge_policy=discard"}}, []string{"maps.orders", "named maps are planned"}},
+		{"map without the cluster", Sources{Sets: []string{"maps.orders.merge_policy=discard"}}, []string{"maps.orders", "cluster.enabled"}},
 		{"bad acl", Sources{File: writeFile(t, "h.yaml", "auth:\n  acl:\n    - {filter: \"a/#/b\", access: all}\n")},
 			[]string{"auth.acl[0].access", "auth.acl[0].filter"}},
 		{"plaintext password", Sources{File: writeFile(t, "i.yaml", "auth:\n  users:\n    - {username: u, password_hash: secret}\n")},
