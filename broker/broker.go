@@ -219,7 +219,7 @@ func (b *Broker) addCluster() error {
 		pc := b.policies.Config()
 		s := pc.Settings(name)
 		return pmap.MapConfig{BackupCount: *s.BackupCount, AsyncBackups: *s.AsyncBackups, MinClusterSize: *s.MinClusterSize,
-			ReadQuorum: *s.ReadQuorum, ReadFromBackup: *s.ReadFromBackup, TTL: *s.TTL, MaxIdle: *s.MaxIdle}
+			ReadQuorum: *s.ReadQuorum, ReadFromBackup: *s.ReadFromBackup, TTL: *s.TTL, MaxIdle: *s.MaxIdle, MapStore: *s.MapStore}
 	}
 	if b.cfg.Storage.Path != "" && cc.StoragePath == "" {
 		// The cluster's own file: publishes held for unreachable nodes.

@@ -3,6 +3,7 @@ package cluster_test
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -150,4 +151,97 @@ func TestMapSplitAndMerge(t *testing.T) {
 		t.Errorf("lineages differ after the merge: %+v vs %+v", l0, l2)
 	}
 	_ = pmap.ErrRefused
+}
+
+// TestMapStoreSurvivesFullRestart: a map with a write-through store keeps
+// its entries across a restart of every node; a write-behind one is
+// stored within a second (dirty until then).
+func TestMapStoreSurvivesFullRestart(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	modes := map[string]string{"through": pmap.StoreWriteThrough, "behind": pmap.StoreWriteBehind}
+	mutate := func(c *cluster.Config) {
+		c.MapConfig = func(name string) pmap.MapConfig {
+			return pmap.MapConfig{BackupCount: 1, MapStore: modes[name]}
+		}
+	}
+	withStorage := func(name string) func(*cluster.Config) {
+		return func(c *cluster.Config) {
+			mutate(c)
+			c.StoragePath = filepath.Join(dir, name+".cluster")
+		}
+	}
+	run := func(write bool) {
+		nw := clustertest.New(t, clustertest.Config{})
+		var nodes []*cluster.Node
+		var seed string
+		for i := 1; i <= 3; i++ {
+			name := fmt.Sprintf("n%d", i)
+			cfg := cluster.LoopbackConfig()
+			tr, err := nw.Transport(name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.Transport, cfg.DataNetwork, cfg.GossipAddress, cfg.Logger = tr, nw.DataNetwork(name), tr.Addr(), testLog()
+			if seed != "" {
+				cfg.Seeds = []string{seed}
+			} else {
+				seed = tr.Addr()
+			}
+			withStorage(name)(&cfg)
+			n, err := cluster.New(name, cfg, nopBroker{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := n.Start(); err != nil {
+				t.Fatal(err)
+			}
+			nodes = append(nodes, n)
+		}
+		waitFor(t, 20*time.Second, "the maps to settle", settled(nodes...))
+		ctx := mapCtx(t)
+		if write {
+			for i := range 40 {
+				for _, m := range []string{"through", "behind"} {
+					e, err := nodes[i%3].Maps().Put(ctx, m, fmt.Sprint("k", i), []byte(fmt.Sprint(m, i)), 0)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if m == "through" && e.LastStoredTime == 0 {
+						t.Fatalf("a write-through entry answered before it was stored: %+v", e)
+					}
+				}
+			}
+			waitFor(t, 5*time.Second, "the write-behind entries to be stored", func() (bool, string) {
+				for _, n := range nodes {
+					if d := n.Maps().Dirty(); d != 0 {
+						return false, fmt.Sprintf("%s: %d dirty", n.Name(), d)
+					}
+				}
+				return true, ""
+			})
+			if e, _, _ := nodes[0].Maps().Get(ctx, "behind", "k1"); e.LastStoredTime == 0 {
+				t.Fatalf("write-behind entry never stored: %+v", e)
+			}
+		} else {
+			waitFor(t, 20*time.Second, "the stored entries back everywhere", func() (bool, string) {
+				for i := range 40 {
+					for _, m := range []string{"through", "behind"} {
+						e, ok, err := nodes[(i+1)%3].Maps().Get(ctx, m, fmt.Sprint("k", i))
+						if err != nil || !ok || string(e.Value) != fmt.Sprint(m, i) {
+							return false, fmt.Sprintf("%s/k%d = %q %v %v", m, i, e.Value, ok, err)
+						}
+					}
+				}
+				return true, ""
+			})
+		}
+		for _, n := range nodes {
+			if err := n.Stop(); err != nil {
+				t.Logf("stop %s: %v", n.Name(), err)
+			}
+		}
+	}
+	run(true)
+	run(false)
 }

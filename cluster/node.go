@@ -220,8 +220,12 @@ func New(name string, cfg Config, broker Broker) (*Node, error) {
 		n.closeDisk()
 		return nil, err
 	}
-	n.maps, err = pmap.New(pmap.Config{Node: name, PartitionCount: cfg.MapPartitionCount, MaxBackups: max(cfg.MapMaxBackups, 1),
-		MergeBatchSize: cfg.MapMergeBatchSize, Map: cfg.MapConfig, Merger: merger, Logger: n.log}, n.dp, n.view, n.mux)
+	mc := pmap.Config{Node: name, PartitionCount: cfg.MapPartitionCount, MaxBackups: max(cfg.MapMaxBackups, 1),
+		MergeBatchSize: cfg.MapMergeBatchSize, Map: cfg.MapConfig, Merger: merger, Logger: n.log}
+	if n.disk != nil {
+		mc.Store = mapStore{n.disk.MapStore()}
+	}
+	n.maps, err = pmap.New(mc, n.dp, n.view, n.mux)
 	if err != nil {
 		n.closeDisk()
 		return nil, err
@@ -521,3 +525,16 @@ func (h *memberHandler) MemberRemove(m membership.Member) {
 	}
 	n.repl.Broadcast(ds)
 }
+
+// mapStore is the maps' MapStore in the cluster's storage file.
+type mapStore struct{ kv *durable.KV }
+
+func (s mapStore) Write(ops []pmap.StoreOp) error {
+	pairs := make([]durable.KVPair, len(ops))
+	for i, op := range ops {
+		pairs[i] = durable.KVPair{Key: op.Key, Value: op.Value}
+	}
+	return s.kv.Write(pairs)
+}
+
+func (s mapStore) ForEach(fn func(key, value []byte) error) error { return s.kv.ForEach(fn) }

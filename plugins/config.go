@@ -101,6 +101,11 @@ type MapConfig struct {
 	// access. 0: never. A write may give its own TTL.
 	TTL     *time.Duration `koanf:"ttl"`
 	MaxIdle *time.Duration `koanf:"max_idle"`
+	// MapStore is maps.<name>.map_store: "" (none), "write-through" or
+	// "write-behind" — the map's entries are also kept in the node's own
+	// storage file (needs storage.path), so a restart or a side of a split
+	// without a copy reloads them. Unset: maps.default's.
+	MapStore *string `koanf:"map_store"`
 }
 
 // Settings returns map name's settings with maps.default filling what
@@ -129,6 +134,12 @@ func (c *Config) Settings(name string) MapConfig {
 			} else {
 				*f.v = new(bool)
 			}
+		}
+	}
+	if out.MapStore == nil {
+		out.MapStore = def.MapStore
+		if out.MapStore == nil {
+			out.MapStore = new(string)
 		}
 	}
 	for _, f := range []struct{ v, d **time.Duration }{{&out.TTL, &def.TTL}, {&out.MaxIdle, &def.MaxIdle}} {
@@ -251,6 +262,9 @@ func (c Config) Validate() error {
 		known("maps."+m+".merge_policy", mc.MergePolicy)
 		if v := mc.BackupCount; v != nil && (*v < 0 || *v > 3) {
 			bad("maps."+m+".backup_count", "%d is outside 0..3", *v)
+		}
+		if v := mc.MapStore; v != nil && *v != "" && *v != "write-through" && *v != "write-behind" {
+			bad("maps."+m+".map_store", "%q is not a mode; use write-through, write-behind or \"\" (none)", *v)
 		}
 		if v := mc.MinClusterSize; v != nil && *v < 0 {
 			bad("maps."+m+".min_cluster_size", "%d is negative; 0 turns split-brain protection off", *v)

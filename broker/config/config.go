@@ -344,6 +344,13 @@ func (c *Config) Validate() error {
 	if err := c.Cluster.Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	if c.Storage.Path == "" {
+		for name, mc := range c.Plugins.Maps {
+			if mc.MapStore != nil && *mc.MapStore != "" {
+				errs = append(errs, keyErr("maps."+name+".map_store", "%q needs storage.path (the map store is kept beside it); set storage.path or remove the key", *mc.MapStore))
+			}
+		}
+	}
 	if c.Cluster.Enabled && c.Plugins.MapsInUse == nil {
 		// The partitioned maps run with the cluster, and a map is
 		// created on first use: any maps.<name> may be used.

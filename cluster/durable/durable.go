@@ -18,7 +18,10 @@ import (
 // DB is an open cluster storage file.
 type DB struct{ db *bbolt.DB }
 
-var bucketOutbox = []byte("outbox")
+var (
+	bucketOutbox   = []byte("outbox")
+	bucketMapStore = []byte("mapstore")
+)
 
 // Open opens (creating) the file at path; lockTimeout bounds the wait for
 // another process's lock on it.
@@ -28,8 +31,12 @@ func Open(path string, lockTimeout time.Duration) (*DB, error) {
 		return nil, fmt.Errorf("open cluster storage %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bbolt.Tx) error {
-		_, err := tx.CreateBucketIfNotExists(bucketOutbox)
-		return err
+		for _, b := range [][]byte{bucketOutbox, bucketMapStore} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("prepare cluster storage %s: %w", path, err), db.Close())
@@ -39,6 +46,44 @@ func Open(path string, lockTimeout time.Duration) (*DB, error) {
 
 // Close closes the file.
 func (d *DB) Close() error { return d.db.Close() }
+
+// MapStore is the partitioned maps' store in this file (package pmap's
+// MapStore): entries by (map, key).
+func (d *DB) MapStore() *KV { return &KV{db: d.db, bucket: bucketMapStore} }
+
+// KV is one bucket of the file.
+type KV struct {
+	db     *bbolt.DB
+	bucket []byte
+}
+
+// Write puts the pairs with a value and deletes those without, in one
+// transaction.
+func (k *KV) Write(pairs []KVPair) error {
+	return k.db.Update(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(k.bucket)
+		for _, p := range pairs {
+			var err error
+			if p.Value == nil {
+				err = b.Delete(p.Key)
+			} else {
+				err = b.Put(p.Key, p.Value)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// ForEach calls fn with every pair, in key order; fn may keep copies only.
+func (k *KV) ForEach(fn func(key, value []byte) error) error {
+	return k.db.View(func(tx *bbolt.Tx) error { return tx.Bucket(k.bucket).ForEach(fn) })
+}
+
+// KVPair is a key and its value (nil: delete).
+type KVPair struct{ Key, Value []byte }
 
 // Outbox is the outbox.Store in this file.
 func (d *DB) Outbox() outbox.Store { return outboxStore{d.db} }

@@ -56,6 +56,8 @@ type MapConfig struct {
 	ReadFromBackup bool
 	// TTL and MaxIdle of entries written without their own (0: none).
 	TTL, MaxIdle time.Duration
+	// MapStore is StoreWriteThrough, StoreWriteBehind or StoreNone.
+	MapStore string
 }
 
 // Config configures Maps.
@@ -75,6 +77,8 @@ type Config struct {
 	Map func(name string) MapConfig
 	// Merger decides merges after a heal (the maps' policies).
 	Merger merge.Merger
+	// Store is the MapStore of maps with map_store set; nil: none.
+	Store MapStore
 	// ShrinkDelay is how long a member must stay gone before the table
 	// drops it: a member lost for a moment (stale gossip about it from the
 	// other side of a healing split) must not start a lineage and a
@@ -136,8 +140,9 @@ type Maps struct {
 	merging  bool
 	progress MergeProgress
 	changed  chan struct{}
-	wg       sync.WaitGroup       // background pulls and copies
-	gone     map[string]time.Time // members missing from the view since, still in the table
+	wg       sync.WaitGroup         // background pulls and copies
+	gone     map[string]time.Time   // members missing from the view since, still in the table
+	dirty    map[[2]string]struct{} // (map, key) waiting for the MapStore
 
 	stats Stats
 }
@@ -151,6 +156,7 @@ type Stats struct {
 	MergeReplaced, MergeDeleted        atomic.Uint64
 	MergeParked, MergeFailures, Merges atomic.Uint64
 	BadMessages                        atomic.Uint64
+	Stored, StoreFailures, Loaded      atomic.Uint64
 }
 
 // New returns the maps of node cfg.Node and registers their calls on mux.
@@ -185,7 +191,16 @@ func New(cfg Config, tr Transport, members Members, mux *dataplane.Mux) (*Maps, 
 	m.base = m.lineage.Hash
 	m.table = partition.Compute([]string{cfg.Node}, cfg.PartitionCount, cfg.MaxBackups)
 	for i := range m.full {
-		m.full[i] = true // alone: owner of every partition, all empty
+		m.full[i] = true // alone: owner of every partition
+	}
+	// What this node stored before a restart: its own, to be merged into
+	// the cluster when it joins one.
+	for _, it := range m.loadStored(-1) {
+		m.store.Apply(it)
+		m.stats.Loaded.Add(1)
+	}
+	if n := m.stats.Loaded.Load(); n > 0 {
+		m.log.Info("map entries loaded from the map store", "entries", n)
 	}
 	if mux != nil {
 		err := errors.Join(
@@ -372,6 +387,10 @@ func (m *Maps) serve(q request, fromBackup bool) (uint8, Entry, string) {
 	backups := m.backupsLocked(p, mc)
 	m.mu.Unlock()
 	m.replicate(backups, []Item{it}, !mc.AsyncBackups)
+	m.persist([]Item{it})
+	if !it.Deleted && mc.MapStore == StoreWriteThrough {
+		e, _ = m.Local(q.m, q.key) // with its LastStoredTime
+	}
 	return stFound, e, ""
 }
 

@@ -196,7 +196,7 @@ func (m *Maps) mergeLocal(ctx context.Context, name string, items []Item) error 
 		if err != nil && len(res) != len(items) {
 			return fmt.Errorf("merge %d entries of map %s: %w", len(items), name, err)
 		}
-		var redo []Item
+		var redo, written []Item
 
 		backups := map[string][]Item{}
 		m.mu.Lock()
@@ -239,6 +239,7 @@ func (m *Maps) mergeLocal(ctx context.Context, name string, items []Item) error 
 				continue
 			}
 			m.stats.Merged.Add(1)
+			written = append(written, w)
 
 			for _, b := range m.backupsLocked(p, m.cfg.Map(name)) {
 				backups[b] = append(backups[b], w)
@@ -248,6 +249,7 @@ func (m *Maps) mergeLocal(ctx context.Context, name string, items []Item) error 
 		for b, its := range backups {
 			m.replicate([]string{b}, its, true)
 		}
+		m.persist(written)
 		if err != nil && len(redo) > 0 {
 			return fmt.Errorf("merge map %s: %d entries undecided: %w", name, len(redo), err)
 		}

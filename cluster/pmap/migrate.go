@@ -55,8 +55,9 @@ func (m *Maps) Run(ctx context.Context, split func() bool) {
 			return
 		case <-m.changed:
 		case now := <-t.C:
-			if now.Sub(lastExpire) >= time.Second {
+			if now.Sub(lastExpire) >= writeDelay {
 				m.expire()
+				m.flush()
 				lastExpire = now
 			}
 		}
@@ -219,7 +220,7 @@ func (m *Maps) seqFloor() uint64 { return uint64(max(m.now(), 0)) << 20 }
 func (m *Maps) adopt(ctx context.Context, next, prev partition.Table, wiped bool) {
 	self := m.cfg.Node
 	var pulls []pull
-	var pushes []partition.ID
+	var pushes, backupPulls []partition.ID
 	m.mu.Lock()
 	cur := m.table
 	for i := range m.cfg.PartitionCount {
@@ -262,8 +263,13 @@ func (m *Maps) adopt(ctx context.Context, next, prev partition.Table, wiped bool
 				pulls = append(pulls, pull{p: p, sources: src, patient: wiped})
 			}
 		case partition.Backup:
-			// Its owner rewrites the copy (pushCopies).
+			// Its owner rewrites the copy (pushCopies); one that does not
+			// hold a complete copy also asks for it (the owner's push may
+			// have come before this node saw itself as a backup).
 			m.state[p] = stActive
+			if !m.full[p] {
+				backupPulls = append(backupPulls, p)
+			}
 		case partition.None:
 			switch {
 			case was == partition.Backup:
@@ -289,8 +295,36 @@ func (m *Maps) adopt(ctx context.Context, next, prev partition.Table, wiped bool
 		defer m.wg.Done()
 		m.runPulls(ctx, pulls)
 		m.pushCopies(ctx, pushes)
+		m.fetchBackups(ctx, backupPulls)
 		m.dropUnowned()
 	}()
+}
+
+// fetchBackups asks the owners of partitions this node backs up without
+// a complete copy for one.
+func (m *Maps) fetchBackups(ctx context.Context, ps []partition.ID) {
+	for _, p := range ps {
+		for try := 0; try < 20 && ctx.Err() == nil; try++ {
+			m.mu.Lock()
+			owner, want := m.table.Owner(p), m.table.Role(p, m.cfg.Node) == partition.Backup && !m.full[p]
+			m.mu.Unlock()
+			if !want {
+				break
+			}
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			b, err := m.tr.Call(cctx, owner, CallPull, append(appendPartition(nil, int(p)), 1))
+			cancel()
+			var items []Item
+			if err == nil {
+				items, err = decodeItems(b)
+			}
+			if err == nil {
+				m.takeCopy(p, items)
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
 }
 
 // runPulls fetches partitions, a few at a time.
@@ -344,7 +378,9 @@ func (m *Maps) pullOne(ctx context.Context, pl pull) {
 				items, err = decodeItems(b)
 			}
 			if err == nil {
-				m.install(pl.p, items)
+				if m.install(pl.p, items) {
+					m.storePartition(items, true)
+				}
 				m.stats.Migrations.Add(1)
 				m.pushCopies(ctx, []partition.ID{pl.p})
 				return
@@ -372,12 +408,25 @@ func (m *Maps) pullOne(ctx context.Context, pl pull) {
 // recreate activates an empty partition p nobody holds a copy of, if this
 // node still waits for it.
 func (m *Maps) recreate(p partition.ID) {
+	stored := m.loadStored(p) // this node's MapStore copy, if any
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.table.Role(p, m.cfg.Node) == partition.Owner && m.state[p] == stMigrating {
+		// What this node has of it (a backup's copy without the full
+		// copy, say), completed by its stored entries.
+		local := m.store.Copy(p)
+		for _, it := range stored {
+			if !slices.ContainsFunc(local, func(l Item) bool { return l.Map == it.Map && l.Key == it.Key }) {
+				local = append(local, it)
+			}
+		}
+		m.store.Replace(p, local)
 		m.state[p], m.full[p] = stActive, true
 		m.store.Floor(p, m.seqFloor())
 		m.stats.Recreated.Add(1)
+		if len(stored) > 0 {
+			m.log.Info("map partition recreated from the map store", "partition", p, "entries", len(stored))
+		}
 	}
 }
 
@@ -400,16 +449,17 @@ func isRemote(err, target error) bool {
 }
 
 // install makes items partition p's content here and activates it, if
-// this node still owns it and waits for it.
-func (m *Maps) install(p partition.ID, items []Item) {
+// this node still owns it and waits for it; it reports whether it did.
+func (m *Maps) install(p partition.ID, items []Item) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.table.Role(p, m.cfg.Node) != partition.Owner || m.state[p] != stMigrating {
-		return
+		return false
 	}
 	m.store.Replace(p, items)
 	m.store.Floor(p, m.seqFloor())
 	m.state[p], m.full[p] = stActive, true
+	return true
 }
 
 // handlePull gives a new owner partition p: this node's complete copy.
@@ -420,15 +470,22 @@ func (m *Maps) install(p partition.ID, items []Item) {
 // wanting p when it catches up). A former owner hands p over: it drops
 // its copy once it is sure the new owner has it.
 func (m *Maps) handlePull(from string, payload []byte) ([]byte, error) {
-	pi, _, err := decodePartition(payload, m.cfg.PartitionCount)
+	pi, rest, err := decodePartition(payload, m.cfg.PartitionCount)
 	if err != nil {
 		m.stats.BadMessages.Add(1)
 		return nil, err
 	}
 	p := partition.ID(pi)
+	asBackup := len(rest) == 1 && rest[0] == 1 // a backup wants the owner's copy
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	role := m.table.Role(p, m.cfg.Node)
+	if asBackup {
+		if role != partition.Owner || m.state[p] != stActive || !m.full[p] {
+			return nil, errPullRetry
+		}
+		return appendItems(nil, m.store.Copy(p)), nil
+	}
 	if m.merging || role == partition.Owner {
 		return nil, errPullRetry
 	}
@@ -477,11 +534,18 @@ func (m *Maps) handleCopy(from string, payload []byte) ([]byte, error) {
 		m.stats.BadMessages.Add(1)
 		return nil, err
 	}
-	p := partition.ID(pi)
+	m.takeCopy(partition.ID(pi), items)
+	return nil, nil
+}
+
+// takeCopy installs an owner's full copy of p at this backup: the copy,
+// but for local entries written after it (a backup write that overtook
+// the copy).
+func (m *Maps) takeCopy(p partition.ID, items []Item) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.table.Role(p, m.cfg.Node) != partition.Backup {
-		return nil, nil
+		return
 	}
 	var top uint64
 	for _, it := range items {
@@ -494,21 +558,25 @@ func (m *Maps) handleCopy(from string, payload []byte) ([]byte, error) {
 	}
 	m.store.Replace(p, items)
 	m.state[p], m.full[p] = stActive, true
-	return nil, nil
 }
 
 // dropUnowned empties partitions this node neither owns nor backs up
 // once a new owner took them (stHanded).
 func (m *Maps) dropUnowned() {
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	var gone []Item
 	for i := range m.cfg.PartitionCount {
 		p := partition.ID(i)
 		if m.table.Role(p, m.cfg.Node) == partition.None && m.state[p] == stHanded {
+			if m.cfg.Store != nil {
+				gone = append(gone, m.store.Copy(p)...)
+			}
 			m.store.Drop(p)
 			m.state[p], m.full[p] = stActive, false
 		}
 	}
+	m.mu.Unlock()
+	m.storePartition(gone, false) // its new owner stores it
 }
 
 // expire removes expired entries of the owned partitions and tells the
@@ -529,6 +597,7 @@ func (m *Maps) expire() {
 	for b, its := range byBackups {
 		m.replicate([]string{b}, its, false)
 	}
+	m.persist(items)
 }
 
 // handleSide answers the cluster-merge handshake.

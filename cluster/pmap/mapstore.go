@@ -1,0 +1,235 @@
+package pmap
+
+import (
+	"bytes"
+	"time"
+
+	"github.com/mendmq/mendmq/cluster/internal/wire"
+	"github.com/mendmq/mendmq/cluster/partition"
+)
+
+// The MapStore: a map with maps.<name>.map_store set keeps its entries in
+// the node's own storage file too (storage.path + ".cluster"), written by
+// the entry's owner — at once (write-through: before the write is
+// answered) or within a second (write-behind: the entry is dirty until
+// then). A node stores the entries of the partitions it owns: it stores a
+// partition it takes over and deletes what it hands over. A partition that
+// has no copy left on this side of a split is reloaded from the store
+// instead of recreated empty, and a node that restarts loads its stored
+// entries and merges them into the cluster through the map's policy when
+// it joins (a node alone is a lineage of its own: see Lineage).
+
+// Store modes (maps.<name>.map_store).
+const (
+	StoreNone         = ""
+	StoreWriteThrough = "write-through"
+	StoreWriteBehind  = "write-behind"
+)
+
+// StoreOp is a write to the MapStore: a value, or nil to delete the key.
+type StoreOp struct{ Key, Value []byte }
+
+// MapStore is the storage behind maps with a map_store mode.
+type MapStore interface {
+	// Write applies ops in one transaction.
+	Write(ops []StoreOp) error
+	// ForEach calls fn with every stored key and value.
+	ForEach(fn func(key, value []byte) error) error
+}
+
+// storeKey is an entry's key in the store: the map, NUL, the key.
+func storeKey(m, key string) []byte {
+	b := make([]byte, 0, len(m)+1+len(key))
+	b = append(b, m...)
+	b = append(b, 0)
+	return append(b, key...)
+}
+
+func parseStoreKey(k []byte) (m, key string, ok bool) {
+	i := bytes.IndexByte(k, 0)
+	if i <= 0 || i == len(k)-1 {
+		return "", "", false
+	}
+	return string(k[:i]), string(k[i+1:]), true
+}
+
+func decodeStored(v []byte) (Entry, error) {
+	r := wire.NewReader(v)
+	e := readEntry(&r)
+	return e, r.Err()
+}
+
+// stored reports whether map name keeps a store, and how.
+func (m *Maps) stored(name string) string {
+	if m.cfg.Store == nil {
+		return StoreNone
+	}
+	return m.cfg.Map(name).MapStore
+}
+
+// persist writes owner-side changes to the store: write-through maps at
+// once, write-behind maps marked dirty for the flusher. Call without the
+// lock.
+func (m *Maps) persist(items []Item) {
+	var ops []StoreOp
+	var through []Item
+	for _, it := range items {
+		switch m.stored(it.Map) {
+		case StoreWriteThrough:
+			through = append(through, it)
+			op := StoreOp{Key: storeKey(it.Map, it.Key)}
+			if !it.Deleted {
+				op.Value = appendEntry(nil, &it.Entry)
+			}
+			ops = append(ops, op)
+		case StoreWriteBehind:
+			m.mu.Lock()
+			if m.dirty == nil {
+				m.dirty = map[[2]string]struct{}{}
+			}
+			m.dirty[[2]string{it.Map, it.Key}] = struct{}{}
+			m.mu.Unlock()
+		}
+	}
+	if len(ops) == 0 {
+		return
+	}
+	if err := m.cfg.Store.Write(ops); err != nil {
+		m.stats.StoreFailures.Add(uint64(len(ops)))
+		m.log.Error("map store write failed; the entries stay dirty and are retried", "entries", len(ops), "error", err)
+		m.mu.Lock()
+		if m.dirty == nil {
+			m.dirty = map[[2]string]struct{}{}
+		}
+		for _, it := range through {
+			m.dirty[[2]string{it.Map, it.Key}] = struct{}{}
+		}
+		m.mu.Unlock()
+		return
+	}
+	m.stats.Stored.Add(uint64(len(ops)))
+	now := m.now()
+	m.mu.Lock()
+	for _, it := range through {
+		if !it.Deleted {
+			m.store.SetStored(it.Map, it.Key, it.Entry.Seq, now)
+		}
+	}
+	m.mu.Unlock()
+}
+
+// flush writes the dirty entries (write-behind, and write-through ones a
+// failed write left dirty) as they are now.
+func (m *Maps) flush() {
+	m.mu.Lock()
+	if len(m.dirty) == 0 {
+		m.mu.Unlock()
+		return
+	}
+	dirty := m.dirty
+	m.dirty = nil
+	now := m.now()
+	var ops []StoreOp
+	var seqs []uint64
+	var keys [][2]string
+	for k := range dirty {
+		p := m.store.Partition(k[1])
+		if m.table.Role(p, m.cfg.Node) != partition.Owner {
+			continue // handed over: the new owner stores it
+		}
+		op := StoreOp{Key: storeKey(k[0], k[1])}
+		var seq uint64
+		if e, ok := m.store.Get(k[0], k[1], now, false); ok {
+			op.Value, seq = appendEntry(nil, &e), e.Seq
+		}
+		ops, seqs, keys = append(ops, op), append(seqs, seq), append(keys, k)
+	}
+	m.mu.Unlock()
+	if len(ops) == 0 {
+		return
+	}
+	if err := m.cfg.Store.Write(ops); err != nil {
+		m.stats.StoreFailures.Add(uint64(len(ops)))
+		m.log.Error("map store write failed; retrying", "entries", len(ops), "error", err)
+		m.mu.Lock()
+		if m.dirty == nil {
+			m.dirty = map[[2]string]struct{}{}
+		}
+		for _, k := range keys {
+			m.dirty[k] = struct{}{}
+		}
+		m.mu.Unlock()
+		return
+	}
+	m.stats.Stored.Add(uint64(len(ops)))
+	m.mu.Lock()
+	for i, k := range keys {
+		if seqs[i] != 0 {
+			m.store.SetStored(k[0], k[1], seqs[i], now)
+		}
+	}
+	m.mu.Unlock()
+}
+
+// storePartition stores (took) or unstores (!took) the entries of
+// partition p for the maps with a store: a partition this node took over
+// as owner, or handed over. items are the partition's entries.
+func (m *Maps) storePartition(items []Item, took bool) {
+	var ops []StoreOp
+	for _, it := range items {
+		if m.stored(it.Map) == StoreNone {
+			continue
+		}
+		op := StoreOp{Key: storeKey(it.Map, it.Key)}
+		if took {
+			op.Value = appendEntry(nil, &it.Entry)
+		}
+		ops = append(ops, op)
+	}
+	if len(ops) == 0 {
+		return
+	}
+	if err := m.cfg.Store.Write(ops); err != nil {
+		m.stats.StoreFailures.Add(uint64(len(ops)))
+		m.log.Error("map store write of a migrated partition failed", "entries", len(ops), "error", err)
+	}
+}
+
+// loadStored returns the stored entries of partition p (all partitions
+// when p < 0).
+func (m *Maps) loadStored(p partition.ID) []Item {
+	if m.cfg.Store == nil {
+		return nil
+	}
+	var out []Item
+	err := m.cfg.Store.ForEach(func(k, v []byte) error {
+		name, key, ok := parseStoreKey(k)
+		if !ok {
+			return nil
+		}
+		if p >= 0 && m.store.Partition(key) != p {
+			return nil
+		}
+		e, err := decodeStored(v)
+		if err != nil {
+			m.log.Warn("unreadable map store entry skipped", "map", name, "key", key, "error", err)
+			return nil
+		}
+		out = append(out, Item{Map: name, Key: key, Entry: e})
+		return nil
+	})
+	if err != nil {
+		m.log.Error("read the map store", "error", err)
+	}
+	return out
+}
+
+// Dirty counts the entries waiting for the store.
+func (m *Maps) Dirty() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.dirty)
+}
+
+// writeDelay is how often write-behind entries are flushed.
+const writeDelay = time.Second
