@@ -37,14 +37,14 @@ type MergeProgress struct {
 // mergeInto merges this node's data into the bigger side w.
 func (m *Maps) mergeInto(ctx context.Context, w side, alive []string) {
 	m.mu.Lock()
-	// Every copy this node holds, backups included: a membership flap at
-	// the heal can wipe an owner and its backup one after the other, and
-	// an entry merged twice is decided the same (the existing one is the
-	// merging one's copy).
+	// The entries this node owns, as Hazelcast merges them: each entry
+	// of the smaller side goes through the policy once (a policy that
+	// adds, say, must not see it twice). Its backups are dropped with the
+	// rest: their owners send them.
 	var snap []Item
 	for i := range m.cfg.PartitionCount {
 		p := partition.ID(i)
-		if m.table.Role(p, m.cfg.Node) != partition.None && m.state[p] == stActive {
+		if m.table.Role(p, m.cfg.Node) == partition.Owner && m.state[p] == stActive {
 			snap = append(snap, m.store.Copy(p)...)
 		}
 	}
