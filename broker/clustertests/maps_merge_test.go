@@ -26,7 +26,13 @@ func (c *testCluster) mapsSettled(names ...string) func() (bool, string) {
 		for _, n := range names {
 			m := c.node(n).Cluster().Maps()
 			if !m.Settled() || len(m.Table().Members) != len(names) {
-				return false, fmt.Sprintf("%s: migrating %v, table %v", n, m.Migrating(), m.Table().Members)
+				var all []string
+				for _, o := range c.names {
+					om := c.node(o).Cluster().Maps()
+					all = append(all, fmt.Sprintf("%s table %v lineage %+v migrating %d alive %v", o, om.Table().Members, om.Lineage(),
+						len(om.Migrating()), c.node(o).Cluster().Members().Alive()))
+				}
+				return false, fmt.Sprintf("%s: migrating %v, table %v; %s", n, m.Migrating(), m.Table().Members, strings.Join(all, "; "))
 			}
 		}
 		return true, ""
@@ -154,6 +160,14 @@ func TestMapMergeThreeWays(t *testing.T) {
 		for _, n := range c.names {
 			e, ok, err := c.node(n).Cluster().Maps().Get(mctx(t), "m-"+mp, "both")
 			if err != nil || !ok {
+				for _, o := range c.names {
+					om := c.node(o).Cluster().Maps()
+					le, lok := om.Local("m-"+mp, "both")
+					st := om.Stats()
+					t.Logf("%s: local %q %v; recreated %d migrations %d promotions %d merged-in %d merged %d kept %d; progress %+v",
+						o, le.Value, lok, st.Recreated.Load(), st.Migrations.Load(), st.Promotions.Load(), st.MergedIn.Load(),
+						st.Merged.Load(), st.MergeKept.Load(), om.Progress())
+				}
 				t.Fatalf("%s: %s/both: %v %v", n, mp, ok, err)
 			}
 			vals = append(vals, string(e.Value))

@@ -128,6 +128,9 @@ type Maps struct {
 	full []bool
 	// handedTo[p] is the node that pulled partition p from here.
 	handedTo []string
+	// kept[p]: since when this node keeps a copy of p it holds no role
+	// for any more (zero: none).
+	kept []time.Time
 	// lineage identifies where this node's map data come from: the
 	// nodes of one cluster share it, the sides of a split get their own,
 	// so that when sides meet again the smaller lineage merges into the
@@ -138,6 +141,7 @@ type Maps struct {
 	// merging: this node is merging its entries into the bigger side of
 	// a healed split; operations are answered "retry" meanwhile.
 	merging  bool
+	unsent   []Item // entries this node merges into a bigger side, not sent yet
 	progress MergeProgress
 	changed  chan struct{}
 	wg       sync.WaitGroup         // background pulls and copies
@@ -186,7 +190,7 @@ func New(cfg Config, tr Transport, members Members, mux *dataplane.Mux) (*Maps, 
 	var seed [8]byte
 	_, _ = rand.Read(seed[:])
 	m := &Maps{cfg: cfg, log: cfg.Logger, tr: tr, members: members, store: NewStore(cfg.PartitionCount),
-		state: make([]pstate, cfg.PartitionCount), full: make([]bool, cfg.PartitionCount), handedTo: make([]string, cfg.PartitionCount), changed: make(chan struct{}, 1),
+		state: make([]pstate, cfg.PartitionCount), full: make([]bool, cfg.PartitionCount), handedTo: make([]string, cfg.PartitionCount), kept: make([]time.Time, cfg.PartitionCount), changed: make(chan struct{}, 1),
 		lineage: Lineage{Hash: binary.BigEndian.Uint64(seed[:]), Size: 1}}
 	m.base = m.lineage.Hash
 	m.table = partition.Compute([]string{cfg.Node}, cfg.PartitionCount, cfg.MaxBackups)

@@ -50,25 +50,36 @@ func (m *Maps) mergeInto(ctx context.Context, w side, alive []string) {
 	}
 	for i := range m.cfg.PartitionCount {
 		m.store.Drop(partition.ID(i))
-		m.state[i], m.full[i] = stActive, false
+		m.state[i], m.full[i], m.kept[i] = stActive, false, time.Time{}
 	}
 	mySize := len(m.table.Members)
+	// A node merging again before it sent everything (a bigger lineage
+	// showed up during the heal) keeps what it has not sent: lineages
+	// only move to bigger ones, so it ends in the biggest.
+	m.unsent = append(m.unsent, snap...)
+	start := !m.merging
 	m.merging = true
 	m.lineage, m.base = w.lineage, w.lineage.Hash
 	m.lineage.Size = max(m.lineage.Size, len(alive))
-	m.progress = MergeProgress{Started: time.Now(), Total: len(snap)}
+	if start {
+		m.progress = MergeProgress{Started: time.Now()}
+	}
+	m.progress.Total += len(snap)
 	m.mu.Unlock()
 	m.stats.Merges.Add(1)
 	m.log.Warn("netsplit healed: this side is the smaller; merging its map entries into the bigger side",
-		"this_side", mySize, "other_side", len(w.members), "entries", len(snap), "lineage", m.lineage, "from", w.members)
+		"this_side", mySize, "other_side", len(w.members), "entries", len(snap), "lineage", m.lineage)
 	prev := partition.Compute(w.members, m.cfg.PartitionCount, m.cfg.MaxBackups)
 	m.adopt(ctx, partition.Compute(alive, m.cfg.PartitionCount, m.cfg.MaxBackups), prev, true)
+	if !start {
+		return // the sender under way takes the new entries too
+	}
 	// The entries go out in the background, to their owners in the
 	// table of the moment: membership may still change meanwhile.
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
-		failed := m.sendMerges(ctx, snap)
+		failed := m.sendMerges(ctx)
 		m.mu.Lock()
 		m.merging = false
 		m.progress.Finished, m.progress.Failed = time.Now(), failed
@@ -90,12 +101,19 @@ func (m *Maps) Progress() MergeProgress {
 	return m.progress
 }
 
-// sendMerges sends entries to their owners in batches, retrying until
-// mergeTimeout; it returns how many could not be merged.
-func (m *Maps) sendMerges(ctx context.Context, items []Item) int {
+// sendMerges sends the unsent entries to their owners in batches,
+// retrying until mergeTimeout; it returns how many could not be merged.
+func (m *Maps) sendMerges(ctx context.Context) int {
 	deadline := time.Now().Add(mergeTimeout)
-	pending := items
 	wait := 20 * time.Millisecond
+	var pending []Item
+	take := func() {
+		m.mu.Lock()
+		pending = append(pending, m.unsent...)
+		m.unsent = nil
+		m.mu.Unlock()
+	}
+	take()
 	for len(pending) > 0 && time.Now().Before(deadline) && ctx.Err() == nil {
 		// Batches per (owner, map), in order.
 		type dest struct{ owner, m string }
@@ -140,7 +158,12 @@ func (m *Maps) sendMerges(ctx context.Context, items []Item) int {
 			wait = min(2*wait, time.Second)
 		}
 		pending = retry
+		take()
 	}
+	m.mu.Lock()
+	pending = append(pending, m.unsent...)
+	m.unsent = nil
+	m.mu.Unlock()
 	if len(pending) > 0 {
 		m.stats.MergeFailures.Add(uint64(len(pending)))
 	}

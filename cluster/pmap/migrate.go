@@ -58,6 +58,7 @@ func (m *Maps) Run(ctx context.Context, split func() bool) {
 			if now.Sub(lastExpire) >= writeDelay {
 				m.expire()
 				m.flush()
+				m.dropUnowned()
 				lastExpire = now
 			}
 		}
@@ -271,15 +272,15 @@ func (m *Maps) adopt(ctx context.Context, next, prev partition.Table, wiped bool
 				backupPulls = append(backupPulls, p)
 			}
 		case partition.None:
-			switch {
-			case was == partition.Backup:
-				m.store.Drop(p) // the owner has it
-				m.state[p], m.full[p] = stActive, false
-			case m.state[p] == stMigrating:
+			if m.state[p] == stMigrating {
 				m.state[p], m.full[p] = stActive, false // not wanted any more
 			}
-			// A former owner keeps its copy until the new owner pulls it
-			// (stHanded) or the copy is dropped after dropAfter.
+			// A former owner or backup keeps its copy until a new holder
+			// pulls it (stHanded) or for keepUnowned: it may be the only
+			// complete copy while the new owner is still pulling.
+			if was != partition.None && m.kept[p].IsZero() {
+				m.kept[p] = time.Now()
+			}
 		}
 	}
 	m.table = next
@@ -486,7 +487,7 @@ func (m *Maps) handlePull(from string, payload []byte) ([]byte, error) {
 		}
 		return appendItems(nil, m.store.Copy(p)), nil
 	}
-	if m.merging || role == partition.Owner {
+	if role == partition.Owner {
 		return nil, errPullRetry
 	}
 	if !m.full[p] {
@@ -560,14 +561,24 @@ func (m *Maps) takeCopy(p partition.ID, items []Item) {
 	m.state[p], m.full[p] = stActive, true
 }
 
+// keepUnowned is how long a copy of a partition this node neither owns
+// nor backs up any more is kept when no new holder pulls it.
+const keepUnowned = 30 * time.Second
+
 // dropUnowned empties partitions this node neither owns nor backs up
-// once a new owner took them (stHanded).
+// once a new holder took them (stHanded), or after keepUnowned.
 func (m *Maps) dropUnowned() {
 	m.mu.Lock()
 	var gone []Item
+	now := time.Now()
 	for i := range m.cfg.PartitionCount {
 		p := partition.ID(i)
-		if m.table.Role(p, m.cfg.Node) == partition.None && m.state[p] == stHanded {
+		if m.table.Role(p, m.cfg.Node) != partition.None {
+			m.kept[p] = time.Time{}
+			continue
+		}
+		if m.state[p] == stHanded || (!m.kept[p].IsZero() && now.Sub(m.kept[p]) > keepUnowned) {
+			m.kept[p] = time.Time{}
 			if m.cfg.Store != nil {
 				gone = append(gone, m.store.Copy(p)...)
 			}
