@@ -24,6 +24,7 @@ import (
 	"github.com/mendmq/mendmq/broker/listener"
 	"github.com/mendmq/mendmq/broker/metrics"
 	"github.com/mendmq/mendmq/broker/quirks"
+	"github.com/mendmq/mendmq/broker/refuse"
 	"github.com/mendmq/mendmq/broker/storage"
 	"github.com/mendmq/mendmq/cluster"
 	"github.com/mendmq/mendmq/plugins"
@@ -47,9 +48,11 @@ type Broker struct {
 	metrics  *metrics.MQTT
 	admin    *admin.Server
 	auth     *auth.Hook
-	store    *storage.Hook     // nil without storage.path
-	chook    *clusterhook.Hook // nil when cluster.enabled is false
-	node     *cluster.Node     // nil when cluster.enabled is false
+	refuse   *refuse.Refuser
+	quirks   *quirks.Hook
+	store    *storage.Hook      // nil without storage.path
+	chook    *clusterhook.Hooks // nil when cluster.enabled is false
+	node     *cluster.Node      // nil when cluster.enabled is false
 	policies *plugins.Registry
 	reload   atomic.Pointer[func() error] // re-reads the configuration sources (serve sets it)
 	started  atomic.Bool
@@ -123,7 +126,15 @@ func New(cfg config.Config, log *slog.Logger) (*Broker, error) {
 	return b, nil
 }
 
+// addHooks adds the node's hooks in their order: the refusal helper
+// first (a gate that refuses operations sits right behind it), auth,
+// mochi's quirks, metrics and storage; the cluster's hooks come after
+// (addCluster).
 func (b *Broker) addHooks() error {
+	b.refuse = refuse.New(b.server, refuse.Options{Dropped: func() { b.metrics.Dropped(metrics.ReasonNetsplit) }})
+	if err := b.server.AddHook(b.refuse, nil); err != nil {
+		return fmt.Errorf("add refusal hook: %w", err)
+	}
 	users := map[string]string{}
 	for _, u := range b.cfg.Auth.Users {
 		users[u.Username] = u.PasswordHash
@@ -158,7 +169,8 @@ func (b *Broker) addHooks() error {
 		sh, store, storeOpts = h, h, opts
 		b.store = h
 	}
-	if err := b.server.AddHook(quirks.New(b.server, store), nil); err != nil {
+	b.quirks = quirks.New(b.server, store)
+	if err := b.server.AddHook(b.quirks, nil); err != nil {
 		return fmt.Errorf("add quirks hook: %w", err)
 	}
 	if err := b.server.AddHook(b.metrics, nil); err != nil {
@@ -172,7 +184,7 @@ func (b *Broker) addHooks() error {
 	return nil
 }
 
-// addCluster creates the cluster node and the hook that connects it to
+// addCluster creates the cluster node and the hooks that connect it to
 // mochi. The node joins in Start, before listeners accept clients.
 func (b *Broker) addCluster() error {
 	cc := b.cfg.Cluster
@@ -190,19 +202,23 @@ func (b *Broker) addCluster() error {
 		ForwardTimeout:  cc.ForwardTimeout,
 		RegisterTimeout: cc.RegisterTimeout,
 		Authenticate:    b.auth.OnConnectAuthenticate,
+		Refuse:          b.refuse,
+		Queue:           b.quirks,
 	}
 	if b.store != nil {
-		opts.Store = b.store // added before the cluster hook (addHooks)
+		opts.Store = b.store // added before the cluster hooks (addHooks)
 	}
 	b.chook = clusterhook.New(opts)
-	node, err := cluster.New(b.cfg.Node.Name, cc, b.chook)
+	node, err := cluster.New(b.cfg.Node.Name, cc, b.chook.Broker())
 	if err != nil {
 		return err
 	}
 	b.node = node
 	b.chook.SetCluster(node)
-	if err := b.server.AddHook(b.chook, nil); err != nil {
-		return fmt.Errorf("add cluster hook: %w", err)
+	for _, h := range b.chook.List() {
+		if err := b.server.AddHook(h, nil); err != nil {
+			return fmt.Errorf("add cluster hook %s: %w", h.ID(), err)
+		}
 	}
 	b.registry.MustRegister(node)
 	return nil

@@ -174,9 +174,9 @@ func (s *Shadow[M]) ClientBack(now time.Time) {
 	s.maybeEnd()
 }
 
-// Stop ends the shadow at once (the node is stopping): what it still
-// holds is discarded.
-func (s *Shadow[M]) Stop() {
+// Stop ends the shadow at once (the node is stopping, or the export
+// failed), for reason: what it still holds is discarded.
+func (s *Shadow[M]) Stop(reason string) {
 	if s.phase == Ended {
 		return
 	}
@@ -184,7 +184,7 @@ func (s *Shadow[M]) Stop() {
 	s.discarded += n
 	s.out.Discarded += n
 	s.sending, s.queued = nil, nil
-	s.end("node stopping")
+	s.end(reason)
 }
 
 // Next returns when Tick must be called next; zero if no timer runs.

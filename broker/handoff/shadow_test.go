@@ -84,7 +84,7 @@ func run(t *testing.T, steps []step) {
 		case "back":
 			s.ClientBack(now)
 		case "stop":
-			s.Stop()
+			s.Stop("node stopping")
 		default:
 			t.Fatalf("step %d: unknown input %q", i, st.do)
 		}

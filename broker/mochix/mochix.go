@@ -254,6 +254,11 @@ func Ephemeral(cl *mqtt.Client) bool {
 	return cl.Properties.Clean
 }
 
+// ClearWillDelay makes cl's will due at once: mochi reads a will's delay
+// from the client when it publishes the will, not from the will OnWill
+// returns. Call it in OnWill.
+func ClearWillDelay(cl *mqtt.Client) { cl.Properties.Will.WillDelayInterval = 0 }
+
 // Retained messages.
 
 // SetRetained makes pk the retained message of its topic (an empty

@@ -417,7 +417,7 @@ func TestWillDelayAndIdentity(t *testing.T) {
 	rec := &recorder{provides: []byte{mqtt.OnWill, mqtt.OnQosPublish},
 		onWill: func(cl *mqtt.Client, w mqtt.Will) (mqtt.Will, error) {
 			if cl.ID == "now" {
-				cl.Properties.Will.WillDelayInterval = 0
+				mochix.ClearWillDelay(cl)
 			}
 			w.WillDelayInterval = 0 // ignored by mochi
 			return w, nil

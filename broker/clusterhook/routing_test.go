@@ -10,7 +10,7 @@ import (
 // away, publishes of one window share it, and a later one gets a new one.
 func TestForwardContext(t *testing.T) {
 	const timeout = 100 * time.Millisecond
-	h := &Hook{opts: Options{ForwardTimeout: timeout}}
+	h := &RoutingHook{sh: newShared(Options{ForwardTimeout: timeout})}
 	check := func(d time.Time, before, after time.Time) {
 		t.Helper()
 		if d.Before(before.Add(timeout-timeout/forwardWindow)) || d.After(after.Add(timeout)) {
