@@ -175,7 +175,8 @@ func (s *Shadow[M]) ClientBack(now time.Time) {
 }
 
 // Stop ends the shadow at once (the node is stopping, or the export
-// failed), for reason: what it still holds is discarded.
+// failed), for reason: what it still holds is discarded, a shipment under
+// way included (its outcome is ignored).
 func (s *Shadow[M]) Stop(reason string) {
 	if s.phase == Ended {
 		return
