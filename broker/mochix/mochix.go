@@ -268,6 +268,21 @@ func SetRetained(srv *mqtt.Server, pk packets.Packet) {
 	atomic.StoreInt64(&srv.Info.Retained, int64(srv.Topics.Retained.Len()))
 }
 
+// Retained returns the local retained message of topic.
+func Retained(srv *mqtt.Server, topic string) (packets.Packet, bool) {
+	return srv.Topics.Retained.Get(topic)
+}
+
+// RetainedTopics returns the topics with a local retained message.
+func RetainedTopics(srv *mqtt.Server) []string {
+	var out []string
+	for topic := range srv.Topics.Retained.GetAll() {
+		out = append(out, topic)
+	}
+	slices.Sort(out)
+	return out
+}
+
 // MaxMessageExpiry is the server's cap on message expiry intervals in
 // seconds (0: none).
 func MaxMessageExpiry(srv *mqtt.Server) int64 {
