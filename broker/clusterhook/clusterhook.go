@@ -194,8 +194,11 @@ var _ cluster.Broker = facade{}
 
 // New returns the hooks. Add them to the server in the order List
 // returns, after the storage hook; call SetCluster before the server
-// starts serving.
+// starts serving. It panics without Options.Refuse or Options.Queue.
 func New(opts Options) *Hooks {
+	if opts.Refuse == nil || opts.Queue == nil {
+		panic("clusterhook: Options.Refuse and Options.Queue are required")
+	}
 	sh := newShared(opts)
 	h := &Hooks{sh: sh}
 	h.Wills = newWillHook(sh)
