@@ -23,6 +23,7 @@ import (
 	"github.com/mendmq/mendmq/broker/config"
 	"github.com/mendmq/mendmq/broker/listener"
 	"github.com/mendmq/mendmq/broker/metrics"
+	"github.com/mendmq/mendmq/broker/mochix"
 	"github.com/mendmq/mendmq/broker/quirks"
 	"github.com/mendmq/mendmq/broker/refuse"
 	"github.com/mendmq/mendmq/broker/storage"
@@ -109,7 +110,8 @@ func New(cfg config.Config, log *slog.Logger) (*Broker, error) {
 			return nil, err
 		}
 	}
-	g := listener.Guard{ConnectTimeout: cfg.MQTT.ConnectTimeout, RatePerSecond: cfg.MQTT.MaxConnectRate, Refused: b.metrics.Refused}
+	g := listener.Guard{ConnectTimeout: cfg.MQTT.ConnectTimeout, RatePerSecond: cfg.MQTT.MaxConnectRate, Refused: b.metrics.Refused,
+		CloseClients: func(id string) { mochix.DisconnectListener(server, id) }}
 	for i, lc := range cfg.MQTT.Listeners {
 		l, err := listener.Build(i, lc, g)
 		if err != nil {

@@ -40,16 +40,19 @@ func (h *HandoffHook) startIncoming(id string, snapshot []inflightMsg) {
 	run := &incomingRun{in: handoff.NewIncoming(h.sh.hcfg, now, keys)}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for other, r := range h.incoming { // the ones over by now
-		if r.expired(now) {
-			delete(h.incoming, other)
-			h.nIncoming.Add(-1)
-		}
-	}
 	if _, ok := h.incoming[id]; !ok {
 		h.nIncoming.Add(1)
 	}
 	h.incoming[id] = run
+	// Drop it once over, so the hook's per-message events switch off.
+	time.AfterFunc(h.sh.hcfg.Lifetime(), func() {
+		h.mu.Lock()
+		if h.incoming[id] == run {
+			delete(h.incoming, id)
+			h.nIncoming.Add(-1)
+		}
+		h.mu.Unlock()
+	})
 }
 
 func (r *incomingRun) expired(now time.Time) bool {

@@ -1,7 +1,6 @@
 package clusterhook
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -69,9 +68,20 @@ func newHandoffHook(sh *shared, keyOf func(packets.Packet) (handoff.Key, string,
 // ID names the hook.
 func (h *HandoffHook) ID() string { return "mendmq-cluster-handoff" }
 
-// Provides declares the handled hook methods.
+// Provides declares the handled hook methods. mochi asks at every event,
+// so the per-message events reach this hook only while a handoff is
+// under way (OnQosPublish) or a message was withdrawn (OnPacketEncode,
+// OnDisconnect): the hot path does not pay for it otherwise.
 func (h *HandoffHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnQosPublish, mqtt.OnPacketEncode, mqtt.OnDisconnect, mqtt.OnStopped}, []byte{b})
+	switch b {
+	case mqtt.OnStopped:
+		return true
+	case mqtt.OnQosPublish:
+		return h.nShadows.Load() > 0 || h.nIncoming.Load() > 0
+	case mqtt.OnPacketEncode, mqtt.OnDisconnect:
+		return h.nWithdrawn.Load() > 0
+	}
+	return false
 }
 
 // OnStopped ends the shadows (their messages are discarded and counted).

@@ -1,7 +1,6 @@
 package clusterhook
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -33,9 +32,7 @@ var _ mqtt.Hook = (*RetainedHook)(nil)
 func (r *RetainedHook) ID() string { return "mendmq-cluster-retained" }
 
 // Provides declares the handled hook methods.
-func (r *RetainedHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnRetainMessage}, []byte{b})
-}
+func (r *RetainedHook) Provides(b byte) bool { return b == mqtt.OnRetainMessage }
 
 // OnRetainMessage replicates a retained message set or cleared by a local
 // client (or will).

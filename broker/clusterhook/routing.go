@@ -1,7 +1,6 @@
 package clusterhook
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"strings"
@@ -32,7 +31,7 @@ func (r *RoutingHook) ID() string { return "mendmq-cluster-routing" }
 
 // Provides declares the handled hook methods.
 func (r *RoutingHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnPublish, mqtt.OnSelectSubscribers}, []byte{b})
+	return b == mqtt.OnPublish || b == mqtt.OnSelectSubscribers
 }
 
 // OnPublish forwards a client's publish to the other nodes. QoS 1/2

@@ -1,7 +1,6 @@
 package clusterhook
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"strings"
@@ -60,10 +59,12 @@ func (s *SessionHook) ID() string { return "mendmq-cluster-session" }
 
 // Provides declares the handled hook methods.
 func (s *SessionHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{
-		mqtt.OnConnect, mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnSubscribed, mqtt.OnUnsubscribed,
-		mqtt.OnClientExpired, mqtt.OnStarted, mqtt.OnStopped,
-	}, []byte{b})
+	switch b {
+	case mqtt.OnConnect, mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnSubscribed, mqtt.OnUnsubscribed,
+		mqtt.OnClientExpired, mqtt.OnStarted, mqtt.OnStopped:
+		return true
+	}
+	return false
 }
 
 // OnStarted notes that mochi serves clients: sessions it restored from

@@ -49,7 +49,11 @@ func (w *WillHook) ID() string { return "mendmq-cluster-wills-sys" }
 
 // Provides declares the handled hook methods.
 func (w *WillHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnWill, mqtt.OnWillSent, mqtt.OnSysInfoTick, mqtt.OnStopped}, []byte{b})
+	switch b {
+	case mqtt.OnWill, mqtt.OnWillSent, mqtt.OnSysInfoTick, mqtt.OnStopped:
+		return true
+	}
+	return false
 }
 
 // OnStopped waits for a $SYS tick under way (sys.go).

@@ -186,6 +186,22 @@ func Unlist(srv *mqtt.Server, cl *mqtt.Client) {
 	}
 }
 
+// DisconnectListener disconnects every connected client of listener id
+// (v5: DISCONNECT 0x8B server shutting down), as mochi's shutdown does
+// (closeListenerClients), without mochi's Clients.GetByListener: that one
+// read-locks the client index twice (it calls Len under its own read
+// lock), so a client being removed at that moment (Clients.Delete waiting
+// for the write lock between the two) hangs the shutdown for good (seen
+// in broker/clustertests: TestDataPlaneTLS stopped for 10 minutes). Give
+// it to the listener as its close function.
+func DisconnectListener(srv *mqtt.Server, id string) {
+	for _, cl := range srv.Clients.GetAll() {
+		if cl.Net.Listener == id && !cl.Closed() {
+			_ = srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
+		}
+	}
+}
+
 // Detached lists a new disconnected session of id, the way mochi lists a
 // session restored from storage, so that mochi's takeover at the next
 // CONNECT of id (clean start false) hands it to that connection: its

@@ -447,3 +447,51 @@ func TestWillDelayAndIdentity(t *testing.T) {
 		t.Errorf("will delivery: origin %q created %d; want the client id and the time of its will", pk.Origin, pk.Created)
 	}
 }
+
+// toggled provides OnPacketEncode only while on is set.
+type toggled struct {
+	mqtt.HookBase
+	on, calls atomic.Int32
+}
+
+func (h *toggled) ID() string { return "toggled" }
+func (h *toggled) Provides(b byte) bool {
+	return b == mqtt.OnPacketEncode && h.on.Load() > 0
+}
+func (h *toggled) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	h.calls.Add(1)
+	return pk
+}
+
+// TestProvidesAskedAtEveryEvent pins what keeps the per-message hooks off
+// the hot path (broker/refuse, the cluster's handoff hook): mochi asks a
+// hook's Provides at every event, so a hook can take part in an event only
+// while it has something to do.
+func TestProvidesAskedAtEveryEvent(t *testing.T) {
+	h := new(toggled)
+	_, addr := startServer(t, h)
+	c, _ := brokertest.DialRawClient(t, addr, 5, "c", brokertest.RawOptions{})
+	c.Ping()
+	if n := h.calls.Load(); n != 0 {
+		t.Fatalf("OnPacketEncode called %d times while not provided", n)
+	}
+	h.on.Store(1)
+	c.Ping()
+	if n := h.calls.Load(); n != 1 {
+		t.Fatalf("OnPacketEncode called %d times for one PINGRESP once provided; mochi caches Provides", n)
+	}
+}
+
+// TestDisconnectListener: the listener's connected clients get DISCONNECT
+// 0x8B and are closed, as with mochi's own close function.
+func TestDisconnectListener(t *testing.T) {
+	srv, addr := startServer(t)
+	c, _ := brokertest.DialRawClient(t, addr, 5, "c", brokertest.RawOptions{})
+	mochix.DisconnectListener(srv, "other")
+	c.Ping() // a client of another listener is untouched
+	mochix.DisconnectListener(srv, "t")
+	got, _ := brokertest.WaitClosedByPeer(t, c.Conn, brokertest.Timeout)
+	if len(got) != 1 || got[0].Type != packets.Disconnect || len(got[0].Body) < 1 || got[0].Body[0] != 0x8B {
+		t.Fatalf("before the close the client got %v, want DISCONNECT 0x8B", got)
+	}
+}

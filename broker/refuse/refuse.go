@@ -93,9 +93,15 @@ func New(srv *mqtt.Server, opts Options) *Refuser {
 // ID names the hook.
 func (r *Refuser) ID() string { return "mendmq-refuse" }
 
-// Provides declares the handled hook methods.
+// Provides declares the handled hook methods: only while an ack waits
+// for its refused filters (mochi asks at every event, so the packets of
+// everyone else do not pass through this hook).
 func (r *Refuser) Provides(b byte) bool {
-	return b == mqtt.OnPacketEncode || b == mqtt.OnDisconnect
+	switch b {
+	case mqtt.OnPacketEncode, mqtt.OnDisconnect:
+		return r.n.Load() > 0
+	}
+	return false
 }
 
 // failure returns code, or 0x80 unspecified error if code is not a
