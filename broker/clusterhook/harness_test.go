@@ -83,6 +83,7 @@ type fakeCluster struct {
 	finish      []byte // what FinishTakeover returns
 	registerErr error
 	forwardErr  error
+	appendErr   error
 	forwarded   []uint64 // ids of Forward calls
 	appended    [][]byte // AppendSession calls
 }
@@ -114,6 +115,9 @@ func (f *fakeCluster) FinishTakeover(context.Context, string, string) ([]byte, e
 func (f *fakeCluster) AppendSession(_ context.Context, _, _ string, msgs []byte) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.appendErr != nil {
+		return f.appendErr
+	}
 	f.appended = append(f.appended, msgs)
 	return nil
 }
