@@ -87,7 +87,7 @@ func (b *Broker) localClients() []*mqtt.Client {
 	all := b.server.Clients.GetAll()
 	out := make([]*mqtt.Client, 0, len(all))
 	for id, cl := range all {
-		if cl.Net.Inline || (b.chook != nil && !b.chook.LocalSession(id)) {
+		if cl.Net.Inline || (b.chook != nil && !b.chook.Session.LocalSession(id)) {
 			continue
 		}
 		out = append(out, cl)
@@ -201,7 +201,7 @@ func (b *Broker) apiSessionShow(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	cl, ok := b.server.Clients.Get(id)
-	if !ok || (b.chook != nil && !b.chook.LocalSession(id)) {
+	if !ok || (b.chook != nil && !b.chook.Session.LocalSession(id)) {
 		if !b.sessionElsewhere(w, id) {
 			admin.WriteError(w, http.StatusNotFound, fmt.Errorf("no session for client %q", id))
 		}
@@ -238,7 +238,7 @@ func (b *Broker) apiSessionKick(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	cl, ok := b.server.Clients.Get(req.ClientID)
-	if !ok || (b.chook != nil && !b.chook.LocalSession(req.ClientID)) {
+	if !ok || (b.chook != nil && !b.chook.Session.LocalSession(req.ClientID)) {
 		if !b.sessionElsewhere(w, req.ClientID) {
 			admin.WriteError(w, http.StatusNotFound, fmt.Errorf("no session for client %q", req.ClientID))
 		}

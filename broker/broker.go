@@ -24,7 +24,9 @@ import (
 	"github.com/mendmq/mendmq/broker/config"
 	"github.com/mendmq/mendmq/broker/listener"
 	"github.com/mendmq/mendmq/broker/metrics"
+	"github.com/mendmq/mendmq/broker/mochix"
 	"github.com/mendmq/mendmq/broker/quirks"
+	"github.com/mendmq/mendmq/broker/refuse"
 	"github.com/mendmq/mendmq/broker/reserved"
 	"github.com/mendmq/mendmq/broker/storage"
 	"github.com/mendmq/mendmq/cluster"
@@ -50,13 +52,15 @@ type Broker struct {
 	metrics  *metrics.MQTT
 	admin    *admin.Server
 	auth     *auth.Hook
+	refuse   *refuse.Refuser
 	reserved *reserved.Hook
+	quirks   *quirks.Hook
 	// operatorMu serializes the admin API's publishes through the
 	// reserved operator client (retained deletes).
 	operatorMu sync.Mutex
-	store      *storage.Hook     // nil without storage.path
-	chook      *clusterhook.Hook // nil when cluster.enabled is false
-	node       *cluster.Node     // nil when cluster.enabled is false
+	store      *storage.Hook      // nil without storage.path
+	chook      *clusterhook.Hooks // nil when cluster.enabled is false
+	node       *cluster.Node      // nil when cluster.enabled is false
 	policies   *plugins.Registry
 	reload     atomic.Pointer[func() error] // re-reads the configuration sources (serve sets it)
 	started    atomic.Bool
@@ -113,7 +117,8 @@ func New(cfg config.Config, log *slog.Logger) (*Broker, error) {
 			return nil, err
 		}
 	}
-	g := listener.Guard{ConnectTimeout: cfg.MQTT.ConnectTimeout, RatePerSecond: cfg.MQTT.MaxConnectRate, Refused: b.metrics.Refused}
+	g := listener.Guard{ConnectTimeout: cfg.MQTT.ConnectTimeout, RatePerSecond: cfg.MQTT.MaxConnectRate, Refused: b.metrics.Refused,
+		CloseClients: func(id string) { mochix.DisconnectListener(server, id) }}
 	for i, lc := range cfg.MQTT.Listeners {
 		l, err := listener.Build(i, lc, g)
 		if err != nil {
@@ -139,10 +144,18 @@ func New(cfg config.Config, log *slog.Logger) (*Broker, error) {
 	return b, nil
 }
 
+// addHooks adds the node's hooks in their order: the refusal helper
+// first (a gate that refuses operations sits right behind it), auth,
+// mochi's quirks, metrics and storage; the cluster's hooks come after
+// (addCluster).
 func (b *Broker) addHooks() error {
-	// First: a refused CONNECT must not reach the cluster hook's
-	// registration, nor a refused publish its forwarding.
-	b.reserved = reserved.New(b.server, reserved.Options{
+	b.refuse = refuse.New(b.server, refuse.Options{Dropped: func() { b.metrics.Dropped(metrics.ReasonNetsplit) }})
+	if err := b.server.AddHook(b.refuse, nil); err != nil {
+		return fmt.Errorf("add refusal hook: %w", err)
+	}
+	// Then the reserved namespaces: a refused CONNECT must not reach the
+	// cluster hook's registration, nor a refused publish its forwarding.
+	b.reserved = reserved.New(b.server, b.refuse, reserved.Options{
 		Dropped: func() { b.metrics.Dropped(metrics.ReasonReservedTopic) },
 		Refused: b.metrics.Refused,
 	})
@@ -183,7 +196,8 @@ func (b *Broker) addHooks() error {
 		sh, store, storeOpts = h, h, opts
 		b.store = h
 	}
-	if err := b.server.AddHook(quirks.New(b.server, store), nil); err != nil {
+	b.quirks = quirks.New(b.server, store)
+	if err := b.server.AddHook(b.quirks, nil); err != nil {
 		return fmt.Errorf("add quirks hook: %w", err)
 	}
 	if err := b.server.AddHook(b.metrics, nil); err != nil {
@@ -197,7 +211,7 @@ func (b *Broker) addHooks() error {
 	return nil
 }
 
-// addCluster creates the cluster node and the hook that connects it to
+// addCluster creates the cluster node and the hooks that connect it to
 // mochi. The node joins in Start, before listeners accept clients.
 func (b *Broker) addCluster() error {
 	cc := b.cfg.Cluster
@@ -232,19 +246,23 @@ func (b *Broker) addCluster() error {
 		ForwardTimeout:  cc.ForwardTimeout,
 		RegisterTimeout: cc.RegisterTimeout,
 		Authenticate:    b.auth.OnConnectAuthenticate,
+		Refuse:          b.refuse,
+		Queue:           b.quirks,
 	}
 	if b.store != nil {
-		opts.Store = b.store // added before the cluster hook (addHooks)
+		opts.Store = b.store // added before the cluster hooks (addHooks)
 	}
 	b.chook = clusterhook.New(opts)
-	node, err := cluster.New(b.cfg.Node.Name, cc, b.chook)
+	node, err := cluster.New(b.cfg.Node.Name, cc, b.chook.Broker())
 	if err != nil {
 		return err
 	}
 	b.node = node
 	b.chook.SetCluster(node)
-	if err := b.server.AddHook(b.chook, nil); err != nil {
-		return fmt.Errorf("add cluster hook: %w", err)
+	for _, h := range b.chook.List() {
+		if err := b.server.AddHook(h, nil); err != nil {
+			return fmt.Errorf("add cluster hook %s: %w", h.ID(), err)
+		}
 	}
 	b.registry.MustRegister(node)
 	return nil

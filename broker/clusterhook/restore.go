@@ -7,7 +7,7 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 
-	"github.com/mendmq/mendmq/broker/metrics"
+	"github.com/mendmq/mendmq/broker/mochix"
 )
 
 // Sessions restored from storage.
@@ -31,51 +31,64 @@ import (
 // exchange tables with any peer by then announces what it restored.
 const restoreWait = 30 * time.Second
 
+// syncRestored starts the reconciliation of the sessions mochi restored
+// from storage, if any.
+func (s *SessionHook) syncRestored() {
+	restored := mochix.Clients(s.sh.srv)
+	c := s.sh.cluster()
+	if c == nil || len(restored) == 0 {
+		return
+	}
+	s.restoring.Store(true)
+	s.sh.wg.Add(1)
+	go s.reconcileRestored(c, restored)
+}
+
 // reconcileRestored announces or drops the restored sessions.
-func (h *Hook) reconcileRestored(c Cluster, restored map[string]*mqtt.Client) {
-	defer h.wg.Done()
-	defer h.restoring.Store(false)
+func (s *SessionHook) reconcileRestored(c Cluster, restored map[string]*mqtt.Client) {
+	defer s.sh.wg.Done()
+	defer s.restoring.Store(false)
 	t := time.NewTimer(restoreWait)
 	defer t.Stop()
 	select {
 	case <-c.Synced():
 	case <-t.C:
-		h.log.Warn("no session table from the cluster yet; announcing restored sessions", "sessions", len(restored), "waited", restoreWait)
-	case <-h.done:
+		s.sh.log.Warn("no session table from the cluster yet; announcing restored sessions", "sessions", len(restored), "waited", restoreWait)
+	case <-s.sh.done:
 		return
 	}
 	superseded := 0
 	for id, rc := range restored {
-		mu := h.restoreLock(id)
+		mu := s.restoreLock(id)
 		mu.Lock() // no CONNECT of id is between its checks and its import
 		node, ok := c.SessionNode(id)
-		cl, local := h.srv.Clients.Get(id)
+		cl, local := mochix.Client(s.sh.srv, id)
 		if !ok || node == c.Name() || !local || cl != rc || !cl.Closed() {
 			mu.Unlock()
 			// Ours, unknown to the cluster, or gone or replaced
 			// meanwhile (its client connected here, which registered
 			// it with the cluster and took over whatever it had).
-			h.markDirty(id)
+			s.markDirty(id)
 			continue
 		}
-		queued := cl.State.Inflight.Len()
-		h.dropLocal(cl)
+		queued, first := s.supersede(cl)
 		mu.Unlock()
-		superseded++
-		if queued > 0 {
-			h.opts.Metrics.DroppedN(metrics.ReasonSuperseded, queued)
+		if !first {
+			continue // replication dropped it meanwhile
 		}
-		h.log.Warn("restored session lives on another node now; local copy dropped",
+		superseded++
+		s.sh.log.Warn("restored session lives on another node now; local copy dropped",
 			"client", id, "node", node, "queued_messages_dropped", queued)
 	}
 	if superseded > 0 {
-		h.log.Info("restored sessions reconciled with the cluster", "restored", len(restored), "superseded", superseded)
+		s.sh.log.Info("restored sessions reconciled with the cluster", "restored", len(restored), "superseded", superseded)
 	}
 }
 
-// restoreLock is the lock of client id's stripe (see Hook.restoreMu).
-func (h *Hook) restoreLock(id string) *sync.Mutex {
+// restoreLock is the lock of client id's stripe (see
+// SessionHook.restoreMu).
+func (s *SessionHook) restoreLock(id string) *sync.Mutex {
 	f := fnv.New32a()
 	_, _ = f.Write([]byte(id))
-	return &h.restoreMu[f.Sum32()%uint32(len(h.restoreMu))]
+	return &s.restoreMu[f.Sum32()%uint32(len(s.restoreMu))]
 }

@@ -1,87 +1,342 @@
 package clusterhook
 
 import (
-	"fmt"
-	"sort"
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/mendmq/mendmq/broker/metrics"
+	"github.com/mendmq/mendmq/broker/mochix"
 	"github.com/mendmq/mendmq/cluster/routes"
 )
 
-// exportSession captures a client's session for a move to another node.
-// The caller has already stopped the client.
-func exportSession(cl *mqtt.Client, keyOf func(packets.Packet) (msgKey, string, bool)) (session, error) {
-	s := session{
-		ProtocolVersion: cl.Properties.ProtocolVersion,
-		Clean:           cl.Properties.Clean,
-		Expiry:          cl.Properties.Props.SessionExpiryInterval,
-		ExpiryFlag:      cl.Properties.Props.SessionExpiryIntervalFlag,
-		Username:        cl.Properties.Username,
-	}
-	for _, sub := range cl.State.Subscriptions.GetAll() {
-		s.Subs = append(s.Subs, sub)
-	}
-	sort.Slice(s.Subs, func(i, j int) bool { return s.Subs[i].Filter < s.Subs[j].Filter })
-	for _, pk := range cl.State.Inflight.GetAll(false) {
-		m := inflightMsg{Type: pk.FixedHeader.Type, PacketID: pk.PacketID, Created: pk.Created, Expiry: pk.Expiry}
-		if pk.FixedHeader.Type == packets.Publish {
-			if k, _, ok := keyOf(pk); ok {
-				m.From, m.ID = k.from, k.id // so the new node can tell it from a direct copy
-			}
-			b, err := EncodePublish(pk)
-			if err != nil {
-				return s, fmt.Errorf("export inflight %d of %s: %w", pk.PacketID, cl.ID, err)
-			}
-			m.Publish = b
-		}
-		s.Inflight = append(s.Inflight, m)
-	}
-	return s, nil
+// SessionHook registers connecting clients with the cluster, keeps the
+// replicated session table in step with mochi's sessions, reconciles
+// sessions restored from storage (restore.go) and gives a local session
+// up when another node takes it over.
+//
+// The replicated session record of a client is recomputed from mochi's
+// current state whenever something about the client changes, by one
+// goroutine that drains a dirty set. Reading the state after the fact,
+// instead of trusting the order of hook calls, makes takeovers and
+// disconnect/unsubscribe interleavings come out right.
+type SessionHook struct {
+	mqtt.HookBase
+	sh *shared
+	ho *HandoffHook
+
+	dirtyMu sync.Mutex
+	dirty   map[string]struct{}
+	moved   map[string]struct{} // sessions taken over by another node
+	kick    chan struct{}
+
+	// Restored sessions being reconciled (restore.go): OnConnect and
+	// the reconciliation of a session exclude each other meanwhile, per
+	// client id (restoreLock), so a reconnect storm is not serialized.
+	restoring atomic.Bool
+	restoreMu [64]sync.Mutex
+	serving   atomic.Bool // OnStarted
+
+	// superseded holds the clients supersede is dropping (for a grace
+	// period), so that a copy found stale twice is counted once.
+	superseded sync.Map
 }
 
-// importSession installs s as a disconnected session of id in srv, the way
-// mochi restores sessions from storage, so that mochi's own takeover
-// (inheritClientSession) hands it to the connecting client.
-func importSession(srv *mqtt.Server, id string, s session) error {
-	cl := srv.NewClient(nil, "cluster", id, false)
-	cl.Properties.ProtocolVersion = s.ProtocolVersion
-	cl.Properties.Clean = s.Clean
-	cl.Properties.Username = s.Username
-	cl.Properties.Props.SessionExpiryInterval = s.Expiry
-	cl.Properties.Props.SessionExpiryIntervalFlag = s.ExpiryFlag
-	cl.Stop(packets.ErrSessionTakenOver)
-	for _, m := range s.Inflight {
-		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: m.Type}, PacketID: m.PacketID}
-		if m.Type == packets.Publish {
-			var err error
-			if pk, err = DecodePublish(m.Publish); err != nil {
-				return fmt.Errorf("import inflight %d of %s: %w", m.PacketID, id, err)
-			}
-			pk.PacketID = m.PacketID
+var _ mqtt.Hook = (*SessionHook)(nil)
+
+func newSessionHook(sh *shared, ho *HandoffHook) *SessionHook {
+	s := &SessionHook{sh: sh, ho: ho, dirty: map[string]struct{}{}, moved: map[string]struct{}{},
+		kick: make(chan struct{}, 1)}
+	sh.wg.Add(1)
+	go s.syncLoop()
+	return s
+}
+
+// ID names the hook.
+func (s *SessionHook) ID() string { return "mendmq-cluster-session" }
+
+// Provides declares the handled hook methods.
+func (s *SessionHook) Provides(b byte) bool {
+	switch b {
+	case mqtt.OnConnect, mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnSubscribed, mqtt.OnUnsubscribed,
+		mqtt.OnClientExpired, mqtt.OnStarted, mqtt.OnStopped:
+		return true
+	}
+	return false
+}
+
+// OnStarted notes that mochi serves clients: sessions it restored from
+// storage are all loaded.
+func (s *SessionHook) OnStarted() { s.serving.Store(true) }
+
+// OnStopped ends the session-sync loop (and the other hooks' goroutines).
+func (s *SessionHook) OnStopped() { s.sh.stop() }
+
+// --- registration -------------------------------------------------------
+
+// OnConnect registers the client id with its leader before mochi sets up
+// the session, so that any other session of the id in the cluster is
+// taken over and its state lands here first [MQTT-3.1.4-3]. A client
+// whose registration fails is refused (v5 CONNACK 0x88, v3 rc 3).
+func (s *SessionHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	c := s.sh.cluster()
+	if c == nil {
+		return nil
+	}
+	if s.sh.opts.Authenticate != nil && !s.sh.opts.Authenticate(cl, pk) {
+		return nil // mochi authenticates next and refuses it
+	}
+	if s.restoring.Load() {
+		mu := s.restoreLock(cl.ID)
+		mu.Lock()
+		defer mu.Unlock()
+	}
+	// A shadow of an earlier session of this id (handed off from here)
+	// must be gone before a new one is set up under the same id.
+	s.ho.endShadowNow(cl.ID)
+	ctx, cancel := context.WithTimeout(context.Background(), s.sh.opts.RegisterTimeout)
+	defer cancel()
+	tk, err := c.Register(ctx, cl.ID, pk.Connect.Clean)
+	if err != nil {
+		s.sh.log.Warn("client registration failed; refusing CONNECT", "client", cl.ID, "error", err)
+		s.sh.opts.Metrics.Refused("registration_failed")
+		return s.sh.opts.Refuse.Connect(cl, packets.ErrServerUnavailable)
+	}
+	if len(tk.Session) == 0 || pk.Connect.Clean {
+		return nil
+	}
+	sess, err := decodeSession(tk.Session)
+	if err == nil {
+		s.ho.startIncoming(cl.ID, sess.Inflight)
+		err = importSession(s.sh.srv, cl.ID, sess)
+	}
+	if err != nil {
+		// The session cannot be used; the client gets a new one
+		// (session present = false tells it so).
+		s.sh.log.Error("import moved session", "client", cl.ID, "error", err)
+		return nil
+	}
+	moved, ok := mochix.Client(s.sh.srv, cl.ID)
+	if !ok {
+		return nil
+	}
+	s.sh.storeSession(moved)
+	// Route the session's messages here on every node before the client
+	// is acknowledged: a publish acked after the CONNACK must not go to
+	// the node it came from, which no longer has the subscriptions.
+	if err := c.PutSessionSync(ctx, cl.ID, record(c.Name(), moved)); err != nil {
+		s.sh.log.Warn("moved session's routes not confirmed by every node", "client", cl.ID, "error", err)
+	}
+	// Then collect what the old node caught for the session meanwhile.
+	rest, err := c.FinishTakeover(ctx, tk.From, cl.ID)
+	if err == nil && len(rest) > 0 {
+		var caught session
+		if caught, err = decodeSession(rest); err == nil {
+			err = s.ho.appendMsgs(cl.ID, caught.Inflight)
 		}
-		pk.Created, pk.Expiry = m.Created, m.Expiry
-		cl.State.Inflight.Set(pk)
 	}
-	for _, sub := range s.Subs {
-		srv.Topics.Subscribe(id, sub)
-		cl.State.Subscriptions.Add(sub.Filter, sub)
+	if err != nil {
+		// The old node ships what it caught with AppendSession.
+		s.sh.log.Warn("finish session takeover", "client", cl.ID, "from", tk.From, "error", err)
 	}
-	srv.Clients.Add(cl)
 	return nil
 }
 
+// TakeoverSession implements cluster.Broker: disconnect the local session
+// of clientID (v5 reason 0x8E session taken over) and, with handoff, export
+// it and keep catching its messages (HandoffHook); without, discard it.
+func (s *SessionHook) TakeoverSession(clientID, newNode string, handoff bool) ([]byte, error) {
+	srv := s.sh.srv
+	cl, ok := mochix.Client(srv, clientID)
+	if !ok {
+		return nil, nil
+	}
+	if s.ho.handingOff(clientID, cl) {
+		return nil, nil // already handed off
+	}
+	s.sh.log.Info("session taken over by another node", "client", clientID, "new_node", newNode)
+	// From here on the record belongs to newNode: this node's late
+	// events about the old session must not rewrite or delete it.
+	s.dirtyMu.Lock()
+	s.moved[clientID] = struct{}{}
+	s.dirtyMu.Unlock()
+	_ = srv.DisconnectClient(cl, packets.ErrSessionTakenOver)
+	cl.Stop(packets.ErrSessionTakenOver)
+	if handoff && !mochix.Ephemeral(cl) {
+		return s.ho.startShadow(cl, newNode)
+	}
+	// The session ends here without touching the replicated record,
+	// which newNode rewrites: the client started a clean session there,
+	// or this copy is a duplicate of the one newNode holds (replication
+	// told this node so, e.g. after a restart).
+	s.supersede(cl)
+	// mochi reports the old connection's end shortly after; then the
+	// mark has done its job.
+	time.AfterFunc(s.sh.hcfg.Grace(), func() { s.forgetMoved(clientID, cl) })
+	return nil, nil
+}
+
+// handedOff drops a session whose handoff ended (HandoffHook): the old
+// session's events are long flushed.
+func (s *SessionHook) handedOff(cl *mqtt.Client) {
+	s.dropLocal(cl)
+	s.forgetMoved(cl.ID, cl)
+}
+
+// forgetMoved drops the mark that clientID's session moved to another
+// node, set when cl was taken over (the set would otherwise grow with
+// every session that leaves), unless an event of cl is still to be
+// flushed or the id is in use here again.
+func (s *SessionHook) forgetMoved(clientID string, cl *mqtt.Client) {
+	s.dirtyMu.Lock()
+	defer s.dirtyMu.Unlock()
+	if _, pending := s.dirty[clientID]; pending {
+		return // the flush skips it; a later takeover or return resets the mark
+	}
+	if cur, ok := mochix.Client(s.sh.srv, clientID); !ok || cur == cl {
+		delete(s.moved, clientID)
+	}
+}
+
+// supersede drops cl, a copy of a session that lives on another node,
+// and counts its queued messages as dropped. Replication
+// (TakeoverSession) and the reconciliation of restored sessions can both
+// find the same stale copy at once; only the first drops and counts it.
+func (s *SessionHook) supersede(cl *mqtt.Client) (queued int, first bool) {
+	if _, dup := s.superseded.LoadOrStore(cl, struct{}{}); dup {
+		return 0, false
+	}
+	time.AfterFunc(s.sh.hcfg.Grace(), func() { s.superseded.Delete(cl) })
+	queued = mochix.QueueLen(cl)
+	s.dropLocal(cl)
+	if queued > 0 {
+		s.sh.opts.Metrics.DroppedN(metrics.ReasonSuperseded, queued)
+	}
+	return queued, true
+}
+
+// dropLocal removes a stopped client's session from this node (its
+// subscriptions, queue and listing) without touching the replicated
+// record, which the session's new node rewrites.
+func (s *SessionHook) dropLocal(cl *mqtt.Client) {
+	filters := mochix.Unsubscribe(s.sh.srv, cl)
+	ids := mochix.ClearQueue(cl)
+	s.sh.unstoreSession(cl, filters, ids)
+	mochix.Unlist(s.sh.srv, cl)
+}
+
+// LocalSession reports whether clientID has a session on this node
+// (cluster.Broker); a session being handed off does not count.
+func (s *SessionHook) LocalSession(clientID string) bool {
+	cl, ok := mochix.Client(s.sh.srv, clientID)
+	return ok && !s.ho.handingOff(clientID, cl)
+}
+
+// --- session table ------------------------------------------------------
+
+func (s *SessionHook) markDirty(id string) {
+	if strings.HasPrefix(id, injectorPrefix) || id == mqtt.InlineClientId {
+		return
+	}
+	s.dirtyMu.Lock()
+	s.dirty[id] = struct{}{}
+	s.dirtyMu.Unlock()
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (s *SessionHook) syncLoop() {
+	defer s.sh.wg.Done()
+	for {
+		select {
+		case <-s.sh.done:
+			s.flushDirty()
+			return
+		case <-s.kick:
+			s.flushDirty()
+		}
+	}
+}
+
+func (s *SessionHook) flushDirty() {
+	s.dirtyMu.Lock()
+	ids := s.dirty
+	s.dirty = map[string]struct{}{}
+	moved := make(map[string]bool, len(s.moved))
+	for id := range ids {
+		if _, ok := s.moved[id]; ok {
+			moved[id] = true
+		}
+	}
+	s.dirtyMu.Unlock()
+	c := s.sh.cluster()
+	if c == nil {
+		return
+	}
+	for id := range ids {
+		if moved[id] {
+			continue
+		}
+		cl, ok := mochix.Client(s.sh.srv, id)
+		if !ok || (cl.Closed() && mochix.Ephemeral(cl)) || cl.IsTakenOver() {
+			if ok && cl.IsTakenOver() {
+				continue // the new session's own events rewrite the record
+			}
+			c.DeleteSession(id)
+			continue
+		}
+		c.PutSession(id, record(c.Name(), cl))
+	}
+}
+
+// OnSessionEstablished records the session.
+func (s *SessionHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
+	s.dirtyMu.Lock()
+	delete(s.moved, cl.ID) // the client is back on this node
+	s.dirtyMu.Unlock()
+	s.markDirty(cl.ID)
+}
+
+// OnDisconnect updates or removes the record.
+func (s *SessionHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
+	if !s.serving.Load() && cl.Net.Conn == nil && errors.Is(err, packets.ErrServerShuttingDown) {
+		// mochi restoring a session from storage: SyncSessions
+		// announces it once the node has the session table, where it
+		// may have moved meanwhile (restore.go).
+		return
+	}
+	s.markDirty(cl.ID)
+}
+
+// OnSubscribed updates the record.
+func (s *SessionHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
+	s.markDirty(cl.ID)
+}
+
+// OnUnsubscribed updates the record.
+func (s *SessionHook) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) { s.markDirty(cl.ID) }
+
+// OnClientExpired removes the record of an expired persistent session.
+func (s *SessionHook) OnClientExpired(cl *mqtt.Client) { s.markDirty(cl.ID) }
+
 // record describes a client's session for the replicated "sub" table.
 func record(node string, cl *mqtt.Client) routes.SessionRecord {
-	rec := routes.SessionRecord{Node: node, Clean: isEphemeral(cl)}
+	rec := routes.SessionRecord{Node: node, Clean: mochix.Ephemeral(cl)}
 	if !rec.Clean {
 		rec.ExpiryInterval = cl.Properties.Props.SessionExpiryInterval
 		if cl.Properties.ProtocolVersion < 5 {
 			rec.ExpiryInterval = 0xFFFFFFFF // v3 persistent sessions never expire by protocol
 		}
 	}
-	for _, sub := range cl.State.Subscriptions.GetAll() {
+	for _, sub := range mochix.Subscriptions(cl) {
 		rec.Subs = append(rec.Subs, routes.Subscription{
 			Filter:            sub.Filter,
 			QoS:               sub.Qos,
@@ -91,14 +346,5 @@ func record(node string, cl *mqtt.Client) routes.SessionRecord {
 			Identifier:        sub.Identifier,
 		})
 	}
-	sort.Slice(rec.Subs, func(i, j int) bool { return rec.Subs[i].Filter < rec.Subs[j].Filter })
 	return rec
-}
-
-// isEphemeral reports whether the session ends with the connection.
-func isEphemeral(cl *mqtt.Client) bool {
-	if cl.Properties.ProtocolVersion == 5 {
-		return cl.Properties.Props.SessionExpiryInterval == 0
-	}
-	return cl.Properties.Clean
 }

@@ -3,10 +3,12 @@ package clusterhook
 import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/mendmq/mendmq/broker/mochix"
 )
 
-// Store is the node's storage hook, told about the session state this
-// hook moves into or out of mochi outside mochi's own events (a session
+// Store is the node's storage hook, told about the session state the
+// hooks move into or out of mochi outside mochi's own events (a session
 // imported from another node, messages handed over or taken back, a
 // session that moved away), so that after a restart a moved session is
 // found on its new node with its queue and not resurrected on its old
@@ -22,46 +24,39 @@ type Store interface {
 // storeSession writes cl's subscriptions and queue (an imported session).
 // Its client record is written by the storage hook when the connecting
 // client's session is established.
-func (h *Hook) storeSession(cl *mqtt.Client) {
-	st := h.opts.Store
+func (s *shared) storeSession(cl *mqtt.Client) {
+	st := s.opts.Store
 	if st == nil {
 		return
 	}
 	var pk packets.Packet
 	var qos []byte
-	for _, sub := range cl.State.Subscriptions.GetAll() {
+	for _, sub := range mochix.Subscriptions(cl) {
 		pk.Filters = append(pk.Filters, sub)
 		qos = append(qos, sub.Qos)
 	}
 	if len(pk.Filters) > 0 {
 		st.OnSubscribed(cl, pk, qos)
 	}
-	for _, m := range cl.State.Inflight.GetAll(false) {
+	for _, m := range mochix.Queued(cl) {
 		st.OnQosPublish(cl, m, m.Created, 0)
-	}
-}
-
-// storeQueued writes a message queued for cl outside mochi's delivery.
-func (h *Hook) storeQueued(cl *mqtt.Client, pk packets.Packet) {
-	if h.opts.Store != nil {
-		h.opts.Store.OnQosPublish(cl, pk, pk.Created, 0)
 	}
 }
 
 // unstoreQueued deletes the stored message with packet id from cl's
 // queue: it was taken out of the queue (handed to another node, or
 // withdrawn as delivered by another path).
-func (h *Hook) unstoreQueued(cl *mqtt.Client, id uint16) {
-	if h.opts.Store != nil {
-		h.opts.Store.OnQosComplete(cl, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, PacketID: id})
+func (s *shared) unstoreQueued(cl *mqtt.Client, id uint16) {
+	if s.opts.Store != nil {
+		s.opts.Store.OnQosComplete(cl, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, PacketID: id})
 	}
 }
 
 // unstoreSession deletes cl's session from storage (it moved to another
 // node): its subscriptions, the messages with the given packet ids and
 // its client record.
-func (h *Hook) unstoreSession(cl *mqtt.Client, filters []string, ids []uint16) {
-	st := h.opts.Store
+func (s *shared) unstoreSession(cl *mqtt.Client, filters []string, ids []uint16) {
+	st := s.opts.Store
 	if st == nil {
 		return
 	}
@@ -73,7 +68,7 @@ func (h *Hook) unstoreSession(cl *mqtt.Client, filters []string, ids []uint16) {
 		st.OnUnsubscribed(cl, pk)
 	}
 	for _, id := range ids {
-		h.unstoreQueued(cl, id)
+		s.unstoreQueued(cl, id)
 	}
 	st.OnClientExpired(cl)
 }

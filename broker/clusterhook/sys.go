@@ -29,15 +29,15 @@ type statusSource interface {
 //	$SYS/broker/cluster/forwarded                publishes forwarded to peers
 //	$SYS/broker/cluster/received                 publishes received from peers
 //	$SYS/broker/cluster/replication/lag_ms       write-to-apply lag of the last replicated change
-func (h *Hook) OnSysInfoTick(*system.Info) {
-	h.sysMu.RLock()
-	defer h.sysMu.RUnlock()
+func (w *WillHook) OnSysInfoTick(*system.Info) {
+	w.sh.sysMu.RLock()
+	defer w.sh.sysMu.RUnlock()
 	select {
-	case <-h.done:
+	case <-w.sh.done:
 		return // stopping: the storage hooks are closing
 	default:
 	}
-	src, ok := h.cluster().(statusSource)
+	src, ok := w.sh.cluster().(statusSource)
 	if !ok {
 		return
 	}
@@ -49,7 +49,7 @@ func (h *Hook) OnSysInfoTick(*system.Info) {
 	}
 	ms := make([]member, 0, len(st.Members))
 	alive := 0
-	pub := func(topic, v string) { _ = h.srv.Publish("$SYS/broker/cluster/"+topic, []byte(v), true, 0) }
+	pub := func(topic, v string) { _ = w.sh.srv.Publish("$SYS/broker/cluster/"+topic, []byte(v), true, 0) }
 	for _, m := range st.Members {
 		ms = append(ms, member{Name: m.Name, State: m.State, Reachable: m.Reachable || m.Self})
 		if m.State == "alive" {

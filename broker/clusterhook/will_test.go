@@ -6,6 +6,9 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/mendmq/mendmq/broker/handoff"
+	"github.com/mendmq/mendmq/broker/mochix"
 )
 
 // named is a Cluster that only knows its name (all OnWill asks).
@@ -19,8 +22,9 @@ func (n named) Name() string { return n.name }
 // TestWillKey: deliveries of a will mochi published (unstamped) are known
 // by the id OnWill gave it; anything ambiguous or unknown is not.
 func TestWillKey(t *testing.T) {
-	h := &Hook{opts: Options{RegisterTimeout: time.Second, ForwardTimeout: time.Second}, wills: map[string][]*willNote{}}
-	h.SetCluster(named{name: "n1"})
+	sh := newShared(Options{RegisterTimeout: time.Second, ForwardTimeout: time.Second})
+	sh.node.Store(&clusterRef{c: named{name: "n1"}})
+	h := newWillHook(sh)
 	cl := &mqtt.Client{ID: "w"}
 	will := func(topic, payload string) {
 		if _, err := h.OnWill(cl, mqtt.Will{TopicName: topic, Payload: []byte(payload), Qos: 2}); err != nil {
@@ -54,14 +58,14 @@ func TestWillKey(t *testing.T) {
 		{"no origin", pk("", "a/will", "gone", now), false, 0, ""},
 	} {
 		k, topic, ok := h.keyOf(tc.pk)
-		if ok != tc.ok || (ok && (k != msgKey{"n1", tc.id} || topic != tc.wantTopic)) {
+		if ok != tc.ok || (ok && (k != handoff.Key{From: "n1", ID: tc.id} || topic != tc.wantTopic)) {
 			t.Errorf("%s: keyOf = %v %q %v, want id %d %q %v", tc.name, k, topic, ok, tc.id, tc.wantTopic, tc.ok)
 		}
 	}
 	// A stamp wins over a note.
 	st := pk("w", "a/will", "gone", now)
-	stamp(&st, "n9", 77)
-	if k, _, ok := h.keyOf(st); !ok || k != (msgKey{"n9", 77}) {
+	mochix.Stamp(&st, "n9", 77)
+	if k, _, ok := h.keyOf(st); !ok || k != (handoff.Key{From: "n9", ID: 77}) {
 		t.Errorf("stamped packet: keyOf = %v %v, want n9/77", k, ok)
 	}
 	// Notes are bounded per client and forgotten.

@@ -24,6 +24,7 @@ import (
 
 	"github.com/mendmq/mendmq/broker/brokertest"
 	"github.com/mendmq/mendmq/broker/config"
+	"github.com/mendmq/mendmq/broker/mochix"
 	"github.com/mendmq/mendmq/cluster"
 	"github.com/mendmq/mendmq/cluster/clustertest"
 )
@@ -268,11 +269,11 @@ func (c *testCluster) waitFormed() {
 // holds them: what the node's replicated session records must carry.
 func localSubs(nd *brokertest.Node) int {
 	n := 0
-	for id, cl := range nd.Server().Clients.GetAll() {
+	for id, cl := range mochix.Clients(nd.Server()) {
 		if strings.HasPrefix(id, "$cluster-injector-") || id == mqtt.InlineClientId {
 			continue
 		}
-		n += cl.State.Subscriptions.Len()
+		n += len(mochix.Subscriptions(cl))
 	}
 	return n
 }
@@ -313,7 +314,7 @@ func (c *testCluster) waitDisconnected() {
 	c.t.Helper()
 	c.eventually("every client to be disconnected", func() (bool, string) {
 		for _, name := range c.names {
-			for id, cl := range c.node(name).Server().Clients.GetAll() {
+			for id, cl := range mochix.Clients(c.node(name).Server()) {
 				if strings.HasPrefix(id, "$cluster-injector-") || id == mqtt.InlineClientId {
 					continue
 				}
@@ -322,7 +323,7 @@ func (c *testCluster) waitDisconnected() {
 				}
 				// A closed clean session is still being torn down: mochi
 				// drops its subscriptions and removes it after the hooks.
-				if ephemeral(cl) {
+				if mochix.Ephemeral(cl) {
 					return false, fmt.Sprintf("%s: clean session %s not yet removed", name, id)
 				}
 			}
@@ -331,17 +332,9 @@ func (c *testCluster) waitDisconnected() {
 	})
 }
 
-// ephemeral reports whether cl's session ends with its connection.
-func ephemeral(cl *mqtt.Client) bool {
-	if cl.Properties.ProtocolVersion == 5 {
-		return cl.Properties.Props.SessionExpiryInterval == 0
-	}
-	return cl.Properties.Clean
-}
-
 // retainedPayload returns node nd's local retained message of topic.
 func retainedPayload(nd *brokertest.Node, topic string) (string, bool) {
-	pk, ok := nd.Server().Topics.Retained.Get(topic)
+	pk, ok := mochix.Retained(nd.Server(), topic)
 	if !ok {
 		return "", false
 	}
@@ -352,7 +345,7 @@ func retainedPayload(nd *brokertest.Node, topic string) (string, bool) {
 // retains its own $SYS topics, which are not replicated).
 func retainedCount(nd *brokertest.Node) int {
 	n := 0
-	for topic := range nd.Server().Topics.Retained.GetAll() {
+	for _, topic := range mochix.RetainedTopics(nd.Server()) {
 		if !strings.HasPrefix(topic, "$SYS") {
 			n++
 		}

@@ -11,6 +11,7 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/mendmq/mendmq/broker/brokertest"
+	"github.com/mendmq/mendmq/broker/mochix"
 )
 
 // testSessionMove: a persistent v5 session subscribes on n1 and
@@ -38,9 +39,9 @@ func testSessionMove(t *testing.T, c *testCluster) {
 		}
 	}
 	// Acked publishes are in the offline session on n1.
-	if cl, ok := c.node("n1").Server().Clients.Get(id); !ok {
+	if cl, ok := mochix.Client(c.node("n1").Server(), id); !ok {
 		t.Fatal("n1 lost the disconnected persistent session")
-	} else if got := cl.State.Inflight.Len(); got != len(want) {
+	} else if got := mochix.QueueLen(cl); got != len(want) {
 		t.Fatalf("n1 queued %d messages for the offline session, want %d", got, len(want))
 	}
 
@@ -58,15 +59,15 @@ func testSessionMove(t *testing.T, c *testCluster) {
 	pub.MustPub("mv/marker", 1, false, "marker")
 	got = append(got, second.Until("mv/marker")...)
 	expectOnce(t, "moved session n1 -> n2", counts(got), want)
-	if _, ok := c.node("n1").Server().Clients.Get(id); ok {
+	if _, ok := mochix.Client(c.node("n1").Server(), id); ok {
 		t.Error("n1 still holds the session after it moved to n2")
 	}
 	c.eventually("the moved queue to be acknowledged", func() (bool, string) {
-		cl, ok := c.node("n2").Server().Clients.Get(id)
+		cl, ok := mochix.Client(c.node("n2").Server(), id)
 		if !ok {
 			return false, "n2 has no session " + id
 		}
-		n := cl.State.Inflight.Len()
+		n := mochix.QueueLen(cl)
 		return n == 0, fmt.Sprintf("%d inflight", n)
 	})
 
@@ -114,7 +115,7 @@ func testTakenOver(t *testing.T, c *testCluster) {
 			t.Error("new connection: session present = false; the session (and its subscriptions) should have moved")
 		}
 		c.waitRoutes()
-		if _, ok := c.node("n1").Server().Clients.Get("dup"); ok {
+		if _, ok := mochix.Client(c.node("n1").Server(), "dup"); ok {
 			t.Error("n1 still holds a session for the taken-over client")
 		}
 		pub.MustPub("dup/t", 1, false, "once")
@@ -138,7 +139,7 @@ func testTakenOver(t *testing.T, c *testCluster) {
 		nw.MustSub("dup3/t", 1)
 		nw.MustSub("dup3/m", 1)
 		c.waitRoutes()
-		if _, ok := c.node("n1").Server().Clients.Get("dup3"); ok {
+		if _, ok := mochix.Client(c.node("n1").Server(), "dup3"); ok {
 			t.Error("n1 still holds a session for the taken-over client")
 		}
 		pub.MustPub("dup3/t", 1, false, "once")
@@ -244,7 +245,7 @@ func testPublishRightAfterMove(t *testing.T, c *testCluster) {
 		cl.Close()
 		srv := c.node(to).Server()
 		brokertest.Eventually(t, "the mover to be disconnected on "+to, func() bool {
-			old, ok := srv.Clients.Get(id)
+			old, ok := mochix.Client(srv, id)
 			return !ok || old.Closed()
 		})
 	}

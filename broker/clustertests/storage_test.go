@@ -8,6 +8,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/mendmq/mendmq/broker/brokertest"
+	"github.com/mendmq/mendmq/broker/mochix"
 )
 
 // TestMovedSessionSurvivesRestart: with storage, a persistent session that
@@ -43,7 +44,7 @@ func TestMovedSessionSurvivesRestart(t *testing.T) {
 		c.waitFormed()
 		c.waitTables()
 	}
-	if cl, ok := c.node("n1").Broker.Server().Clients.Get(id); ok {
+	if cl, ok := mochix.Client(c.node("n1").Broker.Server(), id); ok {
 		t.Errorf("n1 restored the session that moved to n2 (its node is %s)", cl.Net.Listener)
 	}
 
@@ -125,7 +126,7 @@ func TestRestoredSessionSuperseded(t *testing.T) {
 	c.waitFormed()
 	c.waitTables()
 	restarted.WaitMetric(1, "mendmq_messages_dropped_total", "reason", "session_superseded")
-	if _, ok := restarted.Broker.Server().Clients.Get(id); ok {
+	if _, ok := mochix.Client(restarted.Broker.Server(), id); ok {
 		t.Error("restarted n1 kept the session that lives on n2")
 	}
 	for _, n := range c.names {
@@ -143,7 +144,7 @@ func TestRestoredSessionSuperseded(t *testing.T) {
 	c.stop("n1")
 	again := c.start("n1")
 	c.waitFormed()
-	if _, ok := again.Broker.Server().Clients.Get(id); ok {
+	if _, ok := mochix.Client(again.Broker.Server(), id); ok {
 		t.Error("n1 restored the superseded session again")
 	}
 }

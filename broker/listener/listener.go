@@ -46,6 +46,10 @@ type Guard struct {
 	RatePerSecond int
 	// Refused is called with a reason for every connection refused here.
 	Refused func(reason string)
+	// CloseClients, if set, disconnects the listener's clients when it
+	// closes instead of mochi's own function (mochix.DisconnectListener
+	// avoids a deadlock in it).
+	CloseClients listeners.CloseFn
 }
 
 // Build returns the mochi listener for one config entry, wrapped by g.
@@ -176,6 +180,9 @@ func (l *guarded) untrack(c net.Conn) {
 // that completed CONNECT: one that has not sent it yet would hold shutdown
 // up until mqtt.connect_timeout.
 func (l *guarded) Close(closeClients listeners.CloseFn) {
+	if l.g.CloseClients != nil {
+		closeClients = l.g.CloseClients
+	}
 	l.Listener.Close(closeClients)
 	l.mu.Lock()
 	l.closed = true

@@ -5,12 +5,15 @@ package quirks
 
 import (
 	"bytes"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/mendmq/mendmq/broker/mochix"
 )
 
 // Hook applies the workarounds. Create it with New.
@@ -55,7 +58,8 @@ import (
 // is established. That client may be taken over in turn while the hook
 // queues them (a reconnect right after the CONNACK): the messages it
 // queued after that takeover's clone are collected again, as those of a
-// taken-over client.
+// taken-over client. Queue is the same path for messages other parts of
+// the broker add to a session (broker/clusterhook's handed-over ones).
 type Hook struct {
 	mqtt.HookBase
 	srv   *mqtt.Server
@@ -238,7 +242,7 @@ func (h *Hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet
 		}
 	}
 	if pk.FixedHeader.Qos > 0 && !pk.FixedHeader.Dup && h.wasResent(cl, pk) {
-		pk.FixedHeader.Type = packets.Reserved
+		mochix.Withhold(&pk) // a write-loop copy: its write error is ignored
 	}
 	return pk
 }
@@ -362,7 +366,7 @@ func (h *Hook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, rese
 func (h *Hook) orphan(old *mqtt.Client, pk packets.Packet) {
 	h.orphanMu.Lock()
 	if st := h.settled[old.ID]; st != nil && st.cl != old {
-		if now, ok := h.srv.Clients.Get(old.ID); ok && now == st.cl {
+		if now, ok := mochix.Client(h.srv, old.ID); ok && now == st.cl {
 			h.orphanMu.Unlock()
 			h.adopt(st, []orphan{{from: old, pk: pk}})
 			return
@@ -378,10 +382,10 @@ func (h *Hook) orphan(old *mqtt.Client, pk packets.Packet) {
 // inherited any previous session, sent the CONNACK and resent the
 // session's queue, before the client's first packet is read.
 func (h *Hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
-	cl.State.Inflight.ResetSendQuota(0)
+	mochix.DisableSendQuota(cl)
 	h.dropGate(cl)
 	st := &settled{cl: cl, cloned: map[uint16]packets.Packet{}, adopted: map[orphanKey]packets.Packet{}}
-	for _, p := range cl.State.Inflight.GetAll(false) {
+	for _, p := range mochix.Queued(cl) {
 		if p.FixedHeader.Type == packets.Publish {
 			st.cloned[p.PacketID] = p
 		}
@@ -423,31 +427,34 @@ func (h *Hook) adopt(st *settled, orphans []orphan) {
 		if seen {
 			continue
 		}
-		id, err := cl.NextPacketID()
-		if err != nil {
-			h.srv.Log.Warn("packet ids exhausted; message queued during a session takeover dropped", "client", cl.ID)
-			continue
+		if err := h.Queue(cl, o); err != nil {
+			h.srv.Log.Warn("message queued during a session takeover dropped", "client", cl.ID, "error", err)
 		}
-		o.PacketID = uint16(id)
-		o.FixedHeader.Dup = false
-		if cl.State.Inflight.Set(o) {
-			atomic.AddInt64(&h.srv.Info.Inflight, 1)
-		}
-		if cl.IsTakenOver() {
-			// A reconnect took cl's session over meanwhile (cl is
-			// closed), and its clone may have run before this Set: pass
-			// the message on as one queued for a taken-over client,
-			// unless the takeover's clear removed it first (and
-			// reported it).
-			if cl.State.Inflight.Delete(o.PacketID) {
-				atomic.AddInt64(&h.srv.Info.Inflight, -1)
-				h.orphan(cl, o)
-			}
-			continue
-		}
-		if h.store != nil {
-			h.store.OnQosPublish(cl, o, o.Created, 0)
-		}
-		_ = cl.WritePacket(o)
 	}
+}
+
+// Queue queues pk, a QoS 1/2 PUBLISH, for cl's session the way mochi
+// queues a delivery: under a free packet id of cl, into its queue and the
+// storage hook, and written out if cl is connected (before its CONNACK the
+// hook holds the write, see Hook). If a reconnect took cl's session over
+// (mochi cloned its queue already), pk follows the session to the client
+// that holds it, like a message mochi itself queued for the taken-over
+// client. The only error is packet ids exhausted (pk is dropped).
+func (h *Hook) Queue(cl *mqtt.Client, pk packets.Packet) error {
+	pk.FixedHeader.Dup = false
+	q, err := mochix.Enqueue(h.srv, cl, pk)
+	switch {
+	case errors.Is(err, mochix.ErrTakenOver):
+		h.orphan(cl, q)
+		return nil
+	case errors.Is(err, mochix.ErrCleared):
+		return nil // mochi's clear reported it (OnQosDropped): an orphan already
+	case err != nil:
+		return err
+	}
+	if h.store != nil {
+		h.store.OnQosPublish(cl, q, q.Created, 0)
+	}
+	_ = cl.WritePacket(q)
+	return nil
 }

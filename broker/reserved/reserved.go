@@ -40,6 +40,8 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/mendmq/mendmq/broker/refuse"
 )
 
 // Internal client ids and prefixes. InjectorPrefix must equal the prefix
@@ -49,6 +51,10 @@ const (
 	InjectorPrefix = "$cluster-injector-"
 	OperatorID     = "$mendmq-admin"
 )
+
+// reservedTopicCode answers a client's publish to a '$' topic.
+var reservedTopicCode = packets.Code{Code: packets.ErrNotAuthorized.Code,
+	Reason: "topic names beginning with $ are reserved for the broker"}
 
 // ReservedClientID reports whether a client may not use clientID.
 func ReservedClientID(clientID string) bool {
@@ -64,6 +70,7 @@ func ReservedTopic(topic string) bool { return strings.HasPrefix(topic, "$") }
 type Hook struct {
 	mqtt.HookBase
 	srv      *mqtt.Server
+	refuse   *refuse.Refuser
 	operator *mqtt.Client
 	opts     Options
 }
@@ -79,9 +86,10 @@ type Options struct {
 
 var _ mqtt.Hook = (*Hook)(nil)
 
-// New returns the hook for srv.
-func New(srv *mqtt.Server, o Options) *Hook {
-	h := &Hook{srv: srv, opts: o}
+// New returns the hook for srv; its refusals are written by r, so they
+// read like every other refusal of the broker.
+func New(srv *mqtt.Server, r *refuse.Refuser, o Options) *Hook {
+	h := &Hook{srv: srv, refuse: r, opts: o}
 	cl := srv.NewClient(nil, "admin", OperatorID, false)
 	cl.Properties.ProtocolVersion = 5
 	// Not inline (the cluster hook ignores inline clients' retains), so
@@ -103,9 +111,8 @@ func (h *Hook) Provides(b byte) bool {
 // (Server.InjectPacket); callers use it one publish at a time.
 func (h *Hook) Operator() *mqtt.Client { return h.operator }
 
-// OnConnect refuses reserved client ids and wills to '$' topics. An
-// OnConnect error only drops the socket, so the CONNACK is sent first
-// (mochi maps 0x85 to v3 rc 2; 0x90 has no v3 mapping, so rc 5 is sent).
+// OnConnect refuses reserved client ids and wills to '$' topics through
+// the Refuser (v3: 0x85 is return code 2, 0x90 return code 5).
 func (h *Hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	code, reason := packets.CodeSuccess, ""
 	switch {
@@ -119,12 +126,7 @@ func (h *Hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	if h.opts.Refused != nil {
 		h.opts.Refused(reason)
 	}
-	ack := code
-	if cl.Properties.ProtocolVersion < 5 && code == packets.ErrTopicNameInvalid {
-		ack = packets.Err3NotAuthorized
-	}
-	_ = h.srv.SendConnack(cl, ack, false, nil)
-	return code
+	return h.refuse.Connect(cl, code)
 }
 
 // OnPacketRead answers a client's publish to a '$' topic (table above).
@@ -146,16 +148,7 @@ func (h *Hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 		// A v3 client cannot be told; closing is what the spec allows.
 		return pk, packets.ErrRejectPacket
 	}
-	ack := packets.Packet{
-		FixedHeader: packets.FixedHeader{Type: packets.Puback},
-		PacketID:    pk.PacketID,
-		ReasonCode:  packets.ErrNotAuthorized.Code,
-	}
-	if pk.FixedHeader.Qos == 2 {
-		ack.FixedHeader.Type = packets.Pubrec
-	}
-	ack.Properties.ReasonString = "topic names beginning with $ are reserved for the broker"
-	_ = cl.WritePacket(ack)
+	h.refuse.Ack(cl, pk, reservedTopicCode)
 	return pk, nil
 }
 

@@ -147,6 +147,7 @@ type Maps struct {
 	wg       sync.WaitGroup         // background pulls and copies
 	gone     map[string]time.Time   // members missing from the view since, still in the table
 	dirty    map[[2]string]struct{} // (map, key) waiting for the MapStore
+	flushing int                    // dirty entries flush is writing
 
 	stats Stats
 }

@@ -144,6 +144,8 @@ func (m *Maps) flush() {
 		}
 		ops, seqs, keys = append(ops, op), append(seqs, seq), append(keys, k)
 	}
+	// Still dirty for Dirty until written and marked stored.
+	m.flushing += len(keys)
 	m.mu.Unlock()
 	if len(ops) == 0 {
 		return
@@ -152,6 +154,7 @@ func (m *Maps) flush() {
 		m.stats.StoreFailures.Add(uint64(len(ops)))
 		m.log.Error("map store write failed; retrying", "entries", len(ops), "error", err)
 		m.mu.Lock()
+		m.flushing -= len(keys)
 		if m.dirty == nil {
 			m.dirty = map[[2]string]struct{}{}
 		}
@@ -163,6 +166,7 @@ func (m *Maps) flush() {
 	}
 	m.stats.Stored.Add(uint64(len(ops)))
 	m.mu.Lock()
+	m.flushing -= len(keys)
 	for i, k := range keys {
 		if seqs[i] != 0 {
 			m.store.SetStored(k[0], k[1], seqs[i], now)
@@ -224,11 +228,12 @@ func (m *Maps) loadStored(p partition.ID) []Item {
 	return out
 }
 
-// Dirty counts the entries waiting for the store.
+// Dirty counts the entries waiting for the store, including those being
+// written.
 func (m *Maps) Dirty() int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return len(m.dirty)
+	return len(m.dirty) + m.flushing
 }
 
 // writeDelay is how often write-behind entries are flushed.
