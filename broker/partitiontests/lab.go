@@ -48,7 +48,34 @@ const (
 	subnetBase  = "10.77"
 	subnetCount = 64
 	hostOctet   = 254
+	// sinkOctet is the next hop of silent cuts: an address no interface
+	// has, with a permanent neighbour entry for a MAC no interface has.
+	sinkOctet = 253
+	sinkMAC   = "02:00:00:6d:6d:71"
 )
+
+// CutMode is how a Lab drops packets.
+type CutMode uint8
+
+const (
+	// Blackhole cuts are blackhole routes: the receiving side sees
+	// nothing, but the sending side's kernel refuses the packets (EINVAL
+	// on sendto and connect), so the blocking node learns at once that
+	// it cannot send, though no reset or ICMP reaches anyone.
+	Blackhole CutMode = iota
+	// Silent cuts route the peer's address through a next hop whose MAC
+	// nobody owns: the frames leave and vanish in the bridge, so neither
+	// side's kernel reports anything (UDP sends succeed, TCP
+	// retransmits and connects time out), as when a real network fails.
+	Silent
+)
+
+func (m CutMode) String() string {
+	if m == Silent {
+		return "silent next hop"
+	}
+	return "blackhole route"
+}
 
 // lockPath serializes subnet choice between processes.
 var lockPath = filepath.Join(os.TempDir(), "mendmq-partitiontests.lock")
@@ -119,7 +146,7 @@ func ipCmd(ctx context.Context, args ...string) (string, error) {
 // Lab is a bridge in the root namespace and N network namespaces, each
 // with a veth into the bridge: namespace i (1-based) has address
 // <subnet>.i/24 on its eth0, the root namespace <subnet>.254/24 on the
-// bridge. Cuts are blackhole routes inside the namespaces, so packets are
+// bridge. Cuts are routes inside the namespaces (CutMode), so packets are
 // dropped without a reset and the root namespace keeps reaching every
 // namespace. Methods are safe for concurrent use.
 type Lab struct {
@@ -130,17 +157,18 @@ type Lab struct {
 	veths  []string // root-namespace ends of the veth pairs
 
 	mu      sync.Mutex
-	blocked map[[2]int]bool // from, to: blackhole route in from's namespace
+	mode    CutMode
+	blocked map[[2]int]bool // from, to: a cut route in from's namespace
 }
 
-// NewLab builds the topology for n namespaces (1 <= n <= 253) and
+// NewLab builds the topology for n namespaces (1 <= n <= 252) and
 // registers its removal with t.Cleanup. It sweeps what crashed earlier
 // runs left first. Any failure fails the test (after removing what was
 // made).
 func NewLab(t testing.TB, n int) *Lab {
 	t.Helper()
-	if n < 1 || n >= hostOctet {
-		t.Fatalf("lab of %d namespaces: want 1..%d", n, hostOctet-1)
+	if n < 1 || n >= sinkOctet {
+		t.Fatalf("lab of %d namespaces: want 1..%d", n, sinkOctet-1)
 	}
 	if err := Available(); err != nil {
 		t.Skipf("network namespaces unavailable, partition tests skipped: %v", err)
@@ -182,6 +210,7 @@ func (l *Lab) build(ctx context.Context) error {
 			{"-n", ns, "addr", "add", l.Addr(i+1) + "/24", "dev", "eth0"},
 			{"-n", ns, "link", "set", "eth0", "up"},
 			{"-n", ns, "link", "set", "lo", "up"},
+			{"-n", ns, "neigh", "add", l.sinkAddr(), "lladdr", sinkMAC, "dev", "eth0", "nud", "permanent"},
 		}
 		for _, s := range steps {
 			if _, err := ipCmd(ctx, s...); err != nil {
@@ -394,8 +423,37 @@ func (l *Lab) Addr(i int) string { return fmt.Sprintf("%s.%d", l.subnet, i) }
 // HostAddr returns the root namespace's address on the bridge.
 func (l *Lab) HostAddr() string { return fmt.Sprintf("%s.%d", l.subnet, hostOctet) }
 
-// Block makes namespace from drop what it sends to namespace to: a
-// blackhole route for to's address inside from. Packets from to still
+func (l *Lab) sinkAddr() string { return fmt.Sprintf("%s.%d", l.subnet, sinkOctet) }
+
+// SetCutMode chooses how the next cuts drop packets (default Blackhole);
+// it fails while cuts are in place.
+func (l *Lab) SetCutMode(m CutMode) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.blocked) > 0 {
+		return errors.New("change the cut mode with cuts in place: heal first")
+	}
+	l.mode = m
+	return nil
+}
+
+// CutMode returns how cuts drop packets.
+func (l *Lab) CutMode() CutMode {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.mode
+}
+
+// route is the ip route arguments of a cut of to's address.
+func (l *Lab) route(to int) []string {
+	if l.mode == Silent {
+		return []string{l.Addr(to) + "/32", "via", l.sinkAddr(), "dev", "eth0"}
+	}
+	return []string{"blackhole", l.Addr(to) + "/32"}
+}
+
+// Block makes namespace from drop what it sends to namespace to: a route
+// for to's address inside from (see CutMode). Packets from to still
 // arrive, but nothing from answers them (a one-way, asymmetric cut).
 // Blocking a blocked direction does nothing.
 func (l *Lab) Block(from, to int) error {
@@ -408,7 +466,7 @@ func (l *Lab) block(from, to int) error {
 	if from == to || l.blocked[[2]int{from, to}] {
 		return nil
 	}
-	if _, err := ipCmd(context.Background(), "-n", l.Namespace(from), "route", "add", "blackhole", l.Addr(to)+"/32"); err != nil {
+	if _, err := ipCmd(context.Background(), append([]string{"-n", l.Namespace(from), "route", "add"}, l.route(to)...)...); err != nil {
 		return err
 	}
 	l.blocked[[2]int{from, to}] = true
@@ -426,7 +484,7 @@ func (l *Lab) unblock(from, to int) error {
 	if !l.blocked[[2]int{from, to}] {
 		return nil
 	}
-	if _, err := ipCmd(context.Background(), "-n", l.Namespace(from), "route", "del", "blackhole", l.Addr(to)+"/32"); err != nil {
+	if _, err := ipCmd(context.Background(), append([]string{"-n", l.Namespace(from), "route", "del"}, l.route(to)...)...); err != nil {
 		return err
 	}
 	delete(l.blocked, [2]int{from, to})

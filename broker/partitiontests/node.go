@@ -415,8 +415,9 @@ func (c *Cluster) DumpLogs() {
 }
 
 // crashLine matches what a crashed or panicking node writes: a Go runtime
-// panic or fatal error, or a log line at ERROR about a panic.
-var crashLine = regexp.MustCompile(`^(panic: |fatal error: |goroutine \d+ \[running\]:)|level=ERROR.*(?i:panic)`)
+// panic or fatal error, a log line at ERROR about a panic, or (nodes
+// built with MENDMQ_PARTITION_RACE=1) a data race report.
+var crashLine = regexp.MustCompile(`^(panic: |fatal error: |goroutine \d+ \[running\]:|WARNING: DATA RACE)|level=ERROR.*(?i:panic)`)
 
 // LogProblems returns the lines of the node's log that tell of a crash or
 // a recovered panic.

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/eclipse/paho.golang/paho"
 )
 
 func TestMain(m *testing.M) {
@@ -21,7 +23,7 @@ func TestMain(m *testing.M) {
 const (
 	detectBound  = 15 * time.Second // a cut to its detection on every node
 	reformBound  = 30 * time.Second // the heal to one cluster again
-	settleBound  = 30 * time.Second // the heal to every acked message delivered
+	settleBound  = 15 * time.Second // the heal to every acked message delivered
 	tablesBound  = 20 * time.Second // tables identical everywhere
 	restoreBound = 20 * time.Second // publishes acked again after the heal
 	// hold is how long a scripted cut stays after every node detected
@@ -52,6 +54,8 @@ type scenario struct {
 	// that long instead.
 	script func(e *env)
 	random time.Duration
+	// cuts is how the lab drops packets (default Blackhole).
+	cuts CutMode
 }
 
 // env is a running scenario.
@@ -65,6 +69,32 @@ type env struct {
 	detections map[string][]Detection
 	// twins are the client ids connected on several nodes at once.
 	twins []*Twin
+	// gap, if set, says that the nodes accept a CONNECT while split (no
+	// gate yet): a persistent session that reconnects across the split
+	// is then replaced by a new one and its queue is lost, which the
+	// checker reports; the scenario is skipped with the report instead
+	// of failing until gating lands.
+	gap string
+}
+
+// probeGate connects a fresh client id to every split node: a node that
+// accepts it does not gate CONNECT during a netsplit (allow_register
+// false is the default), and sets e.gap.
+func (e *env) probeGate() {
+	var accepted []string
+	for i := range e.lab.CutOff() {
+		n := e.c.Nodes[i-1]
+		cl, _, err := connect(n, fmt.Sprintf("gate-probe-%d", i), true, nil)
+		if err == nil {
+			accepted = append(accepted, n.Name)
+			_ = cl.Disconnect(&paho.Disconnect{ReasonCode: 0})
+		}
+	}
+	slices.Sort(accepted)
+	if len(accepted) > 0 {
+		e.gap = fmt.Sprintf("CONNECT accepted during the netsplit by %v (no registration gate yet, issue 15)", accepted)
+		e.t.Log(e.gap)
+	}
 }
 
 // twin connects id to each of nodes (1-based) at once.
@@ -90,6 +120,13 @@ var scenarios = []scenario{
 		},
 	},
 	{
+		name: "3nodes/isolate-silent", nodes: 3, cuts: Silent,
+		workload: WorkloadOptions{RetainedEvery: 10},
+		script: func(e *env) {
+			e.cutHealed("isolate n3", func() error { return e.lab.Isolate(3) }, nil)
+		},
+	},
+	{
 		name: "3nodes/broken-link", nodes: 3,
 		workload: WorkloadOptions{RetainedEvery: 10},
 		script: func(e *env) {
@@ -100,6 +137,13 @@ var scenarios = []scenario{
 	},
 	{
 		name: "3nodes/asymmetric", nodes: 3,
+		workload: WorkloadOptions{RetainedEvery: 10},
+		script: func(e *env) {
+			e.cutHealed("block n1->n2", func() error { return e.lab.Block(1, 2) }, nil)
+		},
+	},
+	{
+		name: "3nodes/asymmetric-silent", nodes: 3, cuts: Silent,
 		workload: WorkloadOptions{RetainedEvery: 10},
 		script: func(e *env) {
 			e.cutHealed("block n1->n2", func() error { return e.lab.Block(1, 2) }, nil)
@@ -122,6 +166,28 @@ var scenarios = []scenario{
 		},
 	},
 	{
+		// Persistent subscribers reconnect across the split with
+		// messages queued in their sessions: m3 was offline on the
+		// isolated n3 and comes back on n1, m1 was offline on n1 and
+		// comes back on n3; m2 moves within the majority side.
+		name: "3nodes/moving-subscriber", nodes: 3,
+		workload: WorkloadOptions{MovingSubscribers: 3},
+		script: func(e *env) {
+			m1, m2, m3 := e.sub("m1"), e.sub("m2"), e.sub("m3")
+			e.w.Park(m1)
+			e.w.Park(m3)
+			if !e.w.WaitAcked(30, restoreBound) {
+				e.t.Fatalf("no publishes acked within %v", restoreBound)
+			}
+			e.cutHealed("isolate n3", func() error { return e.lab.Isolate(3) }, func() {
+				e.probeGate()
+				e.w.Resume(m3, e.c.Nodes[0])
+				e.w.Resume(m1, e.c.Nodes[2])
+				e.w.Move(m2, e.c.Nodes[0], 300*time.Millisecond)
+			})
+		},
+	},
+	{
 		name: "3nodes/random-allow-publish", nodes: 3,
 		set:      []string{"cluster.allow_publish_during_netsplit=true"},
 		requires: []string{"cluster.allow_publish_during_netsplit"},
@@ -139,7 +205,7 @@ var scenarios = []scenario{
 		},
 	},
 	{
-		name: "5nodes/random", nodes: 5,
+		name: "5nodes/random-silent", nodes: 5, cuts: Silent,
 		workload: WorkloadOptions{RetainedEvery: 10, PublishersPerNode: 1, Roamers: 2},
 		random:   15 * time.Second,
 	},
@@ -180,7 +246,7 @@ func TestPartitionSoak(t *testing.T) {
 	if err := Available(); err != nil {
 		t.Skipf("network namespaces unavailable, partition tests skipped: %v", err)
 	}
-	runScenario(t, scenario{name: "soak", nodes: 5, random: d,
+	runScenario(t, scenario{name: "soak", nodes: 5, random: d, cuts: Silent,
 		workload: WorkloadOptions{RetainedEvery: 10, PublishersPerNode: 1, Roamers: 2}}, baseSeed(t))
 }
 
@@ -207,6 +273,9 @@ func runScenario(t *testing.T, sc scenario, seed uint64) *env {
 	}
 	began := time.Now()
 	lab := NewLab(t, sc.nodes)
+	if err := lab.SetCutMode(sc.cuts); err != nil {
+		t.Fatal(err)
+	}
 	c := StartCluster(t, lab, ClusterOptions{Set: sc.set})
 	sc.workload.Seed = seed
 	w := StartWorkload(t, c, sc.workload)
@@ -259,8 +328,9 @@ func (e *env) cutHealed(desc string, apply func() error, during func()) {
 			t.Errorf("%s: %s within %v", desc, d, detectBound)
 		}
 	}
-	e.detections[desc] = append(e.detections[desc], ds...)
-	t.Logf("%s: detection (silent drops): %s", desc, strings.Join(lines, "; "))
+	kind := desc + ", " + e.lab.CutMode().String()
+	e.detections[kind] = append(e.detections[kind], ds...)
+	t.Logf("%s (%s): detection: %s", desc, e.lab.CutMode(), strings.Join(lines, "; "))
 	if during != nil {
 		during()
 	}
@@ -343,8 +413,14 @@ func (e *env) randomSchedule(d time.Duration) {
 		default:
 			s := e.w.Subs[rng.IntN(len(e.w.Subs))]
 			pause := time.Duration(300+rng.IntN(1200)) * time.Millisecond
-			what = fmt.Sprintf("bounce %s for %v", s.ID, pause)
-			e.w.Bounce(s, pause)
+			if s.Moving {
+				to := e.c.Nodes[rng.IntN(n)]
+				what = fmt.Sprintf("move %s to %s after %v", s.ID, to.Name, pause)
+				e.w.Move(s, to, pause)
+			} else {
+				what = fmt.Sprintf("bounce %s for %v", s.ID, pause)
+				e.w.Bounce(s, pause)
+			}
 		}
 		if err != nil {
 			t.Fatalf("random step %q: %v", what, err)
@@ -390,12 +466,18 @@ func (e *env) finish() {
 		return len(r.Missing) == 0 && connected, ""
 	})
 	t.Logf("history: %s (settled %v after the last heal)", r.Summary(), time.Since(start).Round(time.Millisecond))
-	if !r.OK() {
+	knownGap := false
+	switch {
+	case r.OK():
+	case e.gap != "":
+		knownGap = true
+		t.Logf("checker, KNOWN GAP (%s):\n%s", e.gap, r.Problems(20))
+	default:
 		t.Errorf("checker: %s", r.Problems(20))
 	}
 	for _, s := range w.Subs {
 		if !s.Connected() {
-			t.Errorf("subscriber %s not connected to %s %v after the heal", s.ID, s.Node.Name, settleBound)
+			t.Errorf("subscriber %s not connected to %s %v after the heal", s.ID, s.Node().Name, settleBound)
 		}
 	}
 	// (b) one node per client id, the same in every session table.
@@ -403,7 +485,7 @@ func (e *env) finish() {
 	pinned := map[string]string{}
 	for _, s := range w.Subs {
 		ids = append(ids, s.ID)
-		pinned[s.ID] = s.Node.Name
+		pinned[s.ID] = s.Node().Name // where it connects now
 	}
 	for _, p := range w.pubs {
 		ids = append(ids, p.id)
@@ -459,6 +541,9 @@ func (e *env) finish() {
 	// (d) no node crashed or logged a panic.
 	if err := c.CheckHealth(); err != nil {
 		t.Errorf("node health: %v", err)
+	}
+	if knownGap {
+		t.Skipf("reproduces a known gap, see the checker's report above: %s", e.gap)
 	}
 }
 

@@ -43,6 +43,10 @@ type WorkloadOptions struct {
 	// Roamers: publishers with persistent sessions that move to another
 	// random node every few publishes (the client registry's work).
 	Roamers int
+	// MovingSubscribers: persistent subscribers m<k> on pt/+/<k>/#
+	// (k wrapping over the nodes), starting on node k; Workload.Move
+	// reconnects one on another node (its session moves there).
+	MovingSubscribers int
 	// Seed seeds the roamers' choices.
 	Seed uint64
 }
@@ -101,24 +105,24 @@ func StartWorkload(t testing.TB, c *Cluster, o WorkloadOptions) *Workload {
 			{"a", fmt.Sprintf("pt/+/%d/#", nd.I)},
 			{"b", fmt.Sprintf("pt/+/%d/#", next)},
 		} {
-			sub := &Subscriber{ID: fmt.Sprintf("s%d%s", nd.I, s.suffix), Node: nd, Filter: s.filter, w: w,
-				bounce: make(chan time.Duration, 1), subscribed: make(chan struct{})}
-			w.Subs = append(w.Subs, sub)
-			w.subWG.Add(1)
-			go sub.run()
+			w.addSubscriber(fmt.Sprintf("s%d%s", nd.I, s.suffix), nd, s.filter, false)
 		}
+	}
+	for k := 1; k <= o.MovingSubscribers; k++ {
+		nd := c.Nodes[(k-1)%n]
+		w.addSubscriber(fmt.Sprintf("m%d", k), nd, fmt.Sprintf("pt/+/%d/#", nd.I), true)
 	}
 	deadline := time.After(subscribeBound)
 	for _, s := range w.Subs {
 		select {
 		case <-s.subscribed:
 		case <-deadline:
-			t.Fatalf("subscriber %s on %s not subscribed within %v", s.ID, s.Node.Name, subscribeBound)
+			t.Fatalf("subscriber %s on %s not subscribed within %v", s.ID, s.Node().Name, subscribeBound)
 		}
 	}
 	want := map[string]int{}
 	for _, s := range w.Subs {
-		want[s.Node.Name]++
+		want[s.Node().Name]++
 	}
 	if d, ok := c.Until(subscribeBound, func() (bool, string) {
 		sts, err := c.Statuses()
@@ -147,6 +151,14 @@ func StartWorkload(t testing.TB, c *Cluster, o WorkloadOptions) *Workload {
 			rng: rand.New(rand.NewPCG(rng.Uint64(), uint64(k)))})
 	}
 	return w
+}
+
+func (w *Workload) addSubscriber(id string, nd *Node, filter string, moving bool) {
+	sub := &Subscriber{ID: id, Filter: filter, Moving: moving, node: nd, w: w,
+		bounce: make(chan bounce, 1), resume: make(chan *Node, 1), subscribed: make(chan struct{})}
+	w.Subs = append(w.Subs, sub)
+	w.subWG.Add(1)
+	go sub.run()
 }
 
 func (w *Workload) startPublisher(p *publisher) {
@@ -191,25 +203,67 @@ func (w *Workload) Close() {
 // Bounce disconnects subscriber s and reconnects it (clean start = false)
 // after pause: its session keeps what is published meanwhile.
 func (w *Workload) Bounce(s *Subscriber, pause time.Duration) {
+	w.Move(s, nil, pause)
+}
+
+// Move disconnects subscriber s and, after pause, reconnects it (clean
+// start = false) to node to (nil: the same node): the cluster moves its
+// session there with what was queued.
+func (w *Workload) Move(s *Subscriber, to *Node, pause time.Duration) {
 	select {
-	case s.bounce <- pause:
+	case s.bounce <- bounce{pause: pause, to: to}:
 	default: // a bounce is pending already
 	}
 }
 
-// Subscriber is one persistent subscriber pinned to a node.
+// Park disconnects subscriber s and keeps it offline until Resume: its
+// session queues what is published meanwhile.
+func (w *Workload) Park(s *Subscriber) {
+	select {
+	case s.bounce <- bounce{park: true}:
+	default:
+	}
+}
+
+// Resume reconnects a parked subscriber, to node to (nil: the same
+// node).
+func (w *Workload) Resume(s *Subscriber, to *Node) {
+	select {
+	case s.resume <- to:
+	default:
+	}
+}
+
+type bounce struct {
+	pause time.Duration
+	to    *Node
+	park  bool // offline until Resume
+}
+
+// Subscriber is one persistent subscriber of one filter.
 type Subscriber struct {
 	ID     string
-	Node   *Node
 	Filter string
+	// Moving subscribers may be moved to another node (Workload.Move);
+	// the others stay on theirs.
+	Moving bool
 
 	w          *Workload
-	bounce     chan time.Duration
+	bounce     chan bounce
+	resume     chan *Node
 	subscribed chan struct{}
 	once       sync.Once
 
 	mu        sync.Mutex
+	node      *Node
 	connected bool
+}
+
+// Node is the node the subscriber connects to.
+func (s *Subscriber) Node() *Node {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.node
 }
 
 // Connected reports whether the subscriber is connected now.
@@ -236,11 +290,12 @@ func (s *Subscriber) run() {
 			return
 		default:
 		}
-		cl, ca, err := connect(s.Node, s.ID, first, func(pb *paho.Publish) {
+		node := s.Node()
+		cl, ca, err := connect(node, s.ID, first, func(pb *paho.Publish) {
 			h.AddDelivery(Delivery{Client: s.ID, ID: string(pb.Payload), Topic: pb.Topic, At: time.Now()})
 		})
 		if err != nil {
-			h.AddEvent(Event{At: time.Now(), Client: s.ID, Node: s.Node.I, What: "connect: " + err.Error()})
+			h.AddEvent(Event{At: time.Now(), Client: s.ID, Node: node.I, What: "connect: " + err.Error()})
 			if !sleepOr(s.w.closing, pause) {
 				return
 			}
@@ -250,14 +305,14 @@ func (s *Subscriber) run() {
 		pause = retryMin
 		if !first && haveSub && !ca.SessionPresent {
 			now := time.Now()
-			h.AddEvent(Event{At: now, Client: s.ID, Node: s.Node.I, What: EventSessionLost})
+			h.AddEvent(Event{At: now, Client: s.ID, Node: node.I, What: EventSessionLost})
 			h.EndSubscriptions(s.ID, now)
 			haveSub = false
 		}
 		first = false
 		s.setConnected(true)
 		if !haveSub {
-			haveSub = s.subscribe(cl)
+			haveSub = s.subscribe(cl, node)
 			if haveSub {
 				s.once.Do(func() { close(s.subscribed) })
 			}
@@ -275,11 +330,25 @@ func (s *Subscriber) run() {
 		select {
 		case <-cl.Done():
 			s.setConnected(false)
-			h.AddEvent(Event{At: time.Now(), Client: s.ID, Node: s.Node.I, What: "connection lost"})
-		case d := <-s.bounce:
+			h.AddEvent(Event{At: time.Now(), Client: s.ID, Node: node.I, What: "connection lost"})
+		case b := <-s.bounce:
 			_ = cl.Disconnect(&paho.Disconnect{ReasonCode: 0})
 			s.setConnected(false)
-			if !sleepOr(s.w.closing, d) {
+			if b.park {
+				h.AddEvent(Event{At: time.Now(), Client: s.ID, Node: node.I, What: "parked"})
+				select {
+				case b.to = <-s.resume:
+				case <-s.w.closing:
+					return
+				}
+			}
+			if b.to != nil {
+				s.mu.Lock()
+				s.node = b.to
+				s.mu.Unlock()
+				h.AddEvent(Event{At: time.Now(), Client: s.ID, Node: b.to.I, What: fmt.Sprintf("moving from n%d", node.I)})
+			}
+			if !sleepOr(s.w.closing, b.pause) {
 				return
 			}
 		case <-s.w.closing:
@@ -291,20 +360,20 @@ func (s *Subscriber) run() {
 }
 
 // subscribe subscribes at QoS 1 and records the grant.
-func (s *Subscriber) subscribe(cl *paho.Client) bool {
+func (s *Subscriber) subscribe(cl *paho.Client, node *Node) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), connectTimeout)
 	defer cancel()
 	sa, err := cl.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: s.Filter, QoS: 1}}})
 	now := time.Now()
 	if sa != nil && len(sa.Reasons) == 1 && sa.Reasons[0] < 0x80 {
-		s.w.H.AddSubscription(Subscription{Client: s.ID, Node: s.Node.I, Filter: s.Filter, Acked: now})
+		s.w.H.AddSubscription(Subscription{Client: s.ID, Node: node.I, Filter: s.Filter, Acked: now})
 		return true
 	}
 	what := fmt.Sprintf("subscribe %s: %v", s.Filter, err)
 	if sa != nil && len(sa.Reasons) == 1 {
 		what = fmt.Sprintf("subscribe %s: SUBACK 0x%02x", s.Filter, sa.Reasons[0])
 	}
-	s.w.H.AddEvent(Event{At: now, Client: s.ID, Node: s.Node.I, What: what})
+	s.w.H.AddEvent(Event{At: now, Client: s.ID, Node: node.I, What: what})
 	return false
 }
 
@@ -404,7 +473,7 @@ func connect(node *Node, clientID string, clean bool, onMsg func(*paho.Publish))
 	if err != nil {
 		return nil, nil, err
 	}
-	cfg := paho.ClientConfig{ClientID: clientID, Conn: conn, PacketTimeout: publishTimeout,
+	cfg := paho.ClientConfig{ClientID: clientID, Conn: boundedConn{conn}, PacketTimeout: publishTimeout,
 		OnClientError: func(error) {}, OnServerDisconnect: func(*paho.Disconnect) {}}
 	if onMsg != nil {
 		cfg.OnPublishReceived = []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
@@ -424,6 +493,15 @@ func connect(node *Node, clientID string, clean bool, onMsg func(*paho.Publish))
 		return nil, nil, err
 	}
 	return cl, ca, nil
+}
+
+// boundedConn bounds every write (paho's DISCONNECT and acks have no
+// deadline of their own).
+type boundedConn struct{ net.Conn }
+
+func (c boundedConn) Write(b []byte) (int, error) {
+	_ = c.SetWriteDeadline(time.Now().Add(connectTimeout))
+	return c.Conn.Write(b)
 }
 
 // sleepOr pauses for d unless done closes first; it reports whether the
