@@ -286,6 +286,10 @@ func (n *Node) start(bin, cfgPath string, set []string) error {
 		args = append(args, "--set", s)
 	}
 	n.cmd = exec.Command("ip", args...)
+	// The node reads MENDMQ_* variables as configuration and refuses
+	// unknown keys: the harness's own knobs (MENDMQ_PARTITION_SOAK...)
+	// and a developer's shell must not reach it.
+	n.cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "MENDMQ_") })
 	n.cmd.Stdout, n.cmd.Stderr = lf, lf
 	// ip netns exec execs the node in place: if the test process dies
 	// without its cleanup, the kernel kills the node.

@@ -221,6 +221,7 @@ func TestPartition(t *testing.T) {
 		t.Skip("multi-process partition tests skipped in -short mode")
 	}
 	seed := baseSeed(t)
+	t.Logf("random schedules seeded from %d (%s=%d replays their steps; timing makes each run differ anyway)", seed, SeedEnv, seed)
 	var all []Detection
 	for k, sc := range scenarios {
 		t.Run(sc.name, func(t *testing.T) {
@@ -246,8 +247,10 @@ func TestPartitionSoak(t *testing.T) {
 	if err := Available(); err != nil {
 		t.Skipf("network namespaces unavailable, partition tests skipped: %v", err)
 	}
+	seed := baseSeed(t)
+	t.Logf("seed %d (%s=%d replays the schedule's steps)", seed, SeedEnv, seed)
 	runScenario(t, scenario{name: "soak", nodes: 5, random: d, cuts: Silent,
-		workload: WorkloadOptions{RetainedEvery: 10, PublishersPerNode: 1, Roamers: 2}}, baseSeed(t))
+		workload: WorkloadOptions{RetainedEvery: 10, PublishersPerNode: 1, Roamers: 2}}, seed)
 }
 
 func baseSeed(t *testing.T) uint64 {
@@ -287,7 +290,7 @@ func runScenario(t *testing.T, sc scenario, seed uint64) *env {
 		t.Fatalf("the whole cluster did not ack %d publishes within %v", 20*len(c.Nodes), restoreBound)
 	}
 	if sc.random > 0 {
-		t.Logf("random schedule for %v, seed %d (rerun: %s=%d, the scenario's offset included)", sc.random, seed, SeedEnv, seed)
+		t.Logf("random schedule for %v, seed %d (the base seed plus the scenario's index)", sc.random, seed)
 		e.randomSchedule(sc.random)
 	} else {
 		sc.script(e)

@@ -473,7 +473,7 @@ func connect(node *Node, clientID string, clean bool, onMsg func(*paho.Publish))
 	if err != nil {
 		return nil, nil, err
 	}
-	cfg := paho.ClientConfig{ClientID: clientID, Conn: boundedConn{conn}, PacketTimeout: publishTimeout,
+	cfg := paho.ClientConfig{ClientID: clientID, Conn: boundedConn{conn, new(sync.Mutex)}, PacketTimeout: publishTimeout,
 		OnClientError: func(error) {}, OnServerDisconnect: func(*paho.Disconnect) {}}
 	if onMsg != nil {
 		cfg.OnPublishReceived = []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
@@ -496,8 +496,14 @@ func connect(node *Node, clientID string, clean bool, onMsg func(*paho.Publish))
 }
 
 // boundedConn bounds every write (paho's DISCONNECT and acks have no
-// deadline of their own).
-type boundedConn struct{ net.Conn }
+// deadline of their own). paho writes a packet as several buffers, in
+// one writev only on a bare *net.TCPConn; on a wrapper it locks the conn
+// if it is a sync.Locker, else the pinger's PINGREQ can land inside
+// another packet (seen: a PUBLISH payload starting with C0 00).
+type boundedConn struct {
+	net.Conn
+	*sync.Mutex
+}
 
 func (c boundedConn) Write(b []byte) (int, error) {
 	_ = c.SetWriteDeadline(time.Now().Add(connectTimeout))
