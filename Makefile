@@ -6,7 +6,7 @@ LDFLAGS := -s -w -X github.com/mendmq/mendmq/broker.Version=$(VERSION)
 # The whole suite must stay under 15 minutes on 2 cores (CI allows 90).
 TEST_TIMEOUT ?= 14m
 
-.PHONY: all build run test test-short vet fmt-check bench bench-cluster bench-go cluster policies policies-check clean
+.PHONY: all build run test test-short test-partition vet fmt-check bench bench-cluster bench-go cluster policies policies-check clean
 
 all: build
 
@@ -21,6 +21,11 @@ run: build
 test: vet fmt-check
 	$(GO) test -race -timeout $(TEST_TIMEOUT) ./...
 	cd sdk && $(GO) test -race ./...
+
+## test-partition: only the network-namespace partition tests, verbosely (root and iproute2, else they skip saying what is missing): real nodes in namespaces cut and healed, checked against the recorded history. MENDMQ_PARTITION_SEED=N replays the random schedules, MENDMQ_PARTITION_SOAK=10m adds a long random run
+PARTITION_TIMEOUT ?= 30m
+test-partition:
+	$(GO) test -race -count=1 -v -timeout $(PARTITION_TIMEOUT) ./broker/partitiontests/
 
 test-short:
 	$(GO) test -short ./...
