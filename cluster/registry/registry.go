@@ -48,8 +48,12 @@ type Broker interface {
 
 // Members is what registration needs from the members view.
 type Members interface {
+	// Alive lists the members that may lead: alive and reachable.
 	Alive() []string
 	State(name string) (membership.State, bool)
+	// Reachable reports whether a netsplit keeps member name out of
+	// reach.
+	Reachable(name string) bool
 }
 
 // Caller is what registration needs from the data plane.
@@ -164,6 +168,13 @@ func (r *Registry) lead(ctx context.Context, c claim) (Takeover, error) {
 	}
 	if s, known := r.members.State(owner); !known || s == membership.Dead || s == membership.Left {
 		r.log.Info("previous session's node is gone; session not moved", "client", c.ClientID, "node", owner)
+		return Takeover{}, nil
+	}
+	if owner != r.cfg.Node && !r.members.Reachable(owner) {
+		// Only while registering during a netsplit is allowed: the
+		// client starts a session on this side; the two sessions are
+		// reconciled when the network heals.
+		r.log.Warn("previous session's node is unreachable (netsplit); session not moved", "client", c.ClientID, "node", owner)
 		return Takeover{}, nil
 	}
 	r.takeovers.Add(1)
