@@ -10,15 +10,17 @@ import (
 )
 
 // Lineage identifies where a node's map data come from, and how big that
-// cluster was. A new node starts a lineage of its own (a random hash,
+// cluster is. A new node starts a lineage of its own (a random hash,
 // size 1). A side of a split starts one when it loses members: its hash is
 // a function of the whole cluster's lineage and of the side's members (so
 // every node of the side computes the same), its size the side's. When a
 // node meets a member of another lineage, the smaller lineage (fewer
 // members, then the smaller hash) merges into the bigger and takes its
-// lineage. A lineage grows with the members that join it or merge into
-// it: a bigger lineage only gets bigger, so both nodes of a pair decide the
-// same whichever asks first.
+// lineage as that side reported it. A lineage grows only with the members
+// its nodes take into their tables, which they do once those members
+// report the same lineage (see planHeal): so a node never reports a size
+// its lineage's own nodes do not have, each node's lineage only grows,
+// and both nodes of a pair decide the same whichever asks first.
 type Lineage struct {
 	Hash uint64
 	Size int
@@ -47,16 +49,69 @@ func splitLineage(base uint64, members []string) uint64 {
 	return h.Sum64()
 }
 
-// side is what another node said of its map data.
+// side is what another node said of its map data: its lineage and the
+// members of its table (all of that lineage, see planHeal).
 type side struct {
 	lineage Lineage
 	members []string
 	data    bool
 }
 
-// reconcile adopts the table of the alive members, merging into another
-// side first if the newcomers' data have another lineage and their side
-// is bigger.
+// healPlan is what a node does with the members it sees.
+type healPlan struct {
+	// winner is the bigger side to merge into first; nil: none.
+	winner *side
+	// members are the next table's, sorted.
+	members []string
+}
+
+// planHeal decides, from the alive members, the current table's members
+// cur and what the newcomers (alive, not in cur) said of their lineage
+// (sides; a newcomer that did not answer is absent), which side this node
+// merges into, if any, and who is in its next table.
+//
+// A table holds only members of the node's lineage: a newcomer of a
+// smaller lineage is left out until it has merged into this one (it
+// reports this lineage then). Were it taken in before, its partitions in
+// this side's table would point at a node holding none of this side's
+// data, and a node merging into this side would pull them from it — and
+// recreate them empty, losing this side's entries. A node that merges
+// takes into its table the bigger side's members and the newcomers that
+// already merged into it, not its own former side: those follow when they
+// have merged too.
+func planHeal(self string, mine Lineage, cur, alive []string, sides map[string]side) healPlan {
+	var winner *side
+	for _, n := range alive {
+		s, ok := sides[n]
+		if !ok || slices.Contains(cur, n) || s.lineage.Hash == mine.Hash {
+			continue
+		}
+		if mine.less(s.lineage) && (winner == nil || winner.lineage.less(s.lineage)) {
+			winner = &s
+		}
+	}
+	var members []string
+	for _, n := range alive {
+		s, answered := sides[n]
+		switch {
+		case n == self:
+		case winner != nil:
+			if !slices.Contains(winner.members, n) && !(answered && s.lineage.Hash == winner.lineage.Hash) {
+				continue
+			}
+		case slices.Contains(cur, n):
+		case !answered || s.lineage.Hash != mine.Hash:
+			continue
+		}
+		members = append(members, n)
+	}
+	slices.Sort(members)
+	return healPlan{winner: winner, members: members}
+}
+
+// reconcile adopts the table of the alive members of this node's
+// lineage, merging into another side first if a newcomer's lineage is
+// bigger (planHeal).
 func (m *Maps) reconcile(ctx context.Context, split bool) {
 	alive := m.stableAlive(time.Now())
 	m.mu.Lock()
@@ -68,9 +123,9 @@ func (m *Maps) reconcile(ctx context.Context, split bool) {
 	if slices.Equal(alive, cur.Members) {
 		return
 	}
-	// The lineages of the newcomers: a newcomer that does not answer is
-	// left out of the table until it does (the next round).
-	var winner *side
+	// The lineages of the newcomers, asked again every round until they
+	// are in the table.
+	sides := map[string]side{}
 	for _, n := range alive {
 		if slices.Contains(cur.Members, n) {
 			continue
@@ -84,35 +139,34 @@ func (m *Maps) reconcile(ctx context.Context, split bool) {
 		}
 		if err != nil {
 			m.log.Debug("map lineage of a new member unknown; not in the table yet", "peer", n, "error", err)
-			alive = slices.DeleteFunc(alive, func(a string) bool { return a == n })
 			continue
 		}
-		if s.lineage.Hash == mine.Hash {
-			continue
-		}
-		if mine.less(s.lineage) && (winner == nil || winner.lineage.less(s.lineage)) {
-			winner = &s
-		}
+		sides[n] = s
 	}
-	if winner != nil {
-		m.mergeInto(ctx, *winner, alive)
+	plan := planHeal(m.cfg.Node, mine, cur.Members, alive, sides)
+	if plan.winner != nil {
+		m.mergeInto(ctx, *plan.winner, plan.members)
 		return
+	}
+	if slices.Equal(plan.members, cur.Members) {
+		return // only newcomers that have not merged into this side yet
 	}
 	m.mu.Lock()
 	prev := m.table
 	switch {
-	case split && len(alive) < len(cur.Members):
+	case split && len(plan.members) < len(cur.Members):
 		// Members lost in a netsplit: this side's data are a lineage of
 		// their own now.
-		m.lineage = Lineage{Hash: splitLineage(m.base, alive), Size: len(alive)}
-	case len(alive) > m.lineage.Size:
-		// Grown: by members of its lineage, or by smaller ones that merge
-		// into it (a bigger lineage only grows bigger, so every node of
-		// a smaller one still decides to merge).
-		m.lineage.Size = len(alive)
+		m.lineage = Lineage{Hash: splitLineage(m.base, plan.members), Size: len(plan.members)}
+	case len(plan.members) > m.lineage.Size:
+		// Grown by members of its lineage (newcomers that merged into it
+		// included).
+		m.lineage.Size = len(plan.members)
 	}
+	next := partition.Compute(plan.members, m.cfg.PartitionCount, m.cfg.MaxBackups)
+	work := m.planLocked(next, prev, false)
 	m.mu.Unlock()
-	m.adopt(ctx, partition.Compute(alive, m.cfg.PartitionCount, m.cfg.MaxBackups), prev, false)
+	m.start(ctx, work)
 }
 
 // stableAlive is the view's alive members plus those of the table gone

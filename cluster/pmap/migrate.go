@@ -66,20 +66,31 @@ func (m *Maps) Run(ctx context.Context, split func() bool) {
 // over as owner (see Store.Floor).
 func (m *Maps) seqFloor() uint64 { return uint64(max(m.now(), 0)) << 20 }
 
-// adopt makes next the table: promotions at once, pulls and backup copies
-// after. wiped means this node dropped its data (merging into another
-// side): it holds no copy, whatever its previous role.
-func (m *Maps) adopt(ctx context.Context, next, prev partition.Table, wiped bool) {
+// work is what a new table leaves to do in the background.
+type work struct {
+	members             int
+	pulls               []*pull
+	pushes, backupPulls []partition.ID
+}
+
+// planLocked makes next the table: promotions at once; the pulls and
+// backup copies it returns are for start. wiped means this node dropped
+// its data (merging into another side): it holds no copy, whatever its
+// previous role. m.mu is held: the table, the partitions' states and
+// their pulls change together, so no operation, pull or merge sees one
+// without the others.
+func (m *Maps) planLocked(next, prev partition.Table, wiped bool) work {
 	self := m.cfg.Node
-	var pulls []pull
-	var pushes, backupPulls []partition.ID
-	m.mu.Lock()
+	var w work
 	cur := m.table
 	for i := range m.cfg.PartitionCount {
 		p := partition.ID(i)
 		was, now := cur.Role(p, self), next.Role(p, self)
 		if wiped {
 			was = partition.None
+		}
+		if now != partition.Owner {
+			m.pulls[p] = nil // a pull under way stops: not wanted any more
 		}
 		switch now {
 		case partition.Owner:
@@ -89,16 +100,16 @@ func (m *Maps) adopt(ctx context.Context, next, prev partition.Table, wiped bool
 				// while this node waits for the partition).
 			case was == partition.Owner && m.state[p] == stActive:
 				if !slices.Equal(cur.Backups(p), next.Backups(p)) {
-					pushes = append(pushes, p)
+					w.pushes = append(w.pushes, p)
 				}
 			case was == partition.Backup && m.full[p] && (prev.Owner(p) == "" || !slices.Contains(next.Members, prev.Owner(p))):
 				// The owner is gone: the backup takes over.
 				m.state[p] = stActive
 				m.store.Floor(p, m.seqFloor())
 				m.stats.Promotions.Add(1)
-				pushes = append(pushes, p)
+				w.pushes = append(w.pushes, p)
 			case prev.Owner(p) == self && !wiped && m.state[p] == stActive && m.full[p]:
-				pushes = append(pushes, p)
+				w.pushes = append(w.pushes, p)
 			default:
 				var src []string
 				if m.state[p] == stHanded && m.handedTo[p] != "" && m.handedTo[p] != self {
@@ -112,7 +123,11 @@ func (m *Maps) adopt(ctx context.Context, next, prev partition.Table, wiped bool
 						src = append(src, s)
 					}
 				}
-				pulls = append(pulls, pull{p: p, sources: src, patient: wiped})
+				// This pull replaces any under way: a pull planned
+				// before a merge asks the side this node left.
+				pl := &pull{p: p, sources: src, patient: wiped, epoch: m.epoch}
+				m.pulls[p] = pl
+				w.pulls = append(w.pulls, pl)
 			}
 		case partition.Backup:
 			// Its owner rewrites the copy (pushCopies); one that does not
@@ -120,7 +135,7 @@ func (m *Maps) adopt(ctx context.Context, next, prev partition.Table, wiped bool
 			// have come before this node saw itself as a backup).
 			m.state[p] = stActive
 			if !m.full[p] {
-				backupPulls = append(backupPulls, p)
+				w.backupPulls = append(w.backupPulls, p)
 			}
 		case partition.None:
 			if m.state[p] == stMigrating {
@@ -135,19 +150,23 @@ func (m *Maps) adopt(ctx context.Context, next, prev partition.Table, wiped bool
 		}
 	}
 	m.table = next
-	m.mu.Unlock()
-	if len(pulls) > 0 || len(pushes) > 0 {
-		m.log.Info("map partitions rebalanced", "members", len(next.Members), "pulls", len(pulls), "backup_rewrites", len(pushes))
+	w.members = len(next.Members)
+	return w
+}
+
+// start runs a new table's pulls and copies in the background: a slow
+// source must not hold up the next membership change (install checks
+// that the pull is still wanted).
+func (m *Maps) start(ctx context.Context, w work) {
+	if len(w.pulls) > 0 || len(w.pushes) > 0 {
+		m.log.Info("map partitions rebalanced", "members", w.members, "pulls", len(w.pulls), "backup_rewrites", len(w.pushes))
 	}
-	// Pulls and copies run in the background: a slow source must not
-	// hold up the next membership change (install checks that the pull
-	// is still wanted).
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
-		m.runPulls(ctx, pulls)
-		m.pushCopies(ctx, pushes)
-		m.fetchBackups(ctx, backupPulls)
+		m.runPulls(ctx, w.pulls)
+		m.pushCopies(ctx, w.pushes)
+		m.fetchBackups(ctx, w.backupPulls)
 		m.dropUnowned()
 	}()
 }
