@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/mendmq/mendmq/cluster/durable"
 	"github.com/mendmq/mendmq/cluster/pmap"
 	"github.com/mendmq/mendmq/cluster/routes"
 )
@@ -33,6 +34,10 @@ func (n *Node) SessionNode(clientID string) (string, bool) { return n.sessions.N
 // seeds. A restarted node's restored sessions are checked against the
 // session table only then (a session may have moved meanwhile).
 func (n *Node) Synced() <-chan struct{} { return n.repl.Synced() }
+
+// Durable is the cluster's storage file (cluster.storage_path, the
+// broker's storage.path + ".cluster"); nil without one.
+func (n *Node) Durable() *durable.DB { return n.disk }
 
 // PutRetained sets the retained message of topic.
 func (n *Node) PutRetained(topic string, m RetainedMessage, now time.Time) {
