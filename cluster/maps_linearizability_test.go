@@ -1,10 +1,13 @@
 package cluster_test
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -157,7 +160,7 @@ func TestMapLinearizable(t *testing.T) {
 					out, ret = kvOutput{unknown: true}, math.MaxInt64
 				}
 				mu.Lock()
-				history = append(history, porcupine.Operation{ClientId: c, Input: in, Call: call, Output: out, Return: ret})
+				history = append(history, porcupine.Operation{ClientId: c, Input: in, Call: call, Output: out, Return: ret, Metadata: n.Name()})
 				mu.Unlock()
 			}
 		}()
@@ -165,6 +168,7 @@ func TestMapLinearizable(t *testing.T) {
 
 	// A member joins: partitions migrate to it while clients run.
 	time.Sleep(500 * time.Millisecond)
+	joined := now()
 	n4, _ := startNode(t, nw, "n4", seed, nil)
 	waitFor(t, 20*time.Second, "n4's partitions to migrate", settled(append(nodes, n4)...))
 	mu.Lock()
@@ -202,11 +206,20 @@ func TestMapLinearizable(t *testing.T) {
 	case porcupine.Unknown:
 		t.Fatalf("linearizability check timed out on %d operations", len(history))
 	default:
-		path := t.TempDir() + "/history.html"
-		if err := porcupine.VisualizePath(kvModel, info, path); err != nil {
+		// Kept after the test (not in t.TempDir): the evidence.
+		f, err := os.CreateTemp("", "mendmq-map-history-*.html")
+		if err == nil {
+			err = porcupine.Visualize(kvModel, info, f)
+			_ = f.Close()
+		}
+		if err != nil {
 			t.Logf("visualize: %v", err)
 		}
-		t.Fatalf("map history is not linearizable; see %s", path)
+		for _, st := range staleReads(history, 5) {
+			t.Log(st)
+		}
+		t.Logf("n4 joined at %v, n2 left at %v", time.Duration(joined), time.Duration(left))
+		t.Fatalf("map history is not linearizable; see %s", f.Name())
 	}
 }
 
@@ -233,4 +246,78 @@ func TestKVModel(t *testing.T) {
 			t.Errorf("%s: linearizable %v, want %v", c.name, got, c.want)
 		}
 	}
+}
+
+// staleReads finds, to explain a failed check, up to limit reads that
+// returned a value overwritten before they began (the put of the value
+// returned before another write began, which returned before the read),
+// or nothing though a put returned before they began and no delete
+// overlapped the two.
+func staleReads(history []porcupine.Operation, limit int) []string {
+	type writes struct {
+		ops     []porcupine.Operation // puts and deletes by Return
+		maxCall []int64               // max Call of ops[:i+1]
+	}
+	byKey := map[string]*writes{}
+	puts := map[string]porcupine.Operation{} // value -> its put
+	for _, op := range history {
+		in := op.Input.(kvInput)
+		if in.op == "put" {
+			puts[in.value] = op
+		}
+		if in.op != "get" && !op.Output.(kvOutput).unknown {
+			w := byKey[in.key]
+			if w == nil {
+				w = &writes{}
+				byKey[in.key] = w
+			}
+			w.ops = append(w.ops, op)
+		}
+	}
+	for _, w := range byKey {
+		slices.SortFunc(w.ops, func(a, b porcupine.Operation) int { return cmp.Compare(a.Return, b.Return) })
+		var m int64
+		for _, op := range w.ops {
+			m = max(m, op.Call)
+			w.maxCall = append(w.maxCall, m)
+		}
+	}
+	describe := func(op porcupine.Operation) string {
+		in := op.Input.(kvInput)
+		return fmt.Sprintf("%s %s %q on %v [%v, %v]", in.op, in.key, in.value, op.Metadata, time.Duration(op.Call), time.Duration(op.Return))
+	}
+	var out []string
+	for _, r := range history {
+		in, o := r.Input.(kvInput), r.Output.(kvOutput)
+		w := byKey[in.key]
+		if w == nil || o.unknown || (in.op != "get" && (in.op != "delete" || o.found)) {
+			continue
+		}
+		// The writes that returned before r began: w.ops[:k].
+		k, _ := slices.BinarySearchFunc(w.ops, r.Call, func(op porcupine.Operation, t int64) int { return cmp.Compare(op.Return, t) })
+		if k == 0 {
+			continue
+		}
+		if o.found {
+			src := puts[o.value]
+			if w.maxCall[k-1] > src.Return {
+				out = append(out, fmt.Sprintf("%s returned %q (%s), overwritten before it began", describe(r), o.value, describe(src)))
+			}
+		} else if last := w.ops[k-1]; last.Input.(kvInput).op == "put" {
+			overlapped := false
+			for _, d := range w.ops {
+				if d.Input.(kvInput).op == "delete" && d.Call < r.Return && d.Return > last.Call {
+					overlapped = true
+					break
+				}
+			}
+			if !overlapped {
+				out = append(out, fmt.Sprintf("%s found nothing after %s", describe(r), describe(last)))
+			}
+		}
+		if len(out) >= limit {
+			break
+		}
+	}
+	return out
 }

@@ -382,6 +382,7 @@ func (n *Node) Stop() error {
 			// Let the last replication deltas (sessions closed by the
 			// shutdown) reach peers before the connections close.
 			n.flushQueues(time.Second)
+			n.maps.Leaving()
 			if lerr := n.ml.Leave(leaveBroadcastTimeout); lerr != nil {
 				// Not a failed shutdown: the peers are shutting down
 				// too (a whole cluster stopped at once), or cut off.

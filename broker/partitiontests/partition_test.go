@@ -198,7 +198,18 @@ var scenarios = []scenario{
 			e.cutHealed("partition n1,n2|n3,n4,n5", func() error { return e.lab.Partition([]int{1, 2}, []int{3, 4, 5}) }, func() {
 				e.w.Bounce(e.sub("s1a"), 500*time.Millisecond)
 				e.w.Bounce(e.sub("s4a"), 500*time.Millisecond)
+				e.mapWrites()
 			})
+			// The small side's map entries merged into the big side
+			// through the default policy (latestupdate): the later
+			// write wins, entries written on one side only stay.
+			want := map[string]string{}
+			for i := range 15 {
+				want[fmt.Sprint("k", i)] = map[bool]string{true: "small", false: "big"}[i < 5]
+			}
+			if err := e.c.CheckMap("pt", want, tablesBound); err != nil {
+				e.t.Error(err)
+			}
 		},
 	},
 	{
@@ -298,6 +309,22 @@ func runScenario(t *testing.T, sc scenario, seed uint64) *env {
 	}
 	t.Logf("scenario took %v", time.Since(began).Round(time.Millisecond))
 	return e
+}
+
+// mapWrites writes map "pt" on both sides of the 2|3 split: k0-k9
+// "small" on n1, then k5-k14 "big" on n3.
+func (e *env) mapWrites() {
+	for i := range 10 {
+		if err := e.c.PutMap(e.c.Nodes[0], "pt", fmt.Sprint("k", i), "small"); err != nil {
+			e.t.Errorf("small side: %v", err)
+		}
+	}
+	time.Sleep(10 * time.Millisecond) // later updates, by the clock latestupdate compares
+	for i := 5; i < 15; i++ {
+		if err := e.c.PutMap(e.c.Nodes[2], "pt", fmt.Sprint("k", i), "big"); err != nil {
+			e.t.Errorf("big side: %v", err)
+		}
+	}
 }
 
 func (e *env) sub(id string) *Subscriber {
