@@ -83,18 +83,27 @@ type fakeCluster struct {
 	finish      []byte // what FinishTakeover returns
 	registerErr error
 	forwardErr  error
+	split       bool // Split's answer
 	appendErr   error
 	forwarded   []uint64 // ids of Forward calls
 	appended    [][]byte // AppendSession calls
 }
 
-func (f *fakeCluster) Name() string                                                       { return "n2" }
-func (f *fakeCluster) PutSession(string, routes.SessionRecord)                            {}
-func (f *fakeCluster) DeleteSession(string)                                               {}
-func (f *fakeCluster) PutRetained(string, cluster.RetainedMessage, time.Time)             {}
-func (f *fakeCluster) DeleteRetained(string, time.Time)                                   {}
-func (f *fakeCluster) Synced() <-chan struct{}                                            { return nil }
-func (f *fakeCluster) SessionNode(string) (string, bool)                                  { return "", false }
+func (f *fakeCluster) Name() string                                           { return "n2" }
+func (f *fakeCluster) PutSession(string, routes.SessionRecord)                {}
+func (f *fakeCluster) DeleteSession(string)                                   {}
+func (f *fakeCluster) PutRetained(string, cluster.RetainedMessage, time.Time) {}
+func (f *fakeCluster) DeleteRetained(string, time.Time)                       {}
+func (f *fakeCluster) Synced() <-chan struct{}                                { return nil }
+func (f *fakeCluster) SessionNode(string) (string, bool)                      { return "", false }
+func (f *fakeCluster) SessionRecord(string) (routes.SessionRecord, bool) {
+	return routes.SessionRecord{}, false
+}
+func (f *fakeCluster) Split() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.split
+}
 func (f *fakeCluster) PutSessionSync(context.Context, string, routes.SessionRecord) error { return nil }
 
 func (f *fakeCluster) Register(context.Context, string, bool) (cluster.Takeover, error) {
