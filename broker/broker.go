@@ -22,6 +22,7 @@ import (
 	"github.com/mendmq/mendmq/broker/auth"
 	"github.com/mendmq/mendmq/broker/clusterhook"
 	"github.com/mendmq/mendmq/broker/config"
+	"github.com/mendmq/mendmq/broker/gate"
 	"github.com/mendmq/mendmq/broker/listener"
 	"github.com/mendmq/mendmq/broker/metrics"
 	"github.com/mendmq/mendmq/broker/mochix"
@@ -30,6 +31,7 @@ import (
 	"github.com/mendmq/mendmq/broker/reserved"
 	"github.com/mendmq/mendmq/broker/storage"
 	"github.com/mendmq/mendmq/cluster"
+	"github.com/mendmq/mendmq/cluster/netsplit"
 	"github.com/mendmq/mendmq/cluster/pmap"
 	"github.com/mendmq/mendmq/plugins"
 )
@@ -54,6 +56,7 @@ type Broker struct {
 	auth     *auth.Hook
 	refuse   *refuse.Refuser
 	reserved *reserved.Hook
+	gate     *gate.Hook
 	quirks   *quirks.Hook
 	// operatorMu serializes the admin API's publishes through the
 	// reserved operator client (retained deletes).
@@ -64,7 +67,10 @@ type Broker struct {
 	policies   *plugins.Registry
 	reload     atomic.Pointer[func() error] // re-reads the configuration sources (serve sets it)
 	started    atomic.Bool
-	stopping   atomic.Bool
+	// The hot netsplit settings (applyNetsplitConfig).
+	readyzSplit  atomic.Bool
+	netsplitMode atomic.Value // string
+	stopping     atomic.Bool
 }
 
 // New assembles a node from a validated configuration. Nothing binds until
@@ -99,6 +105,8 @@ func New(cfg config.Config, log *slog.Logger) (*Broker, error) {
 		InlineClient:           true,
 	})
 	b := &Broker{cfg: cfg, log: log, baseLog: base, server: server, registry: prometheus.NewRegistry()}
+	b.readyzSplit.Store(cfg.Cluster.ReadyzDuringNetsplit)
+	b.netsplitMode.Store(cfg.Cluster.NetsplitMode)
 	b.metrics = metrics.New(server.Info)
 	b.registry.MustRegister(b.metrics, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
@@ -162,6 +170,17 @@ func (b *Broker) addHooks() error {
 	if err := b.server.AddHook(b.reserved, nil); err != nil {
 		return fmt.Errorf("add reserved-namespace hook: %w", err)
 	}
+	// Then the netsplit gate (connected to the cluster in addCluster): a
+	// refused operation must reach neither the cluster hooks nor storage.
+	b.gate = gate.New(gate.Options{
+		Refuse:  b.refuse,
+		Refused: b.metrics.Refused,
+		Passes:  func(cl *mqtt.Client) bool { return cl == b.reserved.Operator() },
+	}, allowDuringNetsplit(b.cfg.Cluster))
+	if err := b.server.AddHook(b.gate, nil); err != nil {
+		return fmt.Errorf("add netsplit gate: %w", err)
+	}
+	b.registry.MustRegister(b.gate.Collector())
 	users := map[string]string{}
 	for _, u := range b.cfg.Auth.Users {
 		users[u.Username] = u.PasswordHash
@@ -259,6 +278,7 @@ func (b *Broker) addCluster() error {
 	}
 	b.node = node
 	b.chook.SetCluster(node)
+	b.gate.SetState(node)
 	for _, h := range b.chook.List() {
 		if err := b.server.AddHook(h, nil); err != nil {
 			return fmt.Errorf("add cluster hook %s: %w", h.ID(), err)
@@ -285,18 +305,51 @@ func (b *Broker) Reconfigure(cfg config.Config) error {
 	if err := b.policies.Apply(cfg.Plugins); err != nil {
 		return fmt.Errorf("apply merge policies: %w", err)
 	}
+	b.applyNetsplitConfig(cfg.Cluster)
 	old, next := b.cfg, cfg
 	old.Plugins, next.Plugins = plugins.Config{}, plugins.Config{}
-	old.Cluster.Logger, next.Cluster.Logger = nil, nil
-	old.Cluster.Merger, next.Cluster.Merger = nil, nil
-	old.Cluster.MapConfig, next.Cluster.MapConfig = nil, nil
-	old.Cluster.Transport, next.Cluster.Transport = nil, nil
-	old.Cluster.DataNetwork, next.Cluster.DataNetwork = nil, nil
+	for _, c := range []*cluster.Config{&old.Cluster, &next.Cluster} {
+		c.Logger, c.Merger, c.MapConfig, c.Transport, c.DataNetwork = nil, nil, nil, nil, nil
+		c.NetsplitMode, c.ReadyzDuringNetsplit = "", false
+		c.AllowRegisterDuringNetsplit, c.AllowPublishDuringNetsplit = false, false
+		c.AllowSubscribeDuringNetsplit, c.AllowUnsubscribeDuringNetsplit = false, false
+	}
 	if fmt.Sprintf("%+v", old) != fmt.Sprintf("%+v", next) {
-		b.log.Warn("configuration changed outside the merge policies; those changes take effect after a restart")
+		b.log.Warn("configuration changed outside the merge policies and the netsplit settings; those changes take effect after a restart")
 	}
 	b.log.Info("configuration reloaded")
 	return nil
+}
+
+// applyNetsplitConfig applies the hot netsplit settings: the gate's four
+// switches, cluster.netsplit_mode and cluster.readyz_during_netsplit.
+func (b *Broker) applyNetsplitConfig(c cluster.Config) {
+	was := b.gate.Allowed()
+	now := allowDuringNetsplit(c)
+	if was != now {
+		b.gate.SetAllow(now)
+		b.log.Info("netsplit gate switches changed", "allow_register", now.Register, "allow_publish", now.Publish,
+			"allow_subscribe", now.Subscribe, "allow_unsubscribe", now.Unsubscribe)
+	}
+	b.readyzSplit.Store(c.ReadyzDuringNetsplit)
+	if b.node != nil && c.NetsplitMode != b.netsplitMode.Load().(string) {
+		mode, err := netsplit.ParseMode(c.NetsplitMode)
+		if err == nil { // validated with the configuration
+			b.node.SetNetsplitMode(mode)
+			b.netsplitMode.Store(c.NetsplitMode)
+			b.log.Info("netsplit mode changed", "mode", c.NetsplitMode)
+		}
+	}
+}
+
+// allowDuringNetsplit reads the gate's switches from the configuration.
+func allowDuringNetsplit(c cluster.Config) gate.Allow {
+	return gate.Allow{
+		Register:    c.AllowRegisterDuringNetsplit,
+		Publish:     c.AllowPublishDuringNetsplit,
+		Subscribe:   c.AllowSubscribeDuringNetsplit,
+		Unsubscribe: c.AllowUnsubscribeDuringNetsplit,
+	}
 }
 
 // Cluster is the cluster node, or nil when cluster.enabled is false.
@@ -359,6 +412,10 @@ func (b *Broker) Ready() error {
 		return errors.New("shutting down")
 	case !b.started.Load():
 		return errors.New("starting")
+	case b.node != nil && !b.readyzSplit.Load() && b.node.Gated():
+		// cluster.readyz_during_netsplit: false takes a gated node out
+		// of a load balancer's rotation.
+		return errors.New("in a netsplit (cluster.readyz_during_netsplit is false)")
 	}
 	return nil
 }

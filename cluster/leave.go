@@ -3,7 +3,10 @@ package cluster
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
+
+	"github.com/mendmq/mendmq/cluster/membership"
 )
 
 // Join contacts seeds (gossip host:port) and returns how many answered.
@@ -96,13 +99,18 @@ func (n *Node) detach() {
 	n.registry.ForgetOthers()
 }
 
+// CallForget asks a peer to forget a member too (member name -> empty).
+const CallForget uint8 = 18
+
 // Forget drops a failed or stopped member for good, on the operator's
 // word that it will not come back (`mendmq ctl cluster forget`): this
-// node no longer lists or re-joins it, and deletes its session records
-// from the replicated table, waiting up to timeout until every alive
-// peer has applied that. Then no node routes to it, so QoS 1/2
-// publishes matching its former sessions are accepted again. Other nodes
-// keep listing the member as failed until their own reconnect_timeout.
+// node and every alive peer it reaches no longer list or re-join it (so
+// none of them stays in a netsplit for it), and its session records are
+// deleted from the replicated table, waiting up to timeout until every
+// alive peer has applied that. Then no node routes to it, so QoS 1/2
+// publishes matching its former sessions are accepted again. A peer that
+// could not forget it (unreachable, or still seeing it alive) is named in
+// the Warnings; forget it there too.
 func (n *Node) Forget(name string, timeout time.Duration) (Withdrawal, error) {
 	if n.ml == nil || !n.running.Load() {
 		return Withdrawal{}, ErrNotRunning
@@ -124,7 +132,31 @@ func (n *Node) Forget(name string, timeout time.Duration) (Withdrawal, error) {
 	n.withdrawMu.Unlock()
 	ctx, cancel := context.WithTimeout(n.ctx, timeout)
 	defer cancel()
-	w := Withdrawal{Node: name, Sessions: k, Unconfirmed: n.repl.ReplicateSync(ctx, n.view.AlivePeers(), ds)}
-	n.log.Info("forgot member and deleted its session records", "peer", name, "sessions", k, "unconfirmed", w.Unconfirmed)
+	peers := n.view.AlivePeers()
+	w := Withdrawal{Node: name, Sessions: k, Unconfirmed: n.repl.ReplicateSync(ctx, peers, ds)}
+	for _, p := range peers {
+		if _, err := n.dp.Call(ctx, p, CallForget, []byte(name)); err != nil {
+			w.Warnings = append(w.Warnings, fmt.Sprintf("%s did not forget %s: %v", p, name, err))
+		}
+	}
+	n.log.Info("forgot member and deleted its session records", "peer", name, "sessions", k,
+		"unconfirmed", w.Unconfirmed, "warnings", w.Warnings)
 	return w, nil
+}
+
+// handleForget forgets a member another node's operator forgot. A
+// member this node no longer knows is forgotten already.
+func (n *Node) handleForget(from string, payload []byte) ([]byte, error) {
+	name := string(payload)
+	if n.ml == nil {
+		return nil, ErrNotRunning
+	}
+	if name == n.name {
+		return nil, errors.New("cluster: asked to forget this node")
+	}
+	if err := n.ml.Forget(name); err != nil && !errors.Is(err, membership.ErrUnknownMember) {
+		return nil, err
+	}
+	n.log.Info("forgot member on a peer's word", "peer", name, "from", from)
+	return nil, nil
 }

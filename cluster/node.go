@@ -98,6 +98,9 @@ type (
 var (
 	// ErrUnreachable: a node with matching subscribers is not reachable.
 	ErrUnreachable = router.ErrUnreachable
+	// ErrHoldFull: ForwardHold could not hold a publish for an
+	// unreachable node, its queue is full (cluster.netsplit_queue_*).
+	ErrHoldFull = outbox.ErrFull
 	// ErrNotRunning: the node is stopped.
 	ErrNotRunning = errors.New("cluster: not running")
 	// ErrLeft: the node left the cluster (Leave) and runs alone until it
@@ -208,7 +211,7 @@ func New(name string, cfg Config, broker Broker) (*Node, error) {
 		return nil, err
 	}
 	n.registry, err = registry.New(registry.Config{Node: name, RegisterTimeout: cfg.RegisterTimeout, Clock: n.clock, Logger: n.log},
-		broker, n.view, n.dp, nil, n.mux)
+		broker, reach{n}, n.dp, nil, n.mux)
 	if err != nil {
 		return nil, err
 	}
@@ -234,7 +237,7 @@ func New(name string, cfg Config, broker Broker) (*Node, error) {
 	if held := ob.Peers(); len(held) > 0 {
 		n.log.Info("publishes held for unreachable nodes restored", "peers", held)
 	}
-	if n.router, err = router.New(name, n.sessions.Index(), n.view, n.dp, broker, ob, n.mux); err != nil {
+	if n.router, err = router.New(name, n.sessions.Index(), reach{n}, n.dp, broker, ob, n.mux); err != nil {
 		n.closeDisk()
 		return nil, err
 	}
@@ -245,6 +248,10 @@ func New(name string, cfg Config, broker Broker) (*Node, error) {
 	}
 	n.maps, err = pmap.New(mc, n.dp, n.view, n.mux)
 	if err != nil {
+		n.closeDisk()
+		return nil, err
+	}
+	if err := n.mux.HandleCallFunc(CallForget, false, n.handleForget); err != nil {
 		n.closeDisk()
 		return nil, err
 	}

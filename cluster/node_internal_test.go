@@ -81,7 +81,7 @@ func TestLeftNodeRefusesPeers(t *testing.T) {
 
 	n.detach()
 	for _, typ := range []uint8{router.CallForward, replication.CallDigest, registry.CallRegister, registry.CallTakeover,
-		replication.CallApply, registry.CallHandoff, registry.CallAppend} {
+		replication.CallApply, registry.CallHandoff, registry.CallAppend, CallForget} {
 		if _, err := n.mux.HandleCall("b", typ, deltas); !errors.Is(err, ErrLeft) {
 			t.Errorf("left: call type %d = %v, want ErrLeft", typ, err)
 		}
@@ -110,16 +110,17 @@ func TestEveryCallTypeRegisteredOnce(t *testing.T) {
 		}
 	}
 	for _, typ := range []uint8{router.CallForward, replication.CallDigest, registry.CallRegister, registry.CallTakeover,
-		replication.CallApply, registry.CallHandoff, registry.CallAppend} {
+		replication.CallApply, registry.CallHandoff, registry.CallAppend, CallForget} {
 		if n.mux.HandleCallFunc(typ, false, nil) == nil {
 			t.Errorf("call type %d not registered", typ)
 		}
 	}
 	want := map[string]uint8{"deltas": 1, "forward": 2, "call forward": 10, "digest": 11, "register": 12, "takeover": 13,
-		"apply": 14, "handoff": 15, "append": 16}
+		"apply": 14, "handoff": 15, "append": 16, "forget": 18}
 	got := map[string]uint8{"deltas": replication.FrameDeltas, "forward": router.FrameForward, "call forward": router.CallForward,
 		"digest": replication.CallDigest, "register": registry.CallRegister, "takeover": registry.CallTakeover,
-		"apply": replication.CallApply, "handoff": registry.CallHandoff, "append": registry.CallAppend}
+		"apply": replication.CallApply, "handoff": registry.CallHandoff, "append": registry.CallAppend,
+		"forget": CallForget}
 	for k, v := range want {
 		if got[k] != v {
 			t.Errorf("%s is type %d, the protocol says %d", k, got[k], v)

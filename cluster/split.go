@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -9,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mendmq/mendmq/cluster/members"
+	"github.com/mendmq/mendmq/cluster/membership"
 	"github.com/mendmq/mendmq/cluster/netsplit"
 )
 
@@ -49,6 +51,9 @@ type splitDriver struct {
 	splits   uint64
 
 	split, gated atomic.Bool
+	// unreach is the set of members found unreachable (copied on each
+	// change, read per routed publish).
+	unreach atomic.Pointer[map[string]bool]
 	// onChange, if set, is told when split or gated changes.
 	onChange atomic.Pointer[func(split, gated bool)]
 
@@ -77,6 +82,62 @@ func newSplitDriver(self string, cfg netsplit.Config) *splitDriver {
 		}),
 	}
 }
+
+// setUnreachable records that member name is (or is no longer)
+// unreachable. Called from splitTransitions, which is serialized by
+// its callers' order only, so the set is updated under mu.
+func (s *splitDriver) setUnreachable(name string, down bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	next := map[string]bool{}
+	if cur := s.unreach.Load(); cur != nil {
+		for k := range *cur {
+			next[k] = true
+		}
+	}
+	if down {
+		next[name] = true
+	} else {
+		delete(next, name)
+	}
+	s.unreach.Store(&next)
+}
+
+// unreachable reports whether the detector found member name
+// unreachable.
+func (s *splitDriver) unreachable(name string) bool {
+	if s == nil {
+		return false
+	}
+	cur := s.unreach.Load()
+	return cur != nil && (*cur)[name]
+}
+
+// reach is the members view as routing and registration must see it: a
+// member the netsplit detector found unreachable (its data-plane link
+// down past the grace, while memberlist may still call it alive) is not
+// routed to, so a publish for it is held (ForwardHold) or refused at
+// once instead of after a call's timeout, and it does not lead
+// registrations, so a client may register on this side of a split when
+// allow_register_during_netsplit lets it.
+type reach struct{ n *Node }
+
+// Routable implements router.Members.
+func (r reach) Routable(name string) bool {
+	return r.n.view.Routable(name) && !r.n.split.unreachable(name)
+}
+
+// Reachable implements registry.Members.
+func (r reach) Reachable(name string) bool { return !r.n.split.unreachable(name) }
+
+// Alive implements registry.Members: the alive members this node can
+// reach.
+func (r reach) Alive() []string {
+	return slices.DeleteFunc(r.n.view.Alive(), r.n.split.unreachable)
+}
+
+// State implements registry.Members.
+func (r reach) State(name string) (membership.State, bool) { return r.n.view.State(name) }
 
 // observe feeds a members-view event (a watcher: serialized, quick).
 func (n *Node) observeSplit(ev members.Event, m members.Member) {
@@ -129,10 +190,13 @@ func (n *Node) splitTransitions(trs []netsplit.Transition) {
 			s.mu.Unlock()
 		case netsplit.Detected:
 			u := tr.Member
+			s.setUnreachable(u.Name, true)
 			s.uncertainty.WithLabelValues(u.Reason).Observe(u.Uncertainty().Seconds())
 			n.log.Warn("netsplit: member unreachable", "peer", u.Name, "reason", u.Reason,
 				"last_contact", u.LastContact, "uncertainty", u.Uncertainty().Round(time.Millisecond))
 		case netsplit.Recovered:
+			s.setUnreachable(tr.Member.Name, false)
+			n.router.Kick() // what was held for it goes out now
 			n.log.Info("netsplit: member reachable again", "peer", tr.Member.Name)
 		case netsplit.Healed:
 			s.duration.Observe(tr.Duration.Seconds())

@@ -56,6 +56,12 @@ type Cluster interface {
 	// accepted the message, or an error. id numbers the publish among
 	// this node's (cluster.Delivery.ID).
 	Forward(ctx context.Context, topic string, qos byte, id uint64, encode func() ([]byte, error)) error
+	// ForwardHold is Forward that holds the publish for unreachable
+	// target nodes until they are back (used while split, and for wills);
+	// it fails (cluster.ErrHoldFull) only if the publish cannot be held.
+	ForwardHold(ctx context.Context, topic string, qos byte, id uint64, encode func() ([]byte, error)) error
+	// Split reports whether a member is unreachable (netsplit).
+	Split() bool
 	// PutSession / DeleteSession write the client's record in the
 	// replicated session table.
 	PutSession(clientID string, rec routes.SessionRecord)
@@ -84,8 +90,6 @@ type Cluster interface {
 	Synced() <-chan struct{}
 	SessionNode(clientID string) (string, bool)
 	SessionRecord(clientID string) (routes.SessionRecord, bool)
-	// Split reports whether the node is in a netsplit.
-	Split() bool
 }
 
 // Queuer adds a message to a session the way mochi queues a delivery,
@@ -159,6 +163,12 @@ func newShared(opts Options) *shared {
 	s := &shared{opts: opts, srv: opts.Server, log: opts.Log, done: make(chan struct{}),
 		hcfg: handoff.Config{RegisterTimeout: opts.RegisterTimeout, ForwardTimeout: opts.ForwardTimeout}}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	// Publish ids start at the time in nanoseconds, so that a restarted
+	// node's ids are above those it used before: receivers remember
+	// recent ids per origin to drop duplicates (cluster/router), and a
+	// held publish of the previous run may still arrive after a restart.
+	// (A node forwards far fewer than 1e9 publishes a second.)
+	s.nextID.Store(uint64(time.Now().UnixNano()))
 	s.injectors.New = func() any {
 		return mochix.Inline(s.srv, fmt.Sprintf("%s%d", injectorPrefix, s.nextInj.Add(1)))
 	}

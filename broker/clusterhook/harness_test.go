@@ -141,6 +141,11 @@ func (f *fakeCluster) Forward(_ context.Context, _ string, _ byte, id uint64, en
 	return f.forwardErr
 }
 
+// ForwardHold holds nothing (no peer is unreachable): it is Forward.
+func (f *fakeCluster) ForwardHold(ctx context.Context, topic string, qos byte, id uint64, encode func() ([]byte, error)) error {
+	return f.Forward(ctx, topic, qos, id, encode)
+}
+
 // wireMsg is a queued message in the session encoding moved between
 // nodes (codec.go), written out here so the tests check the format too.
 type wireMsg struct {

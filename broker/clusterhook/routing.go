@@ -2,6 +2,7 @@ package clusterhook
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -38,6 +39,11 @@ func (r *RoutingHook) Provides(b byte) bool {
 // publishes are acknowledged to the client only after every target node
 // accepted them; if one did not, the publish is refused (broker/refuse:
 // v5 PUBACK/PUBREC 0x83, v3 disconnected without an ack so it resends).
+// While the node is split (the netsplit gate let the publish through:
+// allow_publish_during_netsplit, or the majority side), the nodes that
+// cannot be reached are not waited for: the publish is held for them
+// (cluster.ForwardHold), so the ack means "delivered or held"; a publish
+// that cannot be held is refused with 0x97 quota exceeded.
 // QoS 0 is delivered locally whatever happened to the forward.
 func (r *RoutingHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	c := r.sh.cluster()
@@ -57,9 +63,19 @@ func (r *RoutingHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 	mochix.Stamp(&pk, c.Name(), id)
 	enc := publishEncoders.Get().(*publishEncoder)
 	enc.pk = pk
-	err := c.Forward(ctx, pk.TopicName, qos, id, enc.encode)
-	enc.pk = packets.Packet{}
-	publishEncoders.Put(enc)
+	defer func() {
+		enc.pk = packets.Packet{}
+		publishEncoders.Put(enc)
+	}()
+	// While split (and the gate let the publish through), the publish
+	// must not wait for the unreachable nodes: it is held for them.
+	split := c.Split()
+	var err error
+	if split {
+		err = c.ForwardHold(ctx, pk.TopicName, qos, id, enc.encode)
+	} else {
+		err = c.Forward(ctx, pk.TopicName, qos, id, enc.encode)
+	}
 	if err == nil {
 		return pk, nil
 	}
@@ -67,8 +83,25 @@ func (r *RoutingHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 		r.sh.log.Debug("qos0 forward incomplete", "topic", pk.TopicName, "error", err)
 		return pk, nil // counted by the cluster; QoS0 is at most once
 	}
-	r.sh.log.Warn("forward failed; publish refused", "client", cl.ID, "topic", pk.TopicName, "error", err)
-	return r.sh.opts.Refuse.Publish(cl, pk, packets.ErrImplementationSpecificError)
+	if !split && errors.Is(err, cluster.ErrUnreachable) && c.Split() {
+		// The split was detected while the publish waited (the window
+		// of uncertainty): hold it rather than refuse it. Receivers
+		// deduplicate by id whatever the first attempt delivered.
+		hctx, cancel := context.WithTimeout(context.Background(), r.sh.opts.ForwardTimeout)
+		err = c.ForwardHold(hctx, pk.TopicName, qos, id, enc.encode)
+		cancel()
+		if err == nil {
+			return pk, nil
+		}
+	}
+	code := packets.ErrImplementationSpecificError
+	if errors.Is(err, cluster.ErrHoldFull) {
+		// Not held for the unreachable nodes: the client may retry
+		// later (MQTT 5 §3.4.2.1: quota exceeded).
+		code = packets.ErrQuotaExceeded
+	}
+	r.sh.log.Warn("forward failed; publish refused", "client", cl.ID, "topic", pk.TopicName, "split", split, "error", err)
+	return r.sh.opts.Refuse.Publish(cl, pk, code)
 }
 
 // publishEncoder is Forward's encode callback for one publish. A closure

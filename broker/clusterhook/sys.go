@@ -3,6 +3,7 @@ package clusterhook
 import (
 	"encoding/json"
 	"strconv"
+	"time"
 
 	"github.com/mochi-mqtt/server/v2/system"
 
@@ -29,6 +30,11 @@ type statusSource interface {
 //	$SYS/broker/cluster/forwarded                publishes forwarded to peers
 //	$SYS/broker/cluster/received                 publishes received from peers
 //	$SYS/broker/cluster/replication/lag_ms       write-to-apply lag of the last replicated change
+//	$SYS/broker/cluster/netsplit/active          "true" while a member is unreachable
+//	$SYS/broker/cluster/netsplit/gated           "true" while the allow_*_during_netsplit gate refuses
+//	$SYS/broker/cluster/netsplit/unreachable     JSON: [{name, since, last_contact, reason, uncertainty_ms}]
+//	$SYS/broker/cluster/netsplit/count           netsplits since the node started
+//	$SYS/broker/cluster/netsplit/last_heal       JSON: {at, duration_ms, convergence_ms} ("{}" if none)
 func (w *WillHook) OnSysInfoTick(*system.Info) {
 	w.sh.sysMu.RLock()
 	defer w.sh.sysMu.RUnlock()
@@ -71,4 +77,35 @@ func (w *WillHook) OnSysInfoTick(*system.Info) {
 	pub("forwarded", strconv.FormatUint(st.Forwarded, 10))
 	pub("received", strconv.FormatUint(st.Received, 10))
 	pub("replication/lag_ms", strconv.FormatInt(st.ReplicationLagMS, 10))
+	publishNetsplit(pub, st.Netsplit)
+}
+
+// publishNetsplit publishes the netsplit topics (see OnSysInfoTick).
+func publishNetsplit(pub func(topic, v string), ns cluster.NetsplitStatus) {
+	type unreachable struct {
+		Name          string    `json:"name"`
+		Since         time.Time `json:"since"`
+		LastContact   time.Time `json:"last_contact,omitzero"`
+		Reason        string    `json:"reason"`
+		UncertaintyMS int64     `json:"uncertainty_ms"`
+	}
+	us := make([]unreachable, 0, len(ns.Unreachable))
+	for _, u := range ns.Unreachable {
+		us = append(us, unreachable{Name: u.Name, Since: u.Since, LastContact: u.LastContact, Reason: u.Reason,
+			UncertaintyMS: u.Uncertainty().Milliseconds()})
+	}
+	b, _ := json.Marshal(us)
+	heal := []byte("{}")
+	if h := ns.LastHeal; h != nil {
+		heal, _ = json.Marshal(struct {
+			At            time.Time `json:"at"`
+			DurationMS    int64     `json:"duration_ms"`
+			ConvergenceMS int64     `json:"convergence_ms"`
+		}{h.At, h.Duration.Milliseconds(), h.Convergence.Milliseconds()})
+	}
+	pub("netsplit/active", strconv.FormatBool(ns.Split))
+	pub("netsplit/gated", strconv.FormatBool(ns.Gated))
+	pub("netsplit/unreachable", string(b))
+	pub("netsplit/count", strconv.FormatUint(ns.Splits, 10))
+	pub("netsplit/last_heal", string(heal))
 }

@@ -107,7 +107,8 @@ func (w *WillHook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
 	return will, nil
 }
 
-// OnWillSent forwards a will message to the other nodes [MQTT-3.1.2-8].
+// OnWillSent forwards a will message to the other nodes [MQTT-3.1.2-8],
+// holding it for those that cannot be reached now.
 func (w *WillHook) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
 	c := w.sh.cluster()
 	if c == nil || cl.Net.Inline {
@@ -122,8 +123,14 @@ func (w *WillHook) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
 	if !ok {
 		id = w.sh.nextID.Add(1)
 	}
-	if err := c.Forward(ctx, pk.TopicName, pk.FixedHeader.Qos, id, func() ([]byte, error) { return EncodePublish(pk) }); err != nil {
-		w.sh.log.Warn("forward will", "client", cl.ID, "topic", pk.TopicName, "error", err)
+	// Held for the nodes that cannot be reached now (a netsplit, or a
+	// node restarting) and delivered when they are back, once: the will
+	// is the news of this client's end, which those subscribers need
+	// most. A QoS 0 will is forwarded as QoS 1 between nodes for that
+	// (its subscribers still get it at QoS 0).
+	fq := max(pk.FixedHeader.Qos, 1)
+	if err := c.ForwardHold(ctx, pk.TopicName, fq, id, func() ([]byte, error) { return EncodePublish(pk) }); err != nil {
+		w.sh.log.Error("will not forwarded to every node", "client", cl.ID, "topic", pk.TopicName, "error", err)
 	}
 }
 

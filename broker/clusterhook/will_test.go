@@ -25,6 +25,7 @@ func TestWillKey(t *testing.T) {
 	sh := newShared(Options{RegisterTimeout: time.Second, ForwardTimeout: time.Second})
 	sh.node.Store(&clusterRef{c: named{name: "n1"}})
 	h := newWillHook(sh)
+	base := sh.nextID.Load() // ids start at the time (newShared)
 	cl := &mqtt.Client{ID: "w"}
 	will := func(topic, payload string) {
 		if _, err := h.OnWill(cl, mqtt.Will{TopicName: topic, Payload: []byte(payload), Qos: 2}); err != nil {
@@ -58,8 +59,8 @@ func TestWillKey(t *testing.T) {
 		{"no origin", pk("", "a/will", "gone", now), false, 0, ""},
 	} {
 		k, topic, ok := h.keyOf(tc.pk)
-		if ok != tc.ok || (ok && (k != handoff.Key{From: "n1", ID: tc.id} || topic != tc.wantTopic)) {
-			t.Errorf("%s: keyOf = %v %q %v, want id %d %q %v", tc.name, k, topic, ok, tc.id, tc.wantTopic, tc.ok)
+		if ok != tc.ok || (ok && (k != handoff.Key{From: "n1", ID: base + tc.id} || topic != tc.wantTopic)) {
+			t.Errorf("%s: keyOf = %v %q %v, want id base+%d %q %v", tc.name, k, topic, ok, tc.id, tc.wantTopic, tc.ok)
 		}
 	}
 	// A stamp wins over a note.

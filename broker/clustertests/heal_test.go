@@ -68,6 +68,19 @@ func (c *testCluster) record(n, id string) routes.SessionRecord {
 	return rec
 }
 
+// ownRecord waits until node n's session table places id on n itself (a
+// session's record is written after its CONNACK) and returns that record.
+func (c *testCluster) ownRecord(n, id string) routes.SessionRecord {
+	c.t.Helper()
+	var rec routes.SessionRecord
+	c.eventually(n+" to record its session of "+id, func() (bool, string) {
+		var ok bool
+		rec, ok = c.node(n).Cluster().SessionRecord(id)
+		return ok && rec.Node == n, fmt.Sprintf("%+v (present %v)", rec, ok)
+	})
+	return rec
+}
+
 // waitOneSession waits until every node's session table places id on
 // winner with the same CONNECT stamp and only winner holds a session of
 // id in mochi.
@@ -142,7 +155,7 @@ func testDuplicateRewrite(t *testing.T, c *testCluster) {
 		rec := c.record("n1", id)
 		return len(rec.Subs) == 1, fmt.Sprintf("%+v", rec)
 	})
-	n1, n2 := c.record("n1", id), c.record("n2", id)
+	n1, n2 := c.record("n1", id), c.ownRecord("n2", id)
 	if n1.Connect != before {
 		t.Errorf("n1's rewritten record is stamped %v, want its CONNECT's %v", n1.Connect, before)
 	}
@@ -195,7 +208,7 @@ func testDuplicateConcurrent(t *testing.T, c *testCluster) {
 	onN2 := brokertest.MustV5(t, c.url("n2"), id)
 	first.WaitClosed()
 	onN1 := brokertest.MustV5(t, c.url("n1"), id)
-	r1, r2 := c.record("n1", id), c.record("n2", id)
+	r1, r2 := c.ownRecord("n1", id), c.ownRecord("n2", id)
 	winner, loser, winCl, loseCl := "n1", "n2", onN1, onN2
 	if routes.Compare(r1, r2) < 0 {
 		winner, loser, winCl, loseCl = "n2", "n1", onN2, onN1

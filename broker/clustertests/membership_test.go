@@ -288,6 +288,10 @@ func TestForgetDeletesEverywhere(t *testing.T) {
 	if w := withdrawal(t, out); w.Node != "n3" || w.Sessions != 1 || len(w.Unconfirmed) > 0 {
 		t.Errorf("forget withdrew %+v, want the 1 session of n3, confirmed", w)
 	}
+	// The forgotten member no longer splits anyone's view.
+	for _, n := range c.names {
+		c.waitGated(n, false)
+	}
 	for _, n := range c.names {
 		nd := c.node(n)
 		if node, ok := nd.Cluster().SessionNode(id); ok {

@@ -8,6 +8,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/mendmq/mendmq/broker/brokertest"
+	"github.com/mendmq/mendmq/broker/config"
 	"github.com/mendmq/mendmq/broker/mochix"
 )
 
@@ -105,7 +106,12 @@ func resumeWithoutAck(t *testing.T, addr, id string) {
 // (as a duplicate's queue does at a netsplit's heal, heal.go), and the
 // client's messages keep reaching it on n2, once.
 func TestRestoredSessionSuperseded(t *testing.T) {
-	c := newCluster(t, 3, clusterOptions{Faults: true, Storage: true})
+	// The client reconnects on n2 while n1 is down: n2 is in a
+	// netsplit until n1 is back, so registration must be allowed then.
+	c := newCluster(t, 3, clusterOptions{Faults: true, Storage: true, Mutate: func(_ string, cfg *config.Config) {
+		cfg.Cluster.AllowRegisterDuringNetsplit = true
+		cfg.Cluster.AllowSubscribeDuringNetsplit = true
+	}})
 	const id = "rs-persistent"
 	opts := brokertest.V5Options{KeepSession: true, SessionExpiry: 3600}
 	s := brokertest.MustV5(t, c.url("n1"), id, opts)

@@ -57,8 +57,12 @@ type Broker interface {
 
 // Members is what registration needs from the members view.
 type Members interface {
+	// Alive lists the members that may lead: alive and reachable.
 	Alive() []string
 	State(name string) (membership.State, bool)
+	// Reachable reports whether a netsplit keeps member name out of
+	// reach.
+	Reachable(name string) bool
 }
 
 // Caller is what registration needs from the data plane.
@@ -197,6 +201,14 @@ func (r *Registry) lead(ctx context.Context, c claim) (Takeover, error) {
 	}
 	if s, known := r.members.State(prev.node); !known || s == membership.Dead || s == membership.Left {
 		r.log.Info("previous session's node is gone; session not moved", "client", c.ClientID, "node", prev.node)
+		return tk, nil
+	}
+	if prev.node != r.cfg.Node && !r.members.Reachable(prev.node) {
+		// Only while registering during a netsplit is allowed: the
+		// client starts a session on this side, stamped later than the
+		// unreachable one; the later stamp wins when the network heals
+		// (sessions.Resolver) and the loser's node drops its copy.
+		r.log.Warn("previous session's node is unreachable (netsplit); session not moved", "client", c.ClientID, "node", prev.node)
 		return tk, nil
 	}
 	r.takeovers.Add(1)

@@ -24,6 +24,7 @@ func (m oneMember) Alive() []string { return []string{string(m)} }
 func (m oneMember) State(name string) (membership.State, bool) {
 	return membership.Alive, name == string(m)
 }
+func (m oneMember) Reachable(string) bool { return true }
 
 // table is a fake session table.
 type table map[string]struct {
@@ -114,5 +115,79 @@ func TestObserveFollowsLaterSession(t *testing.T) {
 	r.regMu.Unlock()
 	if ok {
 		t.Fatal("Observe added an owner for an id this leader does not track")
+	}
+}
+
+// view is a members view led by n1 in which the other members have the
+// given states, some out of reach (netsplit).
+type view struct {
+	states      map[string]membership.State
+	unreachable map[string]bool
+}
+
+func (v view) Alive() []string { return []string{"n1"} }
+func (v view) State(name string) (membership.State, bool) {
+	if name == "n1" {
+		return membership.Alive, true
+	}
+	s, ok := v.states[name]
+	return s, ok
+}
+func (v view) Reachable(name string) bool { return !v.unreachable[name] }
+
+// calls records the takeover calls a leader makes.
+type calls struct{ peers []string }
+
+func (c *calls) Call(_ context.Context, peer string, typ uint8, _ []byte) ([]byte, error) {
+	if typ == CallTakeover {
+		c.peers = append(c.peers, peer)
+	}
+	return []byte(`{"v":5}`), nil
+}
+
+// TestRegisterPreviousOwner: a registration takes the session over from
+// the node the table places it on only if that node is alive and
+// reachable. One that is unreachable (a netsplit, with registration
+// allowed) or gone is left alone: the client starts a session here,
+// stamped later than the one it replaces, so that it wins at the heal
+// (sessions.Resolver).
+func TestRegisterPreviousOwner(t *testing.T) {
+	prev := hlc.Timestamp{Wall: 9000, Logical: 2} // stamped by a clock ahead of n1's
+	tests := []struct {
+		name     string
+		view     view
+		wantFrom string
+	}{
+		{"alive and reachable: taken over", view{states: map[string]membership.State{"n2": membership.Alive}}, "n2"},
+		{"unreachable: new session here", view{states: map[string]membership.State{"n2": membership.Alive},
+			unreachable: map[string]bool{"n2": true}}, ""},
+		{"suspect and unreachable: new session here", view{states: map[string]membership.State{"n2": membership.Suspect},
+			unreachable: map[string]bool{"n2": true}}, ""},
+		{"dead: new session here", view{states: map[string]membership.State{"n2": membership.Dead},
+			unreachable: map[string]bool{"n2": true}}, ""},
+		{"unknown: new session here", view{}, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := &calls{}
+			tbl := table{"c": {"n2", prev}}
+			r, err := New(Config{Node: "n1", Clock: hlc.New(wallAt(1000))}, &fakeBroker{}, tc.view, c, tbl, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tk, err := r.Register(context.Background(), "c", false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tk.From != tc.wantFrom {
+				t.Errorf("taken from %q, want %q", tk.From, tc.wantFrom)
+			}
+			if want := len(tc.wantFrom); (want > 0) != (len(c.peers) > 0) {
+				t.Errorf("takeover calls to %v, want from %q", c.peers, tc.wantFrom)
+			}
+			if !prev.Less(tk.At) {
+				t.Errorf("stamped %v, not later than the replaced session's %v", tk.At, prev)
+			}
+		})
 	}
 }

@@ -173,7 +173,10 @@ func TestStatusPageInBrowser(t *testing.T) {
 	// The drop button removes the parked conflict (confirm answered yes).
 	if err := chromedp.Do(ctx,
 		chromedp.Evaluate[chromedp.Void](`window.confirm = () => true`),
-		chromedp.Click(chromedp.CSS(`#conflicts tbody button`)),
+		// Clicked from the page's own script: the table is redrawn
+		// on every refresh, so a node found by a CSS query and then
+		// clicked may be gone in between ("Could not find node").
+		chromedp.Evaluate[chromedp.Void](`document.querySelector('#conflicts tbody button').click()`),
 		chromedp.Poll[chromedp.Void](`document.querySelectorAll('#conflicts tbody tr').length === 0`),
 	); err != nil {
 		t.Fatalf("drop the conflict from the page: %v", err)

@@ -320,20 +320,45 @@ func (x *ctlRun) clusterStatus(args []string) error {
 	}
 	st := out.Status
 	fmt.Fprintf(x.stdout, "node %s: %d sessions, %d retained in the replicated tables\n", st.Node, st.Sessions, st.Retained)
+	fmt.Fprintln(x.stdout, netsplitLine(st.Netsplit))
 	printMembers(x.stdout, st)
 	return nil
+}
+
+// netsplitLine is the one-line netsplit state of `ctl cluster status`.
+func netsplitLine(ns cluster.NetsplitStatus) string {
+	if !ns.Split {
+		line := fmt.Sprintf("netsplit: none (mode %s; %d since start)", ns.Mode, ns.Splits)
+		if h := ns.LastHeal; h != nil {
+			line += fmt.Sprintf("; last healed %s after %s", h.At.Format(time.RFC3339), h.Duration.Round(time.Millisecond))
+			if !h.Converged.IsZero() {
+				line += fmt.Sprintf(", tables converged in %s", h.Convergence.Round(time.Millisecond))
+			}
+		}
+		return line
+	}
+	gate := "not gated (this side has the majority)"
+	if ns.Gated {
+		gate = "GATED (operations refused unless cluster.allow_*_during_netsplit)"
+	}
+	var us []string
+	for _, u := range ns.Unreachable {
+		us = append(us, fmt.Sprintf("%s (%s, uncertainty %s)", u.Name, u.Reason, u.Uncertainty().Round(time.Millisecond)))
+	}
+	return fmt.Sprintf("netsplit: SPLIT since %s, %s, mode %s; unreachable: %s",
+		ns.Since.Format(time.RFC3339), gate, ns.Mode, strings.Join(us, ", "))
 }
 
 // printMembers renders the member table of a cluster status.
 func printMembers(w io.Writer, st cluster.Status) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "MEMBER\tSTATE\tGOSSIP\tDATA\tREACHABLE\tSENT\tRECEIVED\tQUEUED")
+	fmt.Fprintln(tw, "MEMBER\tSTATE\tGOSSIP\tDATA\tREACHABLE\tSENT\tRECEIVED\tQUEUED\tHELD")
 	for _, m := range st.Members {
 		reach := fmt.Sprint(m.Reachable)
 		if m.Self {
 			reach = "(self)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\n", m.Name, m.State, m.GossipAddr, dash(m.DataAddr), reach, m.BytesSent, m.BytesReceived, m.QueueFrames)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\n", m.Name, m.State, m.GossipAddr, dash(m.DataAddr), reach, m.BytesSent, m.BytesReceived, m.QueueFrames, m.Held)
 	}
 	_ = tw.Flush()
 }

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mendmq/mendmq/broker/brokertest"
 	"github.com/mendmq/mendmq/cluster"
+	"github.com/mendmq/mendmq/cluster/netsplit"
 )
 
 // TestCtlCluster runs `mendmq ctl cluster ...` against two in-process
@@ -117,9 +119,38 @@ func TestCtlCluster(t *testing.T) {
 func statusRows(out string) map[string][]string {
 	rows := map[string][]string{}
 	for _, line := range strings.Split(out, "\n") {
-		if f := strings.Fields(line); len(f) == 8 && f[0] != "MEMBER" {
+		if f := strings.Fields(line); len(f) == 9 && f[0] != "MEMBER" {
 			rows[f[0]] = f
 		}
 	}
 	return rows
+}
+
+// TestNetsplitLine: `ctl cluster status` says in one line whether the
+// node is split, gated, who is unreachable and why, and the last heal.
+func TestNetsplitLine(t *testing.T) {
+	at := time.Date(2026, 12, 3, 10, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name string
+		ns   cluster.NetsplitStatus
+		want []string
+	}{
+		{"never split", cluster.NetsplitStatus{Status: netsplit.Status{Mode: "any"}}, []string{"netsplit: none (mode any; 0 since start)"}},
+		{"healed", cluster.NetsplitStatus{Status: netsplit.Status{Mode: "majority"}, Splits: 2,
+			LastHeal: &cluster.Heal{At: at, Duration: 3 * time.Second, Converged: at.Add(time.Second), Convergence: time.Second}},
+			[]string{"2 since start", "last healed 2026-12-03T10:00:00Z after 3s", "converged in 1s"}},
+		{"gated", cluster.NetsplitStatus{Status: netsplit.Status{Split: true, Gated: true, Mode: "any", Since: at,
+			Unreachable: []netsplit.Unreachable{{Name: "n3", Since: at, LastContact: at.Add(-400 * time.Millisecond), Reason: "link down"}}}},
+			[]string{"SPLIT since 2026-12-03T10:00:00Z", "GATED", "n3 (link down, uncertainty 400ms)"}},
+		{"majority side", cluster.NetsplitStatus{Status: netsplit.Status{Split: true, Mode: "majority", Since: at,
+			Unreachable: []netsplit.Unreachable{{Name: "n1", Since: at, Reason: "dead"}}}},
+			[]string{"not gated (this side has the majority)", "n1 (dead, uncertainty 0s)"}},
+	} {
+		got := netsplitLine(tc.ns)
+		for _, w := range tc.want {
+			if !strings.Contains(got, w) {
+				t.Errorf("%s: %q lacks %q", tc.name, got, w)
+			}
+		}
+	}
 }
