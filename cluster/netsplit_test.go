@@ -41,30 +41,10 @@ func startNodes(t *testing.T, nw *clustertest.Network, count int, mutate func(*c
 	var nodes []*cluster.Node
 	var seed string
 	for i := 1; i <= count; i++ {
-		name := fmt.Sprintf("n%d", i)
-		cfg := cluster.LoopbackConfig()
-		tr, err := nw.Transport(name)
-		if err != nil {
-			t.Fatal(err)
+		n, addr := startNode(t, nw, fmt.Sprintf("n%d", i), seed, mutate)
+		if seed == "" {
+			seed = addr
 		}
-		cfg.Transport, cfg.DataNetwork, cfg.GossipAddress = tr, nw.DataNetwork(name), tr.Addr()
-		if seed != "" {
-			cfg.Seeds = []string{seed}
-		} else {
-			seed = tr.Addr()
-		}
-		cfg.Logger = testLog()
-		if mutate != nil {
-			mutate(&cfg)
-		}
-		n, err := cluster.New(name, cfg, nopBroker{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := n.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = n.Stop() })
 		nodes = append(nodes, n)
 	}
 	waitFor(t, 10*time.Second, "the cluster to form", func() (bool, string) {
@@ -83,6 +63,35 @@ func startNodes(t *testing.T, nw *clustertest.Network, count int, mutate func(*c
 		return true, ""
 	})
 	return nodes
+}
+
+// startNode starts node name on nw, joining through the gossip address
+// seed ("": none, the first node); it returns the node and its gossip
+// address.
+func startNode(t *testing.T, nw *clustertest.Network, name, seed string, mutate func(*cluster.Config)) (*cluster.Node, string) {
+	t.Helper()
+	cfg := cluster.LoopbackConfig()
+	tr, err := nw.Transport(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Transport, cfg.DataNetwork, cfg.GossipAddress = tr, nw.DataNetwork(name), tr.Addr()
+	if seed != "" {
+		cfg.Seeds = []string{seed}
+	}
+	cfg.Logger = testLog()
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	n, err := cluster.New(name, cfg, nopBroker{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = n.Stop() })
+	return n, tr.Addr()
 }
 
 func waitFor(t *testing.T, d time.Duration, what string, cond func() (bool, string)) time.Duration {
