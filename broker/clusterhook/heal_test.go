@@ -100,6 +100,23 @@ func TestHealAppend(t *testing.T) {
 		}
 	}
 	expectOnce(t, got, "shipped", "no-key", "no-key", "ship-then-forward")
+	// Three shipments: direct (had it), shipped, unsubscribed, no-key;
+	// the same again; ship-then-forward.
+	for _, tc := range []struct {
+		outcome string
+		want    float64
+	}{
+		{"appended", 4},       // shipped, no-key twice, ship-then-forward
+		{"duplicate", 3},      // direct twice, shipped retried
+		{"not_subscribed", 2}, // unsubscribed twice
+	} {
+		if got := n.counter(t, "mendmq_session_heal_messages_total", "outcome", tc.outcome); got != tc.want {
+			t.Errorf("heal messages %s = %v, want %v", tc.outcome, got, tc.want)
+		}
+	}
+	if got := n.counter(t, "mendmq_messages_dropped_total", "reason", "session_superseded"); got != 2 {
+		t.Errorf("dropped as superseded = %v, want 2 (the unsubscribed ones)", got)
+	}
 }
 
 // expectOnce fails unless got holds exactly want (counting repeats).
@@ -151,6 +168,11 @@ func TestDropDuplicate(t *testing.T) {
 	n.hooks.Broker().DropDuplicate("e", routes.SessionRecord{Node: "n3"})
 	// The winning CONNECT asked for a clean start: nothing moves.
 	n.hooks.Broker().DropDuplicate("s", routes.SessionRecord{Node: "n3", CleanStart: true})
+	// "s"'s two queued PUBLISH packets are discarded at once (counted);
+	// "e", a clean session, had nothing queued.
+	if got := n.counter(t, "mendmq_messages_dropped_total", "reason", "session_superseded"); got != 2 {
+		t.Errorf("dropped as superseded = %v, want 2 (the clean-started winner's duplicate's queue)", got)
+	}
 	if d := clean.WaitServerDisconnect(); d.ReasonCode != 0x8E {
 		t.Errorf("the clean session's client got DISCONNECT 0x%02x, want 0x8E", d.ReasonCode)
 	}
@@ -160,9 +182,7 @@ func TestDropDuplicate(t *testing.T) {
 		}
 	}
 	brokertest.Eventually(t, "the shipment", func() bool {
-		fake.mu.Lock()
-		defer fake.mu.Unlock()
-		return len(fake.appended) > 0
+		return n.counter(t, "mendmq_session_heal_messages_total", "outcome", "shipped") == 2
 	})
 	fake.mu.Lock()
 	shipped := slices.Clone(fake.appended)
