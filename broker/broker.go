@@ -277,6 +277,16 @@ func (b *Broker) addCluster() error {
 		return err
 	}
 	b.node = node
+	if d := node.Durable(); d != nil {
+		// Parked conflicts survive a restart in the cluster's file.
+		n, err := b.policies.SetConflictStore(conflictStore{d.Conflicts(), b.log})
+		if err != nil {
+			return fmt.Errorf("cluster storage %s: %w", cc.StoragePath, err)
+		}
+		if n > 0 {
+			b.log.Warn("parked merge conflicts restored; resolve them with POST /api/v1/policies/conflicts/{id} (mendmq ctl policy resolve)", "conflicts", n)
+		}
+	}
 	b.chook.SetCluster(node)
 	b.gate.SetState(node)
 	for _, h := range b.chook.List() {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/mendmq/mendmq/cluster/durable"
 	"github.com/mendmq/mendmq/cluster/pmap"
 	"github.com/mendmq/mendmq/cluster/routes"
 )
@@ -39,6 +40,10 @@ func (n *Node) SessionRecord(clientID string) (routes.SessionRecord, bool) {
 // seeds. A restarted node's restored sessions are checked against the
 // session table only then (a session may have moved meanwhile).
 func (n *Node) Synced() <-chan struct{} { return n.repl.Synced() }
+
+// Durable is the cluster's storage file (cluster.storage_path, the
+// broker's storage.path + ".cluster"); nil without one.
+func (n *Node) Durable() *durable.DB { return n.disk }
 
 // PutRetained sets the retained message of topic.
 func (n *Node) PutRetained(topic string, m RetainedMessage, now time.Time) {

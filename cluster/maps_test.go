@@ -19,7 +19,7 @@ import (
 
 // metricSum is the sum of a node's metric name over the series whose
 // labels include want.
-func metricSum(t *testing.T, n *cluster.Node, name string, want map[string]string) float64 {
+func metricSum(t testing.TB, n *cluster.Node, name string, want map[string]string) float64 {
 	t.Helper()
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(n)

@@ -68,7 +68,7 @@ func startNodes(t *testing.T, nw *clustertest.Network, count int, mutate func(*c
 // startNode starts node name on nw, joining through the gossip address
 // seed ("": none, the first node); it returns the node and its gossip
 // address.
-func startNode(t *testing.T, nw *clustertest.Network, name, seed string, mutate func(*cluster.Config)) (*cluster.Node, string) {
+func startNode(t testing.TB, nw *clustertest.Network, name, seed string, mutate func(*cluster.Config)) (*cluster.Node, string) {
 	t.Helper()
 	cfg := cluster.LoopbackConfig()
 	tr, err := nw.Transport(name)
@@ -240,6 +240,29 @@ func TestFlapIsNotANetsplit(t *testing.T) {
 	for _, n := range nodes {
 		if st := n.Netsplit(); st.Splits != 0 {
 			t.Errorf("%s counted %d splits for flaps", n.Name(), st.Splits)
+		}
+	}
+}
+
+// TestWholeClusterStopsCleanly: every node of a cluster stopped at once
+// (a deployment torn down) stops without error, though no peer is left
+// to confirm its leave notice.
+func TestWholeClusterStopsCleanly(t *testing.T) {
+	t.Parallel()
+	nw := clustertest.New(t, clustertest.Config{})
+	nodes := startNodes(t, nw, 3, nil)
+	errs := make(chan error, len(nodes))
+	for _, n := range nodes {
+		go func() { errs <- n.Stop() }()
+	}
+	for range nodes {
+		select {
+		case err := <-errs:
+			if err != nil {
+				t.Errorf("stop: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("a node did not stop within 30 s")
 		}
 	}
 }

@@ -400,7 +400,12 @@ func (n *Node) Stop() error {
 			// Let the last replication deltas (sessions closed by the
 			// shutdown) reach peers before the connections close.
 			n.flushQueues(time.Second)
-			err = n.ml.Leave(leaveBroadcastTimeout)
+			if lerr := n.ml.Leave(leaveBroadcastTimeout); lerr != nil {
+				// Not a failed shutdown: the peers are shutting down
+				// too (a whole cluster stopped at once), or cut off.
+				// They see this node fail instead of leave.
+				n.log.Warn("leave notice not confirmed by the peers; they will see this node fail rather than leave", "error", lerr)
+			}
 		}
 		n.leaveMu.Unlock()
 		n.cancel()
