@@ -13,6 +13,7 @@ import (
 	"github.com/mendmq/mendmq/cluster/clustertest"
 	"github.com/mendmq/mendmq/cluster/members"
 	"github.com/mendmq/mendmq/cluster/netsplit"
+	"github.com/mendmq/mendmq/cluster/routes"
 )
 
 // nopBroker is a Broker with nothing on it.
@@ -23,6 +24,7 @@ func (nopBroker) ApplyRetained(string, *cluster.RetainedMessage)       {}
 func (nopBroker) TakeoverSession(string, string, bool) ([]byte, error) { return nil, nil }
 func (nopBroker) FinishTakeover(string, string) ([]byte, error)        { return nil, nil }
 func (nopBroker) AppendSession(string, []byte) error                   { return nil }
+func (nopBroker) DropDuplicate(string, routes.SessionRecord)           {}
 func (nopBroker) LocalSession(string) bool                             { return false }
 
 func testLog() *slog.Logger {
