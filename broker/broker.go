@@ -219,6 +219,9 @@ func (b *Broker) addHooks() error {
 	if err := b.server.AddHook(b.quirks, nil); err != nil {
 		return fmt.Errorf("add quirks hook: %w", err)
 	}
+	if err := b.server.AddHook(quirks.NewAcks(), nil); err != nil {
+		return fmt.Errorf("add ack hook: %w", err)
+	}
 	if err := b.server.AddHook(b.metrics, nil); err != nil {
 		return fmt.Errorf("add metrics hook: %w", err)
 	}
