@@ -218,6 +218,11 @@ func (b *Broker) addHooks() error {
 		sh, store, storeOpts = h, h, opts
 		b.store = h
 	}
+	// The resend order hook swaps the packets of a resend: Hook must see
+	// them as they go out.
+	if err := b.server.AddHook(quirks.NewResendOrder(), nil); err != nil {
+		return fmt.Errorf("add resend order hook: %w", err)
+	}
 	b.quirks = quirks.New(b.server, store)
 	if err := b.server.AddHook(b.quirks, nil); err != nil {
 		return fmt.Errorf("add quirks hook: %w", err)

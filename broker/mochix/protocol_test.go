@@ -12,6 +12,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/mendmq/mendmq/broker/brokertest"
+	"github.com/mendmq/mendmq/broker/mochix"
 )
 
 // decodeAck decodes a v5 PUBACK/PUBREC/PUBREL/PUBCOMP off the wire.
@@ -93,5 +94,37 @@ func TestServerKeepaliveFromOnConnect(t *testing.T) {
 	brokertest.WaitClosedByPeer(t, c.Conn, brokertest.Timeout)
 	if took := time.Since(start); took < 750*time.Millisecond {
 		t.Errorf("silent client closed after %v, want about 1 s", took)
+	}
+}
+
+// TestResendOrderIsMapOrder pins what broker/quirks.ResendOrder reorders:
+// mochi resends a resumed session's queue sorted by the low 16 bits of the
+// creation second with an unstable sort, so messages queued within one
+// second come back in map order, not in the order they were published.
+func TestResendOrderIsMapOrder(t *testing.T) {
+	srv, addr := startServer(t)
+	keep := brokertest.RawOptions{KeepSession: true, SessionExpiry: 300}
+	s, _ := brokertest.DialRawClient(t, addr, 5, "resume", keep)
+	s.Subscribe(1, 1, "r/#")
+	_ = s.Conn.Close()
+	brokertest.Eventually(t, "the session to be disconnected", func() bool {
+		cl, ok := mochix.Client(srv, "resume")
+		return ok && cl.Closed()
+	})
+	const n = 64
+	pub, _ := brokertest.DialRawClient(t, addr, 5, "pub", brokertest.RawOptions{})
+	for i := range n {
+		pub.Publish(uint16(i+1), "r/x", 1, string(rune('0'+i)))
+		pub.Expect(packets.Puback)
+	}
+	s, _ = brokertest.DialRawClient(t, addr, 5, "resume", keep)
+	inOrder := true
+	for i := range n {
+		pk := s.DecodePublish(s.Expect(packets.Publish))
+		inOrder = inOrder && string(pk.Payload) == string(rune('0'+i))
+	}
+	if inOrder {
+		t.Errorf("mochi resent %d queued messages in publish order: broker/quirks.ResendOrder may go "+
+			"(or they happened to come out in order: run again)", n)
 	}
 }
