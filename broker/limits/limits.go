@@ -157,6 +157,11 @@ type sizeConn struct {
 	oversize atomic.Pointer[func()]
 }
 
+// NetConn returns the connection Wrap wrapped (a *tls.Conn on a tls
+// listener), for code that needs its concrete type: mochi's Client.Net.Conn
+// is the wrapper.
+func (c *sizeConn) NetConn() net.Conn { return c.Conn }
+
 // Read reads from the connection, holding back the oversized packet (see
 // Wrap).
 func (c *sizeConn) Read(p []byte) (int, error) {

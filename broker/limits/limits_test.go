@@ -137,6 +137,9 @@ func TestConnHoldsTheOversizedPacket(t *testing.T) {
 	if got = append(got, rest...); !bytes.Equal(got, b) {
 		t.Errorf("bytes changed through the wrapper")
 	}
+	if c.NetConn() != server {
+		t.Error("NetConn is not the wrapped connection")
+	}
 	if Wrap(server, 0) != server || Wrap(server, ProtocolMaxPacketSize) != server {
 		t.Error("Wrap without a limit below the protocol's should not wrap")
 	}
