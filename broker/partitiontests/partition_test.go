@@ -312,18 +312,31 @@ func runScenario(t *testing.T, sc scenario, seed uint64) *env {
 }
 
 // mapWrites writes map "pt" on both sides of the 2|3 split: k0-k9
-// "small" on n1, then k5-k14 "big" on n3.
+// "small" on n1, then k5-k14 "big" on n3. A write is retried, as a
+// client would, until its side has taken over the partitions of the
+// members it lost (their failure detection, then promotion or
+// recreation).
 func (e *env) mapWrites() {
-	for i := range 10 {
-		if err := e.c.PutMap(e.c.Nodes[0], "pt", fmt.Sprint("k", i), "small"); err != nil {
-			e.t.Errorf("small side: %v", err)
+	put := func(n *Node, key, value string) {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			err := e.c.PutMap(n, "pt", key, value)
+			if err == nil {
+				return
+			}
+			if time.Now().After(deadline) {
+				e.t.Errorf("%s side: %v", value, err)
+				return
+			}
+			time.Sleep(200 * time.Millisecond)
 		}
+	}
+	for i := range 10 {
+		put(e.c.Nodes[0], fmt.Sprint("k", i), "small")
 	}
 	time.Sleep(10 * time.Millisecond) // later updates, by the clock latestupdate compares
 	for i := 5; i < 15; i++ {
-		if err := e.c.PutMap(e.c.Nodes[2], "pt", fmt.Sprint("k", i), "big"); err != nil {
-			e.t.Errorf("big side: %v", err)
-		}
+		put(e.c.Nodes[2], fmt.Sprint("k", i), "big")
 	}
 }
 
