@@ -3,9 +3,11 @@ package cluster_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -227,6 +229,12 @@ func BenchmarkMapMerge(b *testing.B) {
 			}
 			b.Cleanup(func() { _ = reg.Close() })
 			c.Merger = reg
+			if v := os.Getenv("MENDMQ_BENCH_MERGE_BATCH"); v != "" {
+				// Exploring batch sizes: MENDMQ_BENCH_MERGE_BATCH=500.
+				if c.MapMergeBatchSize, err = strconv.Atoi(v); err != nil {
+					b.Fatal(err)
+				}
+			}
 		})
 		nw.Partition([]string{"n1", "n2"}, []string{"n3"})
 		benchWait(b, time.Minute, "both sides to settle", all(settled(nodes[0], nodes[1]), settled(nodes[2])))

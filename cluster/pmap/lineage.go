@@ -55,6 +55,9 @@ type side struct {
 	lineage Lineage
 	members []string
 	data    bool
+	// merging: the node is still sending its entries into this lineage
+	// (it merged into it and holds no partition of it yet).
+	merging bool
 }
 
 // healPlan is what a node does with the members it sees.
@@ -79,7 +82,15 @@ type healPlan struct {
 // takes into its table the bigger side's members and the newcomers that
 // already merged into it, not its own former side: those follow when they
 // have merged too.
-func planHeal(self string, mine Lineage, cur, alive []string, sides map[string]side) healPlan {
+//
+// A node takes part in its new lineage's table only once it has sent all
+// its entries (Hazelcast's merge before join): merging says this node is
+// still sending, and a newcomer that reports merging is left out too.
+// Meanwhile the merges go to the bigger side's owners, whose partitions
+// do not move under them; taken in earlier, the merging node would own
+// partitions it first has to pull, and its merges into them would wait
+// for that migration.
+func planHeal(self string, mine Lineage, merging bool, cur, alive []string, sides map[string]side) healPlan {
 	var winner *side
 	for _, n := range alive {
 		s, ok := sides[n]
@@ -95,12 +106,15 @@ func planHeal(self string, mine Lineage, cur, alive []string, sides map[string]s
 		s, answered := sides[n]
 		switch {
 		case n == self:
+			if winner != nil || (merging && !slices.Contains(cur, n)) {
+				continue // in once its merge is sent
+			}
 		case winner != nil:
-			if !slices.Contains(winner.members, n) && !(answered && s.lineage.Hash == winner.lineage.Hash) {
+			if !slices.Contains(winner.members, n) && !(answered && s.lineage.Hash == winner.lineage.Hash && !s.merging) {
 				continue
 			}
 		case slices.Contains(cur, n):
-		case !answered || s.lineage.Hash != mine.Hash:
+		case !answered || s.lineage.Hash != mine.Hash || s.merging:
 			continue
 		}
 		members = append(members, n)
@@ -135,7 +149,7 @@ func (m *Maps) reconcile(ctx context.Context, split bool) {
 		cancel()
 		var s side
 		if err == nil {
-			s.lineage, s.members, s.data, err = decodeSide(b)
+			s.lineage, s.members, s.data, s.merging, err = decodeSide(b)
 		}
 		if err != nil {
 			m.log.Debug("map lineage of a new member unknown; not in the table yet", "peer", n, "error", err)
@@ -143,7 +157,10 @@ func (m *Maps) reconcile(ctx context.Context, split bool) {
 		}
 		sides[n] = s
 	}
-	plan := planHeal(m.cfg.Node, mine, cur.Members, alive, sides)
+	m.mu.Lock()
+	merging := m.merging
+	m.mu.Unlock()
+	plan := planHeal(m.cfg.Node, mine, merging, cur.Members, alive, sides)
 	if plan.winner != nil {
 		m.mergeInto(ctx, *plan.winner, plan.members)
 		return
@@ -205,12 +222,12 @@ func (m *Maps) handleSide(from string, _ []byte) ([]byte, error) {
 	defer m.mu.Unlock()
 	data := false
 	for i := range m.cfg.PartitionCount {
-		if len(m.store.Copy(partition.ID(i))) > 0 {
+		if m.store.Len(partition.ID(i)) > 0 {
 			data = true
 			break
 		}
 	}
-	return appendSide(nil, m.lineage, m.table.Members, data), nil
+	return appendSide(nil, m.lineage, m.table.Members, data, m.merging), nil
 }
 
 // Lineage returns where this node's map data come from.

@@ -7,13 +7,15 @@ import (
 
 // TestPlanHeal: a table holds the members of the node's lineage only; a
 // node merges into the biggest bigger side it meets and takes into its
-// table that side's members and the newcomers already merged into it.
+// table that side's members and the newcomers that finished merging into
+// it — not itself until its own merge is sent.
 func TestPlanHeal(t *testing.T) {
 	side9 := side{lineage: Lineage{Hash: 9, Size: 2}, members: []string{"n1", "n2"}}
 	for _, tc := range []struct {
 		name        string
 		self        string
 		mine        Lineage
+		merging     bool
 		cur, alive  []string
 		sides       map[string]side
 		wantWinner  *Lineage
@@ -52,7 +54,7 @@ func TestPlanHeal(t *testing.T) {
 				"n2": side9,
 				"n5": {lineage: Lineage{Hash: 9, Size: 3}, members: []string{"n1", "n2", "n5"}},
 			},
-			wantWinner: &Lineage{Hash: 9, Size: 3}, wantMembers: []string{"n1", "n2", "n3", "n5"},
+			wantWinner: &Lineage{Hash: 9, Size: 3}, wantMembers: []string{"n1", "n2", "n5"},
 		},
 		{
 			name: "the biggest of the bigger sides: more members first, then the bigger hash",
@@ -61,23 +63,48 @@ func TestPlanHeal(t *testing.T) {
 				"n1": {lineage: Lineage{Hash: 5, Size: 1}, members: []string{"n1"}},
 				"n2": {lineage: Lineage{Hash: 4, Size: 2}, members: []string{"n2", "n4"}},
 			},
-			wantWinner: &Lineage{Hash: 4, Size: 2}, wantMembers: []string{"n2", "n3"},
+			wantWinner: &Lineage{Hash: 4, Size: 2}, wantMembers: []string{"n2"},
 		},
 		{
 			name: "same size: the bigger hash",
 			self: "n2", mine: Lineage{Hash: 2, Size: 1}, cur: []string{"n2"}, alive: []string{"n1", "n2"},
 			sides:      map[string]side{"n1": {lineage: Lineage{Hash: 3, Size: 1}, members: []string{"n1"}}},
-			wantWinner: &Lineage{Hash: 3, Size: 1}, wantMembers: []string{"n1", "n2"},
+			wantWinner: &Lineage{Hash: 3, Size: 1}, wantMembers: []string{"n1"},
 		},
 		{
 			name: "a member of the bigger side this node does not see is left out",
 			self: "n3", mine: Lineage{Hash: 2, Size: 1}, cur: []string{"n3"}, alive: []string{"n1", "n3"},
 			sides:      map[string]side{"n1": side9},
-			wantWinner: &side9.lineage, wantMembers: []string{"n1", "n3"},
+			wantWinner: &side9.lineage, wantMembers: []string{"n1"},
+		},
+		{
+			name: "a newcomer still merging into this lineage is left out",
+			self: "n1", mine: Lineage{Hash: 9, Size: 2}, cur: []string{"n1", "n2"}, alive: []string{"n1", "n2", "n3"},
+			sides:       map[string]side{"n3": {lineage: Lineage{Hash: 9, Size: 2}, members: []string{"n1", "n2"}, merging: true}},
+			wantMembers: []string{"n1", "n2"},
+		},
+		{
+			name: "this node, still merging, stays out of the table it merges into",
+			self: "n3", mine: Lineage{Hash: 9, Size: 2}, merging: true, cur: []string{"n1", "n2"}, alive: []string{"n1", "n2", "n3"},
+			wantMembers: []string{"n1", "n2"},
+		},
+		{
+			name: "this node, merge sent, takes itself in",
+			self: "n3", mine: Lineage{Hash: 9, Size: 2}, cur: []string{"n1", "n2"}, alive: []string{"n1", "n2", "n3"},
+			wantMembers: []string{"n1", "n2", "n3"},
+		},
+		{
+			name: "a bigger side's newcomer still merging into it is not taken in by a node merging now",
+			self: "n4", mine: Lineage{Hash: 2, Size: 1}, cur: []string{"n4"}, alive: []string{"n1", "n2", "n3", "n4"},
+			sides: map[string]side{
+				"n1": side9,
+				"n3": {lineage: side9.lineage, members: []string{"n1", "n2"}, merging: true},
+			},
+			wantWinner: &side9.lineage, wantMembers: []string{"n1", "n2"},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got := planHeal(tc.self, tc.mine, tc.cur, tc.alive, tc.sides)
+			got := planHeal(tc.self, tc.mine, tc.merging, tc.cur, tc.alive, tc.sides)
 			switch {
 			case (got.winner == nil) != (tc.wantWinner == nil):
 				t.Fatalf("winner %+v, want %+v", got.winner, tc.wantWinner)

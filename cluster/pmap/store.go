@@ -325,5 +325,14 @@ func (s *Store) Stats(filter func(partition.ID) bool) map[string][2]int64 {
 	return out
 }
 
+// Len returns the number of entries in partition pid.
+func (s *Store) Len(pid partition.ID) int {
+	n := 0
+	for _, mm := range s.parts[pid].maps {
+		n += len(mm)
+	}
+	return n
+}
+
 // Count returns the partition count.
 func (s *Store) Count() int { return s.count }

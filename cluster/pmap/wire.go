@@ -201,20 +201,30 @@ func decodeReply(b []byte) (st uint8, e Entry, reason string, err error) {
 // appendSide encodes a CallSide answer: the lineage of the node's map
 // data (hash, size), the members of its table, and whether it holds map
 // data.
-func appendSide(b []byte, l Lineage, side []string, data bool) []byte {
+// Side flags, the last byte of a side.
+const (
+	sideData    = 1 << 0 // the node holds map entries
+	sideMerging = 1 << 1 // it is still merging them into this lineage
+)
+
+func appendSide(b []byte, l Lineage, side []string, data, merging bool) []byte {
 	b = binary.AppendUvarint(b, l.Hash)
 	b = binary.AppendUvarint(b, uint64(l.Size))
 	b = binary.AppendUvarint(b, uint64(len(side)))
 	for _, m := range side {
 		b = wire.AppendStr(b, m)
 	}
+	var flags byte
 	if data {
-		return append(b, 1)
+		flags |= sideData
 	}
-	return append(b, 0)
+	if merging {
+		flags |= sideMerging
+	}
+	return append(b, flags)
 }
 
-func decodeSide(b []byte) (Lineage, []string, bool, error) {
+func decodeSide(b []byte) (Lineage, []string, bool, bool, error) {
 	r := wire.NewReader(b)
 	l := Lineage{Hash: r.Uvarint()}
 	size := r.Uvarint()
@@ -230,8 +240,11 @@ func decodeSide(b []byte) (Lineage, []string, bool, error) {
 	for i := uint64(0); i < n && r.Err() == nil; i++ {
 		side = append(side, r.Str(wire.MaxName))
 	}
-	data := r.Byte() == 1
-	return l, side, data, r.Err()
+	flags := r.Byte()
+	if flags&^(sideData|sideMerging) != 0 {
+		r.Fail("side flags %#x", flags)
+	}
+	return l, side, flags&sideData != 0, flags&sideMerging != 0, r.Err()
 }
 
 // appendPartition prefixes a payload with a partition number.

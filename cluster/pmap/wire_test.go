@@ -23,9 +23,14 @@ func TestWireRoundTrips(t *testing.T) {
 			t.Fatalf("reply %d: %d %+v %q %v", st, s, ge, reason, err)
 		}
 	}
-	l, side, data, err := decodeSide(appendSide(nil, Lineage{Hash: 1 << 60, Size: 3}, []string{"a", "b"}, true))
-	if err != nil || l.Hash != 1<<60 || l.Size != 3 || len(side) != 2 || !data {
-		t.Fatalf("side: %+v %v %v %v", l, side, data, err)
+	for _, flags := range [][2]bool{{false, false}, {true, false}, {false, true}, {true, true}} {
+		l, side, data, merging, err := decodeSide(appendSide(nil, Lineage{Hash: 1 << 60, Size: 3}, []string{"a", "b"}, flags[0], flags[1]))
+		if err != nil || l.Hash != 1<<60 || l.Size != 3 || len(side) != 2 || data != flags[0] || merging != flags[1] {
+			t.Fatalf("side %v: %+v %v %v %v %v", flags, l, side, data, merging, err)
+		}
+	}
+	if _, _, _, _, err := decodeSide(append(appendSide(nil, Lineage{Hash: 1, Size: 1}, nil, false, false)[:3], 0x80)); err == nil {
+		t.Fatal("side with unknown flags decoded")
 	}
 	mname, mitems, err := decodeMerge(appendMerge(nil, "m", items))
 	if err != nil || mname != "m" || !reflect.DeepEqual(mitems, items) {
@@ -65,10 +70,10 @@ func FuzzDecodeRequest(f *testing.F) {
 
 func FuzzDecodeReplyAndSide(f *testing.F) {
 	f.Add(appendReply(nil, stFound, &Entry{Value: []byte("x")}, ""))
-	f.Add(appendSide(nil, Lineage{Hash: 1, Size: 2}, []string{"a"}, true))
+	f.Add(appendSide(nil, Lineage{Hash: 1, Size: 2}, []string{"a"}, true, true))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		_, _, _, _ = decodeReply(b)
-		_, _, _, _ = decodeSide(b)
+		_, _, _, _, _ = decodeSide(b)
 		_, _, _ = decodeMerge(b)
 		_, _, _ = decodePartition(b, 271)
 	})
