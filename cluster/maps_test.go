@@ -2,6 +2,7 @@ package cluster_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"testing"
@@ -244,4 +245,59 @@ func TestMapStoreSurvivesFullRestart(t *testing.T) {
 	}
 	run(true)
 	run(false)
+}
+
+// TestMapMinClusterSize: Hazelcast's split-brain protection. With
+// min_cluster_size 2, the single node cut off from a 3-node cluster
+// refuses writes (and, with read_quorum, reads) of that map, while the
+// pair keeps serving it; other maps are not affected, and the heal lifts
+// the refusal.
+func TestMapMinClusterSize(t *testing.T) {
+	t.Parallel()
+	nw := clustertest.New(t, clustertest.Config{})
+	nodes := startNodes(t, nw, 3, func(c *cluster.Config) {
+		c.MapConfig = func(name string) pmap.MapConfig {
+			mc := pmap.MapConfig{BackupCount: 1}
+			if name != "free" {
+				mc.MinClusterSize, mc.ReadQuorum = 2, name == "strict"
+			}
+			return mc
+		}
+	})
+	waitFor(t, 10*time.Second, "the maps to settle", settled(nodes...))
+	ctx := mapCtx(t)
+	for _, m := range []string{"guarded", "strict", "free"} {
+		if _, err := nodes[0].Maps().Put(ctx, m, "k", []byte("before"), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nw.Partition([]string{"n1", "n2"}, []string{"n3"})
+	waitFor(t, 15*time.Second, "both sides to settle", all(settled(nodes[0], nodes[1]), settled(nodes[2])))
+	for _, tc := range []struct {
+		node    *cluster.Node
+		m       string
+		write   bool // refused write
+		read    bool // refused read
+		comment string
+	}{
+		{nodes[2], "guarded", true, false, "one member < 2: writes refused, reads served"},
+		{nodes[2], "strict", true, true, "read_quorum: reads refused too"},
+		{nodes[2], "free", false, false, "no protection"},
+		{nodes[0], "guarded", false, false, "two members: serving"},
+		{nodes[0], "strict", false, false, "two members: serving"},
+	} {
+		_, err := tc.node.Maps().Put(ctx, tc.m, "k", []byte("during"), 0)
+		if got := errors.Is(err, pmap.ErrRefused); got != tc.write {
+			t.Errorf("%s put %s (%s): err %v, refused want %v", tc.node.Name(), tc.m, tc.comment, err, tc.write)
+		}
+		_, _, err = tc.node.Maps().Get(ctx, tc.m, "k")
+		if got := errors.Is(err, pmap.ErrRefused); got != tc.read {
+			t.Errorf("%s get %s (%s): err %v, refused want %v", tc.node.Name(), tc.m, tc.comment, err, tc.read)
+		}
+	}
+	nw.Heal()
+	waitFor(t, 20*time.Second, "the cluster to settle again", settled(nodes...))
+	if _, err := nodes[2].Maps().Put(ctx, "strict", "k", []byte("after"), 0); err != nil {
+		t.Errorf("put on n3 after the heal: %v", err)
+	}
 }

@@ -140,8 +140,13 @@ type Maps struct {
 	base    uint64
 	// merging: this node is merging its entries into the bigger side of
 	// a healed split; operations are answered "retry" meanwhile.
-	merging  bool
-	unsent   []Item // entries this node merges into a bigger side, not sent yet
+	merging bool
+	unsent  []Item // entries this node merges into a bigger side, not sent yet
+	// epoch counts this node's merges into other sides (its data
+	// dropped each time).
+	epoch uint64
+	// pulls[p] is the pull partition p waits on (nil: none).
+	pulls    []*pull
 	progress MergeProgress
 	changed  chan struct{}
 	wg       sync.WaitGroup         // background pulls and copies
@@ -191,7 +196,7 @@ func New(cfg Config, tr Transport, members Members, mux *dataplane.Mux) (*Maps, 
 	var seed [8]byte
 	_, _ = rand.Read(seed[:])
 	m := &Maps{cfg: cfg, log: cfg.Logger, tr: tr, members: members, store: NewStore(cfg.PartitionCount),
-		state: make([]pstate, cfg.PartitionCount), full: make([]bool, cfg.PartitionCount), handedTo: make([]string, cfg.PartitionCount), kept: make([]time.Time, cfg.PartitionCount), changed: make(chan struct{}, 1),
+		state: make([]pstate, cfg.PartitionCount), full: make([]bool, cfg.PartitionCount), handedTo: make([]string, cfg.PartitionCount), kept: make([]time.Time, cfg.PartitionCount), pulls: make([]*pull, cfg.PartitionCount), changed: make(chan struct{}, 1),
 		lineage: Lineage{Hash: binary.BigEndian.Uint64(seed[:]), Size: 1}}
 	m.base = m.lineage.Hash
 	m.table = partition.Compute([]string{cfg.Node}, cfg.PartitionCount, cfg.MaxBackups)

@@ -34,8 +34,9 @@ type MergeProgress struct {
 	Failed            int
 }
 
-// mergeInto merges this node's data into the bigger side w.
-func (m *Maps) mergeInto(ctx context.Context, w side, alive []string) {
+// mergeInto merges this node's data into the bigger side w, members
+// being its next table (planHeal).
+func (m *Maps) mergeInto(ctx context.Context, w side, members []string) {
 	m.mu.Lock()
 	// The entries this node owns, as Hazelcast merges them: each entry
 	// of the smaller side goes through the policy once (a policy that
@@ -56,40 +57,55 @@ func (m *Maps) mergeInto(ctx context.Context, w side, alive []string) {
 	// A node merging again before it sent everything (a bigger lineage
 	// showed up during the heal) keeps what it has not sent: lineages
 	// only move to bigger ones, so it ends in the biggest.
-	m.unsent = append(m.unsent, snap...)
-	start := !m.merging
-	m.merging = true
+	start := m.queueMergesLocked(snap)
+	m.epoch++ // pulls planned before are of the side this node leaves
+	// The lineage as w reported it: its own nodes count this node in
+	// when they take it into their tables, not before.
 	m.lineage, m.base = w.lineage, w.lineage.Hash
-	m.lineage.Size = max(m.lineage.Size, len(alive))
-	if start {
-		m.progress = MergeProgress{Started: time.Now()}
-	}
-	m.progress.Total += len(snap)
+	// The data dropped and the new table in one step: a merge or a
+	// backup write let in between would land in a store about to be
+	// replaced by the pulled copies.
+	prev := partition.Compute(w.members, m.cfg.PartitionCount, m.cfg.MaxBackups)
+	next := partition.Compute(members, m.cfg.PartitionCount, m.cfg.MaxBackups)
+	work := m.planLocked(next, prev, true)
+	lineage := m.lineage
 	m.mu.Unlock()
 	m.stats.Merges.Add(1)
 	m.log.Warn("netsplit healed: this side is the smaller; merging its map entries into the bigger side",
-		"this_side", mySize, "other_side", len(w.members), "entries", len(snap), "lineage", m.lineage)
-	prev := partition.Compute(w.members, m.cfg.PartitionCount, m.cfg.MaxBackups)
-	m.adopt(ctx, partition.Compute(alive, m.cfg.PartitionCount, m.cfg.MaxBackups), prev, true)
-	if !start {
-		return // the sender under way takes the new entries too
+		"this_side", mySize, "other_side", len(w.members), "entries", len(snap), "lineage", lineage)
+	m.start(ctx, work)
+	if start {
+		m.startSender(ctx)
 	}
-	// The entries go out in the background, to their owners in the
-	// table of the moment: membership may still change meanwhile.
+}
+
+// queueMergesLocked adds items to the entries to merge; it reports
+// whether the sender must be started (none under way: it takes the new
+// entries too otherwise).
+func (m *Maps) queueMergesLocked(items []Item) bool {
+	m.unsent = append(m.unsent, items...)
+	start := !m.merging
+	m.merging = true
+	if start {
+		m.progress = MergeProgress{Started: time.Now()}
+	}
+	m.progress.Total += len(items)
+	return start
+}
+
+// startSender sends the queued entries in the background, to their
+// owners in the table of the moment: membership may still change
+// meanwhile.
+func (m *Maps) startSender(ctx context.Context) {
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
-		failed := m.sendMerges(ctx)
-		m.mu.Lock()
-		m.merging = false
-		m.progress.Finished, m.progress.Failed = time.Now(), failed
-		p := m.progress
-		m.mu.Unlock()
+		p := m.sendMerges(ctx)
 		lvl := m.log.Info
-		if failed > 0 {
+		if p.Failed > 0 {
 			lvl = m.log.Error
 		}
-		lvl("map merge after the netsplit done", "entries", p.Total, "merged", p.Done, "failed", failed,
+		lvl("map merge after the netsplit done", "entries", p.Total, "merged", p.Done, "failed", p.Failed,
 			"took", p.Finished.Sub(p.Started).Round(time.Millisecond))
 	}()
 }
@@ -102,22 +118,30 @@ func (m *Maps) Progress() MergeProgress {
 }
 
 // sendMerges sends the unsent entries to their owners in batches,
-// retrying until mergeTimeout; it returns how many could not be merged.
-func (m *Maps) sendMerges(ctx context.Context) int {
+// retrying until mergeTimeout; when none is left (or time is up) it ends
+// the merge and returns its progress.
+func (m *Maps) sendMerges(ctx context.Context) MergeProgress {
 	deadline := time.Now().Add(mergeTimeout)
 	wait := 20 * time.Millisecond
 	var pending []Item
-	take := func() {
+	for {
+		type dest struct{ owner, m string }
 		m.mu.Lock()
 		pending = append(pending, m.unsent...)
 		m.unsent = nil
-		m.mu.Unlock()
-	}
-	take()
-	for len(pending) > 0 && time.Now().Before(deadline) && ctx.Err() == nil {
+		if len(pending) == 0 || !time.Now().Before(deadline) || ctx.Err() != nil {
+			// Done under the lock that queues entries: one queued from
+			// now on starts a sender of its own.
+			m.merging = false
+			m.progress.Finished, m.progress.Failed = time.Now(), len(pending)
+			p := m.progress
+			m.mu.Unlock()
+			if len(pending) > 0 {
+				m.stats.MergeFailures.Add(uint64(len(pending)))
+			}
+			return p
+		}
 		// Batches per (owner, map), in order.
-		type dest struct{ owner, m string }
-		m.mu.Lock()
 		groups := map[dest][]Item{}
 		var order []dest
 		for _, it := range pending {
@@ -158,16 +182,7 @@ func (m *Maps) sendMerges(ctx context.Context) int {
 			wait = min(2*wait, time.Second)
 		}
 		pending = retry
-		take()
 	}
-	m.mu.Lock()
-	pending = append(pending, m.unsent...)
-	m.unsent = nil
-	m.mu.Unlock()
-	if len(pending) > 0 {
-		m.stats.MergeFailures.Add(uint64(len(pending)))
-	}
-	return len(pending)
 }
 
 func (m *Maps) handleMerge(from string, payload []byte) ([]byte, error) {

@@ -2,11 +2,7 @@ package pmap
 
 import (
 	"context"
-	"errors"
-	"hash/fnv"
 	"slices"
-	"strings"
-	"sync"
 	"time"
 
 	"github.com/mendmq/mendmq/cluster/partition"
@@ -66,169 +62,35 @@ func (m *Maps) Run(ctx context.Context, split func() bool) {
 	}
 }
 
-// Lineage identifies where a node's map data come from, and how big that
-// cluster was. A new node starts a lineage of its own (a random hash,
-// size 1). A side of a split starts one when it loses members: its hash is
-// a function of the whole cluster's lineage and of the side's members (so
-// every node of the side computes the same), its size the side's. When a
-// node meets a member of another lineage, the smaller lineage (fewer
-// members, then the smaller hash) merges into the bigger and takes its
-// lineage. A lineage grows with the members that join it or merge into
-// it: a bigger lineage only gets bigger, so both nodes of a pair decide the
-// same whichever asks first.
-type Lineage struct {
-	Hash uint64
-	Size int
-}
-
-// less reports whether a merges into b.
-func (a Lineage) less(b Lineage) bool {
-	if a.Size != b.Size {
-		return a.Size < b.Size
-	}
-	return a.Hash < b.Hash
-}
-
-// splitLineage is the lineage of a side of a split.
-func splitLineage(base uint64, members []string) uint64 {
-	h := fnv.New64a()
-	var b [8]byte
-	for i := range b {
-		b[i] = byte(base >> (8 * i))
-	}
-	_, _ = h.Write(b[:])
-	for _, m := range members {
-		_, _ = h.Write([]byte(m))
-		_, _ = h.Write([]byte{0})
-	}
-	return h.Sum64()
-}
-
-// side is what another node said of its map data.
-type side struct {
-	lineage Lineage
-	members []string
-	data    bool
-}
-
-// reconcile adopts the table of the alive members, merging into another
-// side first if the newcomers' data have another lineage and their side
-// is bigger.
-func (m *Maps) reconcile(ctx context.Context, split bool) {
-	alive := m.stableAlive(time.Now())
-	m.mu.Lock()
-	cur, mine := m.table, m.lineage
-	if !split && !m.merging {
-		m.base = mine.Hash // whole: this is the cluster's lineage
-	}
-	m.mu.Unlock()
-	if slices.Equal(alive, cur.Members) {
-		return
-	}
-	// The lineages of the newcomers: a newcomer that does not answer is
-	// left out of the table until it does (the next round).
-	var winner *side
-	for _, n := range alive {
-		if slices.Contains(cur.Members, n) {
-			continue
-		}
-		ctx2, cancel := context.WithTimeout(ctx, 2*time.Second)
-		b, err := m.tr.Call(ctx2, n, CallSide, nil)
-		cancel()
-		var s side
-		if err == nil {
-			s.lineage, s.members, s.data, err = decodeSide(b)
-		}
-		if err != nil {
-			m.log.Debug("map lineage of a new member unknown; not in the table yet", "peer", n, "error", err)
-			alive = slices.DeleteFunc(alive, func(a string) bool { return a == n })
-			continue
-		}
-		if s.lineage.Hash == mine.Hash {
-			continue
-		}
-		if mine.less(s.lineage) && (winner == nil || winner.lineage.less(s.lineage)) {
-			winner = &s
-		}
-	}
-	if winner != nil {
-		m.mergeInto(ctx, *winner, alive)
-		return
-	}
-	m.mu.Lock()
-	prev := m.table
-	switch {
-	case split && len(alive) < len(cur.Members):
-		// Members lost in a netsplit: this side's data are a lineage of
-		// their own now.
-		m.lineage = Lineage{Hash: splitLineage(m.base, alive), Size: len(alive)}
-	case len(alive) > m.lineage.Size:
-		// Grown: by members of its lineage, or by smaller ones that merge
-		// into it (a bigger lineage only grows bigger, so every node of
-		// a smaller one still decides to merge).
-		m.lineage.Size = len(alive)
-	}
-	m.mu.Unlock()
-	m.adopt(ctx, partition.Compute(alive, m.cfg.PartitionCount, m.cfg.MaxBackups), prev, false)
-}
-
-// stableAlive is the view's alive members plus those of the table gone
-// for less than ShrinkDelay.
-func (m *Maps) stableAlive(now time.Time) []string {
-	alive := m.members.Alive()
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.gone == nil {
-		m.gone = map[string]time.Time{}
-	}
-	for name := range m.gone {
-		if slices.Contains(alive, name) || !slices.Contains(m.table.Members, name) {
-			delete(m.gone, name)
-		}
-	}
-	for _, name := range m.table.Members {
-		if slices.Contains(alive, name) {
-			continue
-		}
-		since, ok := m.gone[name]
-		if !ok {
-			m.gone[name], since = now, now
-		}
-		if now.Sub(since) < m.cfg.ShrinkDelay {
-			alive = append(alive, name)
-		}
-	}
-	slices.Sort(alive)
-	return alive
-}
-
-// pull is a partition to fetch, from the first source that has it.
-// patient: the sources are members this node is merging into, some maybe
-// not seen yet: wait for them rather than recreate the partition.
-type pull struct {
-	p       partition.ID
-	sources []string
-	patient bool
-}
-
 // seqFloor is the write-sequence floor of a partition this node takes
 // over as owner (see Store.Floor).
 func (m *Maps) seqFloor() uint64 { return uint64(max(m.now(), 0)) << 20 }
 
-// adopt makes next the table: promotions at once, pulls and backup copies
-// after. wiped means this node dropped its data (merging into another
-// side): it holds no copy, whatever its previous role.
-func (m *Maps) adopt(ctx context.Context, next, prev partition.Table, wiped bool) {
+// work is what a new table leaves to do in the background.
+type work struct {
+	members             int
+	pulls               []*pull
+	pushes, backupPulls []partition.ID
+}
+
+// planLocked makes next the table: promotions at once; the pulls and
+// backup copies it returns are for start. wiped means this node dropped
+// its data (merging into another side): it holds no copy, whatever its
+// previous role. m.mu is held: the table, the partitions' states and
+// their pulls change together, so no operation, pull or merge sees one
+// without the others.
+func (m *Maps) planLocked(next, prev partition.Table, wiped bool) work {
 	self := m.cfg.Node
-	var pulls []pull
-	var pushes, backupPulls []partition.ID
-	m.mu.Lock()
+	var w work
 	cur := m.table
 	for i := range m.cfg.PartitionCount {
 		p := partition.ID(i)
 		was, now := cur.Role(p, self), next.Role(p, self)
 		if wiped {
 			was = partition.None
+		}
+		if now != partition.Owner {
+			m.pulls[p] = nil // a pull under way stops: not wanted any more
 		}
 		switch now {
 		case partition.Owner:
@@ -238,16 +100,16 @@ func (m *Maps) adopt(ctx context.Context, next, prev partition.Table, wiped bool
 				// while this node waits for the partition).
 			case was == partition.Owner && m.state[p] == stActive:
 				if !slices.Equal(cur.Backups(p), next.Backups(p)) {
-					pushes = append(pushes, p)
+					w.pushes = append(w.pushes, p)
 				}
 			case was == partition.Backup && m.full[p] && (prev.Owner(p) == "" || !slices.Contains(next.Members, prev.Owner(p))):
 				// The owner is gone: the backup takes over.
 				m.state[p] = stActive
 				m.store.Floor(p, m.seqFloor())
 				m.stats.Promotions.Add(1)
-				pushes = append(pushes, p)
+				w.pushes = append(w.pushes, p)
 			case prev.Owner(p) == self && !wiped && m.state[p] == stActive && m.full[p]:
-				pushes = append(pushes, p)
+				w.pushes = append(w.pushes, p)
 			default:
 				var src []string
 				if m.state[p] == stHanded && m.handedTo[p] != "" && m.handedTo[p] != self {
@@ -261,7 +123,11 @@ func (m *Maps) adopt(ctx context.Context, next, prev partition.Table, wiped bool
 						src = append(src, s)
 					}
 				}
-				pulls = append(pulls, pull{p: p, sources: src, patient: wiped})
+				// This pull replaces any under way: a pull planned
+				// before a merge asks the side this node left.
+				pl := &pull{p: p, sources: src, patient: wiped, epoch: m.epoch}
+				m.pulls[p] = pl
+				w.pulls = append(w.pulls, pl)
 			}
 		case partition.Backup:
 			// Its owner rewrites the copy (pushCopies); one that does not
@@ -269,7 +135,7 @@ func (m *Maps) adopt(ctx context.Context, next, prev partition.Table, wiped bool
 			// have come before this node saw itself as a backup).
 			m.state[p] = stActive
 			if !m.full[p] {
-				backupPulls = append(backupPulls, p)
+				w.backupPulls = append(w.backupPulls, p)
 			}
 		case partition.None:
 			if m.state[p] == stMigrating {
@@ -284,19 +150,23 @@ func (m *Maps) adopt(ctx context.Context, next, prev partition.Table, wiped bool
 		}
 	}
 	m.table = next
-	m.mu.Unlock()
-	if len(pulls) > 0 || len(pushes) > 0 {
-		m.log.Info("map partitions rebalanced", "members", len(next.Members), "pulls", len(pulls), "backup_rewrites", len(pushes))
+	w.members = len(next.Members)
+	return w
+}
+
+// start runs a new table's pulls and copies in the background: a slow
+// source must not hold up the next membership change (install checks
+// that the pull is still wanted).
+func (m *Maps) start(ctx context.Context, w work) {
+	if len(w.pulls) > 0 || len(w.pushes) > 0 {
+		m.log.Info("map partitions rebalanced", "members", w.members, "pulls", len(w.pulls), "backup_rewrites", len(w.pushes))
 	}
-	// Pulls and copies run in the background: a slow source must not
-	// hold up the next membership change (install checks that the pull
-	// is still wanted).
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
-		m.runPulls(ctx, pulls)
-		m.pushCopies(ctx, pushes)
-		m.fetchBackups(ctx, backupPulls)
+		m.runPulls(ctx, w.pulls)
+		m.pushCopies(ctx, w.pushes)
+		m.fetchBackups(ctx, w.backupPulls)
 		m.dropUnowned()
 	}()
 }
@@ -326,177 +196,6 @@ func (m *Maps) fetchBackups(ctx context.Context, ps []partition.ID) {
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
-}
-
-// runPulls fetches partitions, a few at a time.
-func (m *Maps) runPulls(ctx context.Context, pulls []pull) {
-	sem := make(chan struct{}, 8)
-	var wg sync.WaitGroup
-	for _, pl := range pulls {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			m.pullOne(ctx, pl)
-		}()
-	}
-	wg.Wait()
-}
-
-// Wait waits for the background pulls and copies (after Run returned).
-func (m *Maps) Wait() { m.wg.Wait() }
-
-// pullOne fetches one partition from the first of its sources that gives
-// it, as long as this node waits for it; a source that is itself
-// migrating the partition, or that cannot be reached for a moment (a
-// link coming back after a heal), is asked again. Only when no source is
-// a member any more is the partition recreated (empty): this side of a
-// split has no copy of it.
-func (m *Maps) pullOne(ctx context.Context, pl pull) {
-	wait := 20 * time.Millisecond
-	patience := time.Now().Add(10 * time.Second)
-	for ctx.Err() == nil && m.wants(pl.p) {
-		alive := m.members.Alive()
-		var sources []string
-		for _, s := range pl.sources {
-			if slices.Contains(alive, s) {
-				sources = append(sources, s)
-			}
-		}
-		waiting := pl.patient && len(sources) < len(pl.sources) && time.Now().Before(patience)
-		if len(sources) == 0 && !waiting {
-			m.recreate(pl.p)
-			return
-		}
-		noCopy := 0
-		for _, src := range sources {
-			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			b, err := m.tr.Call(cctx, src, CallPull, appendPartition(nil, int(pl.p)))
-			cancel()
-			var items []Item
-			if err == nil {
-				items, err = decodeItems(b)
-			}
-			if err == nil {
-				if m.install(pl.p, items) {
-					m.storePartition(items, true)
-				}
-				m.stats.Migrations.Add(1)
-				m.pushCopies(ctx, []partition.ID{pl.p})
-				return
-			}
-			if isRemote(err, errNoCopy) {
-				noCopy++
-			}
-			m.log.Debug("map partition pull failed; trying again", "partition", pl.p, "source", src, "error", err)
-		}
-		if noCopy == len(sources) && !waiting {
-			// Every source that is still a member holds no complete copy:
-			// the partition is recreated empty.
-			m.recreate(pl.p)
-			return
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(wait):
-		}
-		wait = min(2*wait, time.Second)
-	}
-}
-
-// recreate activates an empty partition p nobody holds a copy of, if this
-// node still waits for it.
-func (m *Maps) recreate(p partition.ID) {
-	stored := m.loadStored(p) // this node's MapStore copy, if any
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.table.Role(p, m.cfg.Node) == partition.Owner && m.state[p] == stMigrating {
-		// What this node has of it (a backup's copy without the full
-		// copy, say), completed by its stored entries.
-		local := m.store.Copy(p)
-		for _, it := range stored {
-			if !slices.ContainsFunc(local, func(l Item) bool { return l.Map == it.Map && l.Key == it.Key }) {
-				local = append(local, it)
-			}
-		}
-		m.store.Replace(p, local)
-		m.state[p], m.full[p] = stActive, true
-		m.store.Floor(p, m.seqFloor())
-		m.stats.Recreated.Add(1)
-		if len(stored) > 0 {
-			m.log.Info("map partition recreated from the map store", "partition", p, "entries", len(stored))
-		}
-	}
-}
-
-// wants reports whether this node still waits for partition p.
-func (m *Maps) wants(p partition.ID) bool {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.table.Role(p, m.cfg.Node) == partition.Owner && m.state[p] == stMigrating
-}
-
-var (
-	errPullRetry = errors.New("pmap: partition is migrating here too; retry")
-	errNoCopy    = errors.New("pmap: no complete copy of the partition here")
-)
-
-// isRemote reports whether err is (or a peer answered) target: an error
-// crosses the data plane as its text.
-func isRemote(err, target error) bool {
-	return err != nil && (errors.Is(err, target) || strings.Contains(err.Error(), target.Error()))
-}
-
-// install makes items partition p's content here and activates it, if
-// this node still owns it and waits for it; it reports whether it did.
-func (m *Maps) install(p partition.ID, items []Item) bool {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.table.Role(p, m.cfg.Node) != partition.Owner || m.state[p] != stMigrating {
-		return false
-	}
-	m.store.Replace(p, items)
-	m.store.Floor(p, m.seqFloor())
-	m.state[p], m.full[p] = stActive, true
-	return true
-}
-
-// handlePull gives a new owner partition p: this node's complete copy.
-// A node that owns p in its own table answers "retry": either it has not
-// adopted the puller's newer table yet (once it has, it owns p no more,
-// takes no more writes for it, and gives the copy with every write it
-// took), or the puller's table is the older one (the puller stops
-// wanting p when it catches up). A former owner hands p over: it drops
-// its copy once it is sure the new owner has it.
-func (m *Maps) handlePull(from string, payload []byte) ([]byte, error) {
-	pi, rest, err := decodePartition(payload, m.cfg.PartitionCount)
-	if err != nil {
-		m.stats.BadMessages.Add(1)
-		return nil, err
-	}
-	p := partition.ID(pi)
-	asBackup := len(rest) == 1 && rest[0] == 1 // a backup wants the owner's copy
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	role := m.table.Role(p, m.cfg.Node)
-	if asBackup {
-		if role != partition.Owner || m.state[p] != stActive || !m.full[p] {
-			return nil, errPullRetry
-		}
-		return appendItems(nil, m.store.Copy(p)), nil
-	}
-	if role == partition.Owner {
-		return nil, errPullRetry
-	}
-	if !m.full[p] {
-		return nil, errNoCopy
-	}
-	if role == partition.None {
-		m.state[p], m.handedTo[p] = stHanded, from
-	}
-	return appendItems(nil, m.store.Copy(p)), nil
 }
 
 // pushCopies rewrites the backups of partitions this node owns.
@@ -609,27 +308,6 @@ func (m *Maps) expire() {
 		m.replicate([]string{b}, its, false)
 	}
 	m.persist(items)
-}
-
-// handleSide answers the cluster-merge handshake.
-func (m *Maps) handleSide(from string, _ []byte) ([]byte, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	data := false
-	for i := range m.cfg.PartitionCount {
-		if len(m.store.Copy(partition.ID(i))) > 0 {
-			data = true
-			break
-		}
-	}
-	return appendSide(nil, m.lineage, m.table.Members, data), nil
-}
-
-// Lineage returns where this node's map data come from.
-func (m *Maps) Lineage() Lineage {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.lineage
 }
 
 // Table returns the partition table in use.

@@ -1,0 +1,221 @@
+package pmap
+
+import (
+	"context"
+	"hash/fnv"
+	"slices"
+	"time"
+
+	"github.com/mendmq/mendmq/cluster/partition"
+)
+
+// Lineage identifies where a node's map data come from, and how big that
+// cluster is. A new node starts a lineage of its own (a random hash,
+// size 1). A side of a split starts one when it loses members: its hash is
+// a function of the whole cluster's lineage and of the side's members (so
+// every node of the side computes the same), its size the side's. When a
+// node meets a member of another lineage, the smaller lineage (fewer
+// members, then the smaller hash) merges into the bigger and takes its
+// lineage as that side reported it. A lineage grows only with the members
+// its nodes take into their tables, which they do once those members
+// report the same lineage (see planHeal): so a node never reports a size
+// its lineage's own nodes do not have, each node's lineage only grows,
+// and both nodes of a pair decide the same whichever asks first.
+type Lineage struct {
+	Hash uint64
+	Size int
+}
+
+// less reports whether a merges into b.
+func (a Lineage) less(b Lineage) bool {
+	if a.Size != b.Size {
+		return a.Size < b.Size
+	}
+	return a.Hash < b.Hash
+}
+
+// splitLineage is the lineage of a side of a split.
+func splitLineage(base uint64, members []string) uint64 {
+	h := fnv.New64a()
+	var b [8]byte
+	for i := range b {
+		b[i] = byte(base >> (8 * i))
+	}
+	_, _ = h.Write(b[:])
+	for _, m := range members {
+		_, _ = h.Write([]byte(m))
+		_, _ = h.Write([]byte{0})
+	}
+	return h.Sum64()
+}
+
+// side is what another node said of its map data: its lineage and the
+// members of its table (all of that lineage, see planHeal).
+type side struct {
+	lineage Lineage
+	members []string
+	data    bool
+}
+
+// healPlan is what a node does with the members it sees.
+type healPlan struct {
+	// winner is the bigger side to merge into first; nil: none.
+	winner *side
+	// members are the next table's, sorted.
+	members []string
+}
+
+// planHeal decides, from the alive members, the current table's members
+// cur and what the newcomers (alive, not in cur) said of their lineage
+// (sides; a newcomer that did not answer is absent), which side this node
+// merges into, if any, and who is in its next table.
+//
+// A table holds only members of the node's lineage: a newcomer of a
+// smaller lineage is left out until it has merged into this one (it
+// reports this lineage then). Were it taken in before, its partitions in
+// this side's table would point at a node holding none of this side's
+// data, and a node merging into this side would pull them from it — and
+// recreate them empty, losing this side's entries. A node that merges
+// takes into its table the bigger side's members and the newcomers that
+// already merged into it, not its own former side: those follow when they
+// have merged too.
+func planHeal(self string, mine Lineage, cur, alive []string, sides map[string]side) healPlan {
+	var winner *side
+	for _, n := range alive {
+		s, ok := sides[n]
+		if !ok || slices.Contains(cur, n) || s.lineage.Hash == mine.Hash {
+			continue
+		}
+		if mine.less(s.lineage) && (winner == nil || winner.lineage.less(s.lineage)) {
+			winner = &s
+		}
+	}
+	var members []string
+	for _, n := range alive {
+		s, answered := sides[n]
+		switch {
+		case n == self:
+		case winner != nil:
+			if !slices.Contains(winner.members, n) && !(answered && s.lineage.Hash == winner.lineage.Hash) {
+				continue
+			}
+		case slices.Contains(cur, n):
+		case !answered || s.lineage.Hash != mine.Hash:
+			continue
+		}
+		members = append(members, n)
+	}
+	slices.Sort(members)
+	return healPlan{winner: winner, members: members}
+}
+
+// reconcile adopts the table of the alive members of this node's
+// lineage, merging into another side first if a newcomer's lineage is
+// bigger (planHeal).
+func (m *Maps) reconcile(ctx context.Context, split bool) {
+	alive := m.stableAlive(time.Now())
+	m.mu.Lock()
+	cur, mine := m.table, m.lineage
+	if !split && !m.merging {
+		m.base = mine.Hash // whole: this is the cluster's lineage
+	}
+	m.mu.Unlock()
+	if slices.Equal(alive, cur.Members) {
+		return
+	}
+	// The lineages of the newcomers, asked again every round until they
+	// are in the table.
+	sides := map[string]side{}
+	for _, n := range alive {
+		if slices.Contains(cur.Members, n) {
+			continue
+		}
+		ctx2, cancel := context.WithTimeout(ctx, 2*time.Second)
+		b, err := m.tr.Call(ctx2, n, CallSide, nil)
+		cancel()
+		var s side
+		if err == nil {
+			s.lineage, s.members, s.data, err = decodeSide(b)
+		}
+		if err != nil {
+			m.log.Debug("map lineage of a new member unknown; not in the table yet", "peer", n, "error", err)
+			continue
+		}
+		sides[n] = s
+	}
+	plan := planHeal(m.cfg.Node, mine, cur.Members, alive, sides)
+	if plan.winner != nil {
+		m.mergeInto(ctx, *plan.winner, plan.members)
+		return
+	}
+	if slices.Equal(plan.members, cur.Members) {
+		return // only newcomers that have not merged into this side yet
+	}
+	m.mu.Lock()
+	prev := m.table
+	switch {
+	case split && len(plan.members) < len(cur.Members):
+		// Members lost in a netsplit: this side's data are a lineage of
+		// their own now.
+		m.lineage = Lineage{Hash: splitLineage(m.base, plan.members), Size: len(plan.members)}
+	case len(plan.members) > m.lineage.Size:
+		// Grown by members of its lineage (newcomers that merged into it
+		// included).
+		m.lineage.Size = len(plan.members)
+	}
+	next := partition.Compute(plan.members, m.cfg.PartitionCount, m.cfg.MaxBackups)
+	work := m.planLocked(next, prev, false)
+	m.mu.Unlock()
+	m.start(ctx, work)
+}
+
+// stableAlive is the view's alive members plus those of the table gone
+// for less than ShrinkDelay.
+func (m *Maps) stableAlive(now time.Time) []string {
+	alive := m.members.Alive()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.gone == nil {
+		m.gone = map[string]time.Time{}
+	}
+	for name := range m.gone {
+		if slices.Contains(alive, name) || !slices.Contains(m.table.Members, name) {
+			delete(m.gone, name)
+		}
+	}
+	for _, name := range m.table.Members {
+		if slices.Contains(alive, name) {
+			continue
+		}
+		since, ok := m.gone[name]
+		if !ok {
+			m.gone[name], since = now, now
+		}
+		if now.Sub(since) < m.cfg.ShrinkDelay {
+			alive = append(alive, name)
+		}
+	}
+	slices.Sort(alive)
+	return alive
+}
+
+// handleSide answers the cluster-merge handshake.
+func (m *Maps) handleSide(from string, _ []byte) ([]byte, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	data := false
+	for i := range m.cfg.PartitionCount {
+		if len(m.store.Copy(partition.ID(i))) > 0 {
+			data = true
+			break
+		}
+	}
+	return appendSide(nil, m.lineage, m.table.Members, data), nil
+}
+
+// Lineage returns where this node's map data come from.
+func (m *Maps) Lineage() Lineage {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.lineage
+}

@@ -1,0 +1,92 @@
+package pmap
+
+import (
+	"slices"
+	"testing"
+)
+
+// TestPlanHeal: a table holds the members of the node's lineage only; a
+// node merges into the biggest bigger side it meets and takes into its
+// table that side's members and the newcomers already merged into it.
+func TestPlanHeal(t *testing.T) {
+	side9 := side{lineage: Lineage{Hash: 9, Size: 2}, members: []string{"n1", "n2"}}
+	for _, tc := range []struct {
+		name        string
+		self        string
+		mine        Lineage
+		cur, alive  []string
+		sides       map[string]side
+		wantWinner  *Lineage
+		wantMembers []string
+	}{
+		{
+			name: "a smaller newcomer is left out until it merged",
+			self: "n1", mine: Lineage{Hash: 3, Size: 1}, cur: []string{"n1"}, alive: []string{"n1", "n3"},
+			sides:       map[string]side{"n3": {lineage: Lineage{Hash: 1, Size: 1}, members: []string{"n3"}}},
+			wantMembers: []string{"n1"},
+		},
+		{
+			name: "a newcomer that merged into this lineage is taken in",
+			self: "n1", mine: Lineage{Hash: 3, Size: 1}, cur: []string{"n1"}, alive: []string{"n1", "n2", "n3"},
+			sides: map[string]side{
+				"n2": {lineage: Lineage{Hash: 3, Size: 1}, members: []string{"n1", "n2"}},
+				"n3": {lineage: Lineage{Hash: 1, Size: 1}, members: []string{"n3"}},
+			},
+			wantMembers: []string{"n1", "n2"},
+		},
+		{
+			name: "a newcomer that does not answer is left out",
+			self: "n1", mine: Lineage{Hash: 3, Size: 2}, cur: []string{"n1", "n2"}, alive: []string{"n1", "n2", "n3"},
+			wantMembers: []string{"n1", "n2"},
+		},
+		{
+			name: "members lost are gone from the table",
+			self: "n1", mine: Lineage{Hash: 3, Size: 3}, cur: []string{"n1", "n2", "n3"}, alive: []string{"n1", "n3"},
+			wantMembers: []string{"n1", "n3"},
+		},
+		{
+			name: "a bigger side: its members and its merged newcomers, not this node's own side",
+			self: "n3", mine: Lineage{Hash: 2, Size: 2}, cur: []string{"n3", "n4"}, alive: []string{"n1", "n2", "n3", "n4", "n5"},
+			sides: map[string]side{
+				"n1": side9,
+				"n2": side9,
+				"n5": {lineage: Lineage{Hash: 9, Size: 3}, members: []string{"n1", "n2", "n5"}},
+			},
+			wantWinner: &Lineage{Hash: 9, Size: 3}, wantMembers: []string{"n1", "n2", "n3", "n5"},
+		},
+		{
+			name: "the biggest of the bigger sides: more members first, then the bigger hash",
+			self: "n3", mine: Lineage{Hash: 1, Size: 1}, cur: []string{"n3"}, alive: []string{"n1", "n2", "n3"},
+			sides: map[string]side{
+				"n1": {lineage: Lineage{Hash: 5, Size: 1}, members: []string{"n1"}},
+				"n2": {lineage: Lineage{Hash: 4, Size: 2}, members: []string{"n2", "n4"}},
+			},
+			wantWinner: &Lineage{Hash: 4, Size: 2}, wantMembers: []string{"n2", "n3"},
+		},
+		{
+			name: "same size: the bigger hash",
+			self: "n2", mine: Lineage{Hash: 2, Size: 1}, cur: []string{"n2"}, alive: []string{"n1", "n2"},
+			sides:      map[string]side{"n1": {lineage: Lineage{Hash: 3, Size: 1}, members: []string{"n1"}}},
+			wantWinner: &Lineage{Hash: 3, Size: 1}, wantMembers: []string{"n1", "n2"},
+		},
+		{
+			name: "a member of the bigger side this node does not see is left out",
+			self: "n3", mine: Lineage{Hash: 2, Size: 1}, cur: []string{"n3"}, alive: []string{"n1", "n3"},
+			sides:      map[string]side{"n1": side9},
+			wantWinner: &side9.lineage, wantMembers: []string{"n1", "n3"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := planHeal(tc.self, tc.mine, tc.cur, tc.alive, tc.sides)
+			switch {
+			case (got.winner == nil) != (tc.wantWinner == nil):
+				t.Fatalf("winner %+v, want %+v", got.winner, tc.wantWinner)
+			case got.winner != nil && got.winner.lineage != *tc.wantWinner:
+				t.Fatalf("winner %+v, want %+v", got.winner.lineage, *tc.wantWinner)
+			}
+			if !slices.Equal(got.members, tc.wantMembers) {
+				t.Fatalf("members %v, want %v", got.members, tc.wantMembers)
+			}
+		})
+	}
+}
