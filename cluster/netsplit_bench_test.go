@@ -169,6 +169,10 @@ func measureCut(b *testing.B, nw *clustertest.Network, nodes, affected []*cluste
 		}
 		b.Logf("cut: all split after %v: %v", r.detect.Round(time.Millisecond), seen)
 	}
+	if len(nodes) > 3 {
+		b.Logf("cut: every node split after %v (each node's own detection: median %v, max %v)", r.detect.Round(time.Millisecond),
+			median(r.nodeDetect).Round(time.Millisecond), slices.Max(r.nodeDetect).Round(time.Millisecond))
+	}
 	heal := time.Now()
 	nw.Heal()
 	r.leave = waitAll(b, nodes, heal, healLimit, "leaving the netsplit", func(n *cluster.Node) bool { return !n.Split() })
@@ -176,7 +180,7 @@ func measureCut(b *testing.B, nw *clustertest.Network, nodes, affected []*cluste
 	waitAll(b, affected, heal, healLimit, "the heal's convergence", healedSince(heal))
 	r.converge = lastConverged(affected).Sub(heal)
 	if len(nodes) > 3 {
-		b.Logf("cut: detect %v, leave %v, re-form %v, converge %v", r.detect.Round(time.Millisecond),
+		b.Logf("heal: leave %v, re-form %v, converge %v",
 			r.leave.Round(time.Millisecond), r.reform.Round(time.Millisecond), r.converge.Round(time.Millisecond))
 	}
 	return r
