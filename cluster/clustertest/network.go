@@ -393,7 +393,11 @@ func (c *trackedConn) Write(b []byte) (int, error) {
 	if c.net.silentDrop(c, len(b) > 0) {
 		return len(b), nil
 	}
-	return c.Conn.Write(b)
+	k, err := c.Conn.Write(b)
+	if err != nil && c.selfClosed.Load() {
+		err = net.ErrClosed // woken by Close during a cut
+	}
+	return k, err
 }
 
 // Read reads from the stream. With Config.Silent, while the link is cut
