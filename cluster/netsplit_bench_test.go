@@ -248,10 +248,11 @@ func BenchmarkNetsplitDetection(b *testing.B) {
 // classic cause of false failure detections — and reports how many times
 // any node entered a netsplit (there was no cut: every one is false) and
 // how many times a member was suspected or declared dead by memberlist.
+// NETSPLIT_SATURATION_PERIOD (a Go duration) changes the 20 s.
 //
 //	go test -run XXX -bench NetsplitSaturation -benchtime 1x ./cluster/
 func BenchmarkNetsplitSaturation(b *testing.B) {
-	const period = 20 * time.Second
+	period := envDuration(b, "NETSPLIT_SATURATION_PERIOD", 20*time.Second)
 	for range b.N {
 		nw := newNetwork(b, clustertest.Config{})
 		nodes := startNodesB(b, nw, 3, productionTimings)
@@ -440,14 +441,15 @@ func tablesAgree(nodes []*cluster.Node, sessions, subs int, want map[string]int,
 // the medians of detection (every node split), leaving the netsplit,
 // re-forming (every node sees every member alive and linked) and the
 // nodes' own convergence after the heal. NETSPLIT_BIG_NODES (default 50)
-// changes the size.
+// changes the size; NETSPLIT_BIG_SILENT=1 makes the cuts silent
+// (clustertest.Config.Silent).
 //
 //	go test -run XXX -bench NetsplitBigCluster -benchtime 1x -timeout 30m ./cluster/
 func BenchmarkNetsplitBigCluster(b *testing.B) {
 	const rounds = 3
 	count := bigClusterNodes(b)
 	for range b.N {
-		nw := newNetwork(b, clustertest.Config{})
+		nw := newNetwork(b, clustertest.Config{Silent: os.Getenv("NETSPLIT_BIG_SILENT") != ""})
 		start := time.Now()
 		nodes := startNodesB(b, nw, count, productionTimings)
 		b.Logf("%d nodes formed in %v", count, time.Since(start).Round(time.Millisecond))
@@ -471,6 +473,18 @@ func BenchmarkNetsplitBigCluster(b *testing.B) {
 			reportRounds(b, sc.name, rs)
 		}
 	}
+}
+
+func envDuration(b *testing.B, name string, def time.Duration) time.Duration {
+	s := os.Getenv(name)
+	if s == "" {
+		return def
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		b.Fatalf("%s=%q: want a positive Go duration (e.g. 2m)", name, s)
+	}
+	return d
 }
 
 func bigClusterNodes(b *testing.B) int {
