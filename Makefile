@@ -6,7 +6,7 @@ LDFLAGS := -s -w -X github.com/mendmq/mendmq/broker.Version=$(VERSION)
 # The whole suite must stay under 15 minutes on 2 cores (CI allows 90).
 TEST_TIMEOUT ?= 14m
 
-.PHONY: all build run test test-short test-partition vet fmt-check bench bench-cluster bench-netsplit bench-go cluster policies policies-check clean
+.PHONY: all build run test test-short test-partition vet fmt-check bench bench-cluster bench-netsplit bench-go bench-maps cluster policies policies-check clean
 
 all: build
 
@@ -57,6 +57,11 @@ bench-cluster: build
 bench-netsplit:
 	$(GO) test -run XXX -bench 'Netsplit(Detection|Saturation|HealConvergence)' -benchtime 1x -v -timeout 20m ./cluster/
 	$(GO) test -run XXX -bench NetsplitBigCluster -benchtime 1x -v -timeout 45m ./cluster/
+
+## bench-maps: partitioned maps: put/get latency and throughput 1 vs 3 nodes, heap per entry, migration of 1M entries on a join, merge of 1M conflicting entries after a heal (C latestupdate), the metrics scrape
+bench-maps:
+	$(GO) test -run XXX -bench 'MapOps|MapHeapPerEntry|MapMigration|MapMerge' -benchtime 1x -count 3 -timeout 60m ./cluster/
+	$(GO) test -run XXX -bench StoreStats -count 5 ./cluster/pmap/
 
 ## bench-go: Go micro-benchmarks (merge policies, data plane, routing, replication)
 bench-go:

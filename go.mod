@@ -3,6 +3,7 @@ module github.com/mendmq/mendmq
 go 1.26.8
 
 require (
+	github.com/anishathalye/porcupine v1.3.1
 	github.com/chromedp/cdproto v0.160.1
 	github.com/chromedp/chromedp v0.24.0
 	github.com/eclipse/paho.golang v0.23.0

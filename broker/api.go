@@ -37,6 +37,7 @@ func (b *Broker) mountAPI() {
 		admin.WriteJSON(w, http.StatusOK, b.policies.Conflicts())
 	}))
 	b.admin.Handle("DELETE /api/v1/policies/conflicts/{id}", http.HandlerFunc(b.apiConflictDrop))
+	b.admin.Handle("POST /api/v1/policies/conflicts/{id}", http.HandlerFunc(b.apiConflictResolve))
 	b.mountMaps()
 	statuspage.Mount(b.admin)
 }

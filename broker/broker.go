@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,6 +24,7 @@ import (
 	"github.com/mendmq/mendmq/broker/clusterhook"
 	"github.com/mendmq/mendmq/broker/config"
 	"github.com/mendmq/mendmq/broker/gate"
+	"github.com/mendmq/mendmq/broker/limits"
 	"github.com/mendmq/mendmq/broker/listener"
 	"github.com/mendmq/mendmq/broker/metrics"
 	"github.com/mendmq/mendmq/broker/mochix"
@@ -84,7 +86,7 @@ func New(cfg config.Config, log *slog.Logger) (*Broker, error) {
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumPacketSize = cfg.MQTT.MaxPacketSize
 	if cfg.MQTT.MaxPacketSize == 0 {
-		caps.MaximumPacketSize = 268435455 // protocol maximum [MQTT-2.2.3]
+		caps.MaximumPacketSize = limits.ProtocolMaxPacketSize
 	}
 	caps.MaximumClients = cfg.MQTT.MaxConnections
 	if caps.MaximumClients == 0 {
@@ -126,7 +128,8 @@ func New(cfg config.Config, log *slog.Logger) (*Broker, error) {
 		}
 	}
 	g := listener.Guard{ConnectTimeout: cfg.MQTT.ConnectTimeout, RatePerSecond: cfg.MQTT.MaxConnectRate, Refused: b.metrics.Refused,
-		CloseClients: func(id string) { mochix.DisconnectListener(server, id) }}
+		CloseClients: func(id string) { mochix.DisconnectListener(server, id) },
+		Wrap:         func(c net.Conn) net.Conn { return limits.Wrap(c, caps.MaximumPacketSize) }}
 	for i, lc := range cfg.MQTT.Listeners {
 		l, err := listener.Build(i, lc, g)
 		if err != nil {
@@ -215,9 +218,24 @@ func (b *Broker) addHooks() error {
 		sh, store, storeOpts = h, h, opts
 		b.store = h
 	}
+	// The resend order hook swaps the packets of a resend: Hook must see
+	// them as they go out.
+	if err := b.server.AddHook(quirks.NewResendOrder(), nil); err != nil {
+		return fmt.Errorf("add resend order hook: %w", err)
+	}
 	b.quirks = quirks.New(b.server, store)
 	if err := b.server.AddHook(b.quirks, nil); err != nil {
 		return fmt.Errorf("add quirks hook: %w", err)
+	}
+	if err := b.server.AddHook(quirks.NewAcks(), nil); err != nil {
+		return fmt.Errorf("add ack hook: %w", err)
+	}
+	lim := limits.New(b.server, limits.Options{
+		ServerKeepAlive: uint16(b.cfg.MQTT.ServerKeepAlive / time.Second), // validated: whole seconds <= 65535
+		MaxPacketSize:   b.server.Options.Capabilities.MaximumPacketSize,
+	})
+	if err := b.server.AddHook(lim, nil); err != nil {
+		return fmt.Errorf("add limits hook: %w", err)
 	}
 	if err := b.server.AddHook(b.metrics, nil); err != nil {
 		return fmt.Errorf("add metrics hook: %w", err)
@@ -277,6 +295,16 @@ func (b *Broker) addCluster() error {
 		return err
 	}
 	b.node = node
+	if d := node.Durable(); d != nil {
+		// Parked conflicts survive a restart in the cluster's file.
+		n, err := b.policies.SetConflictStore(conflictStore{d.Conflicts(), b.log})
+		if err != nil {
+			return fmt.Errorf("cluster storage %s: %w", cc.StoragePath, err)
+		}
+		if n > 0 {
+			b.log.Warn("parked merge conflicts restored; resolve them with POST /api/v1/policies/conflicts/{id} (mendmq ctl policy resolve)", "conflicts", n)
+		}
+	}
 	b.chook.SetCluster(node)
 	b.gate.SetState(node)
 	for _, h := range b.chook.List() {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/mendmq/mendmq/cluster/durable"
 	"github.com/mendmq/mendmq/cluster/pmap"
 	"github.com/mendmq/mendmq/cluster/routes"
 )
@@ -28,11 +29,21 @@ func (n *Node) DeleteSession(clientID string) { n.sessions.Delete(clientID) }
 // clientID's session on.
 func (n *Node) SessionNode(clientID string) (string, bool) { return n.sessions.Node(clientID) }
 
+// SessionRecord returns clientID's record in the replicated session
+// table: its node, subscriptions and CONNECT stamp.
+func (n *Node) SessionRecord(clientID string) (routes.SessionRecord, bool) {
+	return n.sessions.Record(clientID)
+}
+
 // Synced is closed once this node has the cluster's tables: after its
 // first exchange with a peer since Start, or at Start if it has no
 // seeds. A restarted node's restored sessions are checked against the
 // session table only then (a session may have moved meanwhile).
 func (n *Node) Synced() <-chan struct{} { return n.repl.Synced() }
+
+// Durable is the cluster's storage file (cluster.storage_path, the
+// broker's storage.path + ".cluster"); nil without one.
+func (n *Node) Durable() *durable.DB { return n.disk }
 
 // PutRetained sets the retained message of topic.
 func (n *Node) PutRetained(topic string, m RetainedMessage, now time.Time) {
@@ -76,7 +87,8 @@ func (n *Node) ForwardHold(ctx context.Context, topic string, qos byte, id uint6
 // which takes the session over from the node that holds it (clean: the
 // new connection discards it). The moved session, if any, comes back
 // with the node it came from; once every node routes the session here
-// (PutSessionSync), call FinishTakeover with that node.
+// (PutSessionSync), call FinishTakeover with that node. Takeover.At is the
+// CONNECT's stamp for the new session record (routes.SessionRecord.Connect).
 func (n *Node) Register(ctx context.Context, clientID string, clean bool) (Takeover, error) {
 	if !n.running.Load() {
 		return Takeover{}, ErrNotRunning

@@ -171,6 +171,10 @@ type Config struct {
 	DataNetwork dataplane.Network `koanf:"-"`
 	// Logger is the node's logger.
 	Logger *slog.Logger `koanf:"-"`
+	// Clock is the node's wall clock for stamping CONNECTs (a hybrid
+	// logical clock runs on it, see package hlc) and timing session
+	// records. Nil: time.Now. Tests inject clock skew.
+	Clock func() time.Time `koanf:"-"`
 	// Merger decides conflicting replicated entries: concurrent retained
 	// messages (map "$retained"), through the merge policies
 	// (plugins.Registry). Nil: the latest update wins, ties to the later

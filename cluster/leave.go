@@ -69,6 +69,7 @@ func (n *Node) Leave(timeout time.Duration) (Withdrawal, error) {
 	// this node subscribing) would give peers a route to a node that
 	// left, which they would refuse publishes for.
 	n.leaving.Store(true)
+	n.maps.Leaving() // its partitions go to the members' backups
 	n.view.Detach()
 	ctx, cancel := context.WithTimeout(n.ctx, timeout)
 	defer cancel()

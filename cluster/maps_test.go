@@ -10,8 +10,57 @@ import (
 
 	"github.com/mendmq/mendmq/cluster"
 	"github.com/mendmq/mendmq/cluster/clustertest"
+	"github.com/mendmq/mendmq/cluster/partition"
 	"github.com/mendmq/mendmq/cluster/pmap"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+	dto "github.com/prometheus/client_model/go"
 )
+
+// metricSum is the sum of a node's metric name over the series whose
+// labels include want.
+func metricSum(t testing.TB, n *cluster.Node, name string, want map[string]string) float64 {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(n)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatalf("%s: gather metrics: %v", n.Name(), err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if !labelsMatch(m.GetLabel(), want) {
+				continue
+			}
+			switch {
+			case m.Counter != nil:
+				sum += m.GetCounter().GetValue()
+			case m.Gauge != nil:
+				sum += m.GetGauge().GetValue()
+			}
+		}
+	}
+	return sum
+}
+
+func labelsMatch(got []*dto.LabelPair, want map[string]string) bool {
+	for k, v := range want {
+		found := false
+		for _, l := range got {
+			if l.GetName() == k && l.GetValue() == v {
+				found = true
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
 
 func mapCtx(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -100,6 +149,7 @@ func TestMapSplitAndMerge(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	before := mapMergeMetrics(t, nodes)
 	nw.Partition([]string{"n1", "n2"}, []string{"n3"})
 	waitFor(t, 15*time.Second, "both sides to settle", all(settled(nodes[0], nodes[1]), settled(nodes[2])))
 	// Conflicting writes: the small side writes k0-k9 first, the big side
@@ -151,7 +201,72 @@ func TestMapSplitAndMerge(t *testing.T) {
 	if l0, l2 := nodes[0].Maps().Lineage(), nodes[2].Maps().Lineage(); l0.Hash != l2.Hash {
 		t.Errorf("lineages differ after the merge: %+v vs %+v", l0, l2)
 	}
-	_ = pmap.ErrRefused
+	// What operators see: one merge more on the small side, each entry it
+	// sent decided once by the big side's policy, the table whole again.
+	// (Merges of empty lineages while the cluster formed count too, hence
+	// the differences with before the split.)
+	after := mapMergeMetrics(t, nodes)
+	p := nodes[2].Maps().Progress()
+	for _, c := range []struct {
+		what      string
+		got, want float64
+	}{
+		{"merges on n3", after.merges[2] - before.merges[2], 1},
+		{"merges on n1, n2", after.merges[0] + after.merges[1] - before.merges[0] - before.merges[1], 0},
+		{"entries sent by n3", after.sent - before.sent, float64(p.Done)},
+		{"policy verdicts on n1, n2", after.verdicts - before.verdicts, float64(p.Done)},
+		{"entries failed", after.failed, 0},
+		{"partitions owned", sumMetric(t, nodes, "mendmq_map_partitions", map[string]string{"role": "owned"}), partition.DefaultCount},
+		{"partitions migrating", sumMetric(t, nodes, "mendmq_map_partitions", map[string]string{"role": "migrating"}), 0},
+		{"entries of m owned", sumMetric(t, nodes, "mendmq_map_entries", map[string]string{"map": "m", "copy": "owned"}), 31},
+		{"entries of m backed up", sumMetric(t, nodes, "mendmq_map_entries", map[string]string{"map": "m", "copy": "backup"}), 31},
+	} {
+		if c.got != c.want {
+			t.Errorf("metrics: %s = %v, want %v", c.what, c.got, c.want)
+		}
+	}
+	if p.Done == 0 {
+		t.Errorf("n3 merged no entry: %+v", p)
+	}
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(nodes[2])
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	problems, err := promlint.NewWithMetricFamilies(mfs).Lint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pr := range problems {
+		t.Errorf("promlint: %s: %s", pr.Metric, pr.Text)
+	}
+}
+
+type mergeMetrics struct {
+	merges                 []float64
+	sent, verdicts, failed float64
+}
+
+func mapMergeMetrics(t *testing.T, nodes []*cluster.Node) mergeMetrics {
+	var mm mergeMetrics
+	for _, n := range nodes {
+		mm.merges = append(mm.merges, metricSum(t, n, "mendmq_map_merges_total", nil))
+		mm.sent += metricSum(t, n, "mendmq_map_merge_entries_total", map[string]string{"outcome": "sent"})
+		mm.failed += metricSum(t, n, "mendmq_map_merge_entries_total", map[string]string{"outcome": "failed"})
+		for _, o := range []string{"replaced", "deleted", "kept", "parked"} {
+			mm.verdicts += metricSum(t, n, "mendmq_map_merge_entries_total", map[string]string{"outcome": o})
+		}
+	}
+	return mm
+}
+
+func sumMetric(t *testing.T, nodes []*cluster.Node, name string, labels map[string]string) float64 {
+	var v float64
+	for _, n := range nodes {
+		v += metricSum(t, n, name, labels)
+	}
+	return v
 }
 
 // TestMapStoreSurvivesFullRestart: a map with a write-through store keeps

@@ -13,6 +13,7 @@ import (
 	"github.com/mendmq/mendmq/cluster/clustertest"
 	"github.com/mendmq/mendmq/cluster/members"
 	"github.com/mendmq/mendmq/cluster/netsplit"
+	"github.com/mendmq/mendmq/cluster/routes"
 )
 
 // nopBroker is a Broker with nothing on it.
@@ -23,6 +24,7 @@ func (nopBroker) ApplyRetained(string, *cluster.RetainedMessage)       {}
 func (nopBroker) TakeoverSession(string, string, bool) ([]byte, error) { return nil, nil }
 func (nopBroker) FinishTakeover(string, string) ([]byte, error)        { return nil, nil }
 func (nopBroker) AppendSession(string, []byte) error                   { return nil }
+func (nopBroker) DropDuplicate(string, routes.SessionRecord)           {}
 func (nopBroker) LocalSession(string) bool                             { return false }
 
 func testLog() *slog.Logger {
@@ -39,30 +41,10 @@ func startNodes(t *testing.T, nw *clustertest.Network, count int, mutate func(*c
 	var nodes []*cluster.Node
 	var seed string
 	for i := 1; i <= count; i++ {
-		name := fmt.Sprintf("n%d", i)
-		cfg := cluster.LoopbackConfig()
-		tr, err := nw.Transport(name)
-		if err != nil {
-			t.Fatal(err)
+		n, addr := startNode(t, nw, fmt.Sprintf("n%d", i), seed, mutate)
+		if seed == "" {
+			seed = addr
 		}
-		cfg.Transport, cfg.DataNetwork, cfg.GossipAddress = tr, nw.DataNetwork(name), tr.Addr()
-		if seed != "" {
-			cfg.Seeds = []string{seed}
-		} else {
-			seed = tr.Addr()
-		}
-		cfg.Logger = testLog()
-		if mutate != nil {
-			mutate(&cfg)
-		}
-		n, err := cluster.New(name, cfg, nopBroker{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := n.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = n.Stop() })
 		nodes = append(nodes, n)
 	}
 	waitFor(t, 10*time.Second, "the cluster to form", func() (bool, string) {
@@ -81,6 +63,35 @@ func startNodes(t *testing.T, nw *clustertest.Network, count int, mutate func(*c
 		return true, ""
 	})
 	return nodes
+}
+
+// startNode starts node name on nw, joining through the gossip address
+// seed ("": none, the first node); it returns the node and its gossip
+// address.
+func startNode(t testing.TB, nw *clustertest.Network, name, seed string, mutate func(*cluster.Config)) (*cluster.Node, string) {
+	t.Helper()
+	cfg := cluster.LoopbackConfig()
+	tr, err := nw.Transport(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Transport, cfg.DataNetwork, cfg.GossipAddress = tr, nw.DataNetwork(name), tr.Addr()
+	if seed != "" {
+		cfg.Seeds = []string{seed}
+	}
+	cfg.Logger = testLog()
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	n, err := cluster.New(name, cfg, nopBroker{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = n.Stop() })
+	return n, tr.Addr()
 }
 
 func waitFor(t *testing.T, d time.Duration, what string, cond func() (bool, string)) time.Duration {
@@ -229,6 +240,29 @@ func TestFlapIsNotANetsplit(t *testing.T) {
 	for _, n := range nodes {
 		if st := n.Netsplit(); st.Splits != 0 {
 			t.Errorf("%s counted %d splits for flaps", n.Name(), st.Splits)
+		}
+	}
+}
+
+// TestWholeClusterStopsCleanly: every node of a cluster stopped at once
+// (a deployment torn down) stops without error, though no peer is left
+// to confirm its leave notice.
+func TestWholeClusterStopsCleanly(t *testing.T) {
+	t.Parallel()
+	nw := clustertest.New(t, clustertest.Config{})
+	nodes := startNodes(t, nw, 3, nil)
+	errs := make(chan error, len(nodes))
+	for _, n := range nodes {
+		go func() { errs <- n.Stop() }()
+	}
+	for range nodes {
+		select {
+		case err := <-errs:
+			if err != nil {
+				t.Errorf("stop: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("a node did not stop within 30 s")
 		}
 	}
 }

@@ -33,15 +33,18 @@ import (
 
 	"github.com/mendmq/mendmq/cluster/dataplane"
 	"github.com/mendmq/mendmq/cluster/durable"
+	"github.com/mendmq/mendmq/cluster/hlc"
 	"github.com/mendmq/mendmq/cluster/members"
 	"github.com/mendmq/mendmq/cluster/membership"
 	"github.com/mendmq/mendmq/cluster/netsplit"
 	"github.com/mendmq/mendmq/cluster/outbox"
 	"github.com/mendmq/mendmq/cluster/pmap"
 	"github.com/mendmq/mendmq/cluster/registry"
+	"github.com/mendmq/mendmq/cluster/replica"
 	"github.com/mendmq/mendmq/cluster/replication"
 	"github.com/mendmq/mendmq/cluster/retained"
 	"github.com/mendmq/mendmq/cluster/router"
+	"github.com/mendmq/mendmq/cluster/routes"
 	"github.com/mendmq/mendmq/cluster/sessions"
 )
 
@@ -68,11 +71,17 @@ type Broker interface {
 	FinishTakeover(clientID, newNode string) ([]byte, error)
 	// AppendSession adds messages caught by the old node of a session
 	// taken over by this node (encoded by that node's FinishTakeover or
-	// straggler shipping). An error makes the sender retry.
+	// straggler shipping), or queued in a duplicate of the session that
+	// lost to it (DropDuplicate). An error makes the sender retry.
 	AppendSession(clientID string, msgs []byte) error
 	// LocalSession reports whether clientID has a session on this node
 	// (a session being handed off does not count).
 	LocalSession(clientID string) bool
+	// DropDuplicate disconnects (v5 reason 0x8E) and discards the local
+	// session of clientID, which lost to winner's (sessions.Resolver:
+	// the later CONNECT); a persistent session's queued messages go to
+	// winner's node with Node.AppendSession. It may block.
+	DropDuplicate(clientID string, winner routes.SessionRecord)
 }
 
 // The parts' types, as the broker sees them.
@@ -101,8 +110,9 @@ var (
 
 // protoVersion is announced in membership metadata; a node with another
 // version is refused at join. Version 3: retained values carry the
-// cluster's metadata header (retained.Encode).
-const protoVersion = 3
+// cluster's metadata header (retained.Encode). Version 4: session records
+// and registration claims carry the CONNECT's hybrid logical clock stamp.
+const protoVersion = 4
 
 // Node is this process's member of the cluster.
 type Node struct {
@@ -125,6 +135,9 @@ type Node struct {
 	split    *splitDriver
 	maps     *pmap.Maps
 	disk     *durable.DB // cluster storage (StoragePath), nil without
+	// clock stamps CONNECTs (registry) and observes peers' stamps
+	// (sessions); see package hlc.
+	clock *hlc.Clock
 
 	// leaveMu serializes Leave with the graceful leave of Stop.
 	leaveMu sync.Mutex
@@ -160,7 +173,7 @@ func New(name string, cfg Config, broker Broker) (*Node, error) {
 		log = slog.Default()
 	}
 	n := &Node{cfg: cfg, name: name, log: log.With("node", name), baseLog: log, broker: broker,
-		mux: dataplane.NewMux(), view: members.New(name, time.Now())}
+		mux: dataplane.NewMux(), view: members.New(name, time.Now()), clock: hlc.New(cfg.Clock)}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.mux.Guard = n.guard
 	n.mux.OnLink = n.linkChanged
@@ -192,16 +205,21 @@ func New(name string, cfg Config, broker Broker) (*Node, error) {
 	n.repl, err = replication.New(replication.Config{
 		Node: name, AntiEntropyInterval: cfg.AntiEntropyInterval, TombstoneGrace: cfg.TombstoneGrace,
 		Merger: merger, Merged: []replication.Merged{retained.Merged(n.log)}, Logger: n.log,
+		Resolvers: map[string]replica.Resolver{sessions.Table: sessions.Resolver},
 	}, n.dp, n.view, n.mux)
 	if err != nil {
 		return nil, err
 	}
-	n.registry, err = registry.New(registry.Config{Node: name, RegisterTimeout: cfg.RegisterTimeout, Logger: n.log},
+	n.registry, err = registry.New(registry.Config{Node: name, RegisterTimeout: cfg.RegisterTimeout, Clock: n.clock, Logger: n.log},
 		broker, reach{n}, n.dp, nil, n.mux)
 	if err != nil {
 		return nil, err
 	}
-	n.sessions = sessions.New(name, n.repl, broker, n.registry.Forget, n.log)
+	n.sessions = sessions.New(name, n.repl, broker, sessions.Options{
+		Clock:   n.clock,
+		Deleted: n.registry.Forget,
+		Changed: func(id string, rec routes.SessionRecord) { n.registry.Observe(id, rec.Node, rec.Connect) },
+	}, n.log)
 	n.registry.SetSessions(n.sessions)
 	n.retained = retained.New(n.repl, broker, n.log)
 	oc := outbox.Config{MaxMessages: cfg.NetsplitQueueMessages, MaxBytes: cfg.NetsplitQueueBytes}
@@ -382,7 +400,13 @@ func (n *Node) Stop() error {
 			// Let the last replication deltas (sessions closed by the
 			// shutdown) reach peers before the connections close.
 			n.flushQueues(time.Second)
-			err = n.ml.Leave(leaveBroadcastTimeout)
+			n.maps.Leaving()
+			if lerr := n.ml.Leave(leaveBroadcastTimeout); lerr != nil {
+				// Not a failed shutdown: the peers are shutting down
+				// too (a whole cluster stopped at once), or cut off.
+				// They see this node fail instead of leave.
+				n.log.Warn("leave notice not confirmed by the peers; they will see this node fail rather than leave", "error", lerr)
+			}
 		}
 		n.leaveMu.Unlock()
 		n.cancel()

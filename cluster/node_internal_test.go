@@ -24,6 +24,7 @@ func (b *stubBroker) ApplyRetained(string, *RetainedMessage)               {}
 func (b *stubBroker) TakeoverSession(string, string, bool) ([]byte, error) { return nil, nil }
 func (b *stubBroker) FinishTakeover(string, string) ([]byte, error)        { return nil, nil }
 func (b *stubBroker) AppendSession(string, []byte) error                   { return nil }
+func (b *stubBroker) DropDuplicate(string, routes.SessionRecord)           {}
 func (b *stubBroker) LocalSession(string) bool                             { return false }
 
 // newTestNode builds node "a" (not started: nothing binds) that knows

@@ -107,6 +107,14 @@ var (
 	descHeldQ     = prometheus.NewDesc("mendmq_cluster_held_messages", "QoS 1/2 publishes and wills held for an unreachable node, delivered once it is back (cluster.netsplit_queue_*).", []string{"peer"}, nil)
 	descHeld      = prometheus.NewDesc("mendmq_cluster_held_total", "Publishes held for unreachable nodes (held), delivered to them after (drained), and deliveries received twice and dropped (duplicates).", []string{"what"}, nil)
 	descSplits    = prometheus.NewDesc("mendmq_cluster_netsplits_total", "Netsplits this node entered.", nil, nil)
+	descMapOps    = prometheus.NewDesc("mendmq_map_operations_total", "Partitioned-map operations this node handled as a partition owner (ops), answered retry while a partition migrated or a merge ran (retries), and refused by maps.<name>.min_cluster_size (refused).", []string{"what"}, nil)
+	descMapParts  = prometheus.NewDesc("mendmq_map_partition_events_total", "Partition copies pulled from another member (migrations), backups promoted to owner (promotions), partitions recreated because no member held a copy (recreated), and backup writes that failed (backup_failures).", []string{"what"}, nil)
+	descMapMerge  = prometheus.NewDesc("mendmq_map_merge_entries_total", "Map entries through a netsplit heal merge. Smaller side: sent and accepted (sent), given up after the merge timeout (failed). Bigger side: verdicts of the merge policy (replaced, deleted, kept, parked).", []string{"outcome"}, nil)
+	descMapMerges = prometheus.NewDesc("mendmq_map_merges_total", "Times this node merged its map entries into the bigger side of a healed netsplit.", nil, nil)
+	descMapStore  = prometheus.NewDesc("mendmq_map_store_total", "Map entries written to the MapStore (stored), writes that failed (failures), and entries loaded at start (loaded).", []string{"what"}, nil)
+	descMapRoles  = prometheus.NewDesc("mendmq_map_partitions", "Map partitions this node owns, backs up, and waits for a copy of (migrating).", []string{"role"}, nil)
+	descMapEnts   = prometheus.NewDesc("mendmq_map_entries", "Entries of each map on this node: in partitions it owns (owned), and backup copies (backup).", []string{"map", "copy"}, nil)
+	descMapBytes  = prometheus.NewDesc("mendmq_map_bytes", "Key and value bytes of each map's entries in partitions this node owns.", []string{"map"}, nil)
 	descBadGossip = prometheus.NewDesc("mendmq_cluster_gossip_bad_packets_total", "Gossip packets and streams refused as unreadable (wrong secret key, malformed, unknown type): an outsider or a misconfigured node reaches the gossip port.", nil, nil)
 )
 
@@ -114,7 +122,8 @@ var (
 func (n *Node) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descMembers, descPeerBytes, descPeerFr, descPeerQueue, descPeerUp, descFwd, descFwdBytes,
 		descRecv, descDrops, descRefused, descKeys, descDeltas, descAE, descReg, descBad, descBadGossip, descPeerMsgs, descPeerFwdB, descMerges,
-		descSplit, descGated, descUnreach, descSplits, descHeldQ, descHeld} {
+		descSplit, descGated, descUnreach, descSplits, descHeldQ, descHeld,
+		descMapOps, descMapParts, descMapMerge, descMapMerges, descMapStore, descMapRoles, descMapEnts, descMapBytes} {
 		ch <- d
 	}
 	n.repl.Lag().Describe(ch)
@@ -193,13 +202,53 @@ func (n *Node) Collect(ch chan<- prometheus.Metric) {
 	c(descAE, ps.AERepaired.Load(), "repaired_entries")
 	c(descMerges, ps.Merges.Load(), "resolved")
 	c(descMerges, ps.MergeRetries.Load(), "retried")
+	var mapBad uint64
+	if n.maps != nil {
+		mapBad = n.collectMaps(c, g)
+	}
 	regs, takeovers, regBad := n.registry.Counts()
 	c(descReg, regs, "registrations")
 	c(descReg, takeovers, "takeovers")
-	c(descBad, ps.BadMessages.Load()+rs.BadMessages.Load()+regBad+n.mux.Unknown(), "bad_messages")
+	c(descBad, ps.BadMessages.Load()+rs.BadMessages.Load()+regBad+mapBad+n.mux.Unknown(), "bad_messages")
 	c(descBad, ds.HandshakeFailures, "handshake_failures")
 	c(descBad, ds.ProtocolErrors, "protocol_errors")
 	c(descBad, ds.RefusedConns, "refused_connections")
+}
+
+// collectMaps sends the partitioned maps' metrics; it returns their bad
+// messages, counted with the node's.
+func (n *Node) collectMaps(c func(*prometheus.Desc, uint64, ...string), g func(*prometheus.Desc, float64, ...string)) uint64 {
+	st := n.maps.Stats()
+	c(descMapOps, st.Ops.Load(), "ops")
+	c(descMapOps, st.Retries.Load(), "retries")
+	c(descMapOps, st.Refused.Load(), "refused")
+	c(descMapParts, st.Migrations.Load(), "migrations")
+	c(descMapParts, st.Promotions.Load(), "promotions")
+	c(descMapParts, st.Recreated.Load(), "recreated")
+	c(descMapParts, st.BackupFailures.Load(), "backup_failures")
+	c(descMapMerge, st.MergedIn.Load(), "sent")
+	c(descMapMerge, st.MergeFailures.Load(), "failed")
+	c(descMapMerge, st.MergeReplaced.Load(), "replaced")
+	c(descMapMerge, st.MergeDeleted.Load(), "deleted")
+	c(descMapMerge, st.MergeKept.Load(), "kept")
+	c(descMapMerge, st.MergeParked.Load(), "parked")
+	c(descMapMerges, st.Merges.Load())
+	c(descMapStore, st.Stored.Load(), "stored")
+	c(descMapStore, st.StoreFailures.Load(), "failures")
+	c(descMapStore, st.Loaded.Load(), "loaded")
+	// Counts kept per partition as entries change: a scrape does not
+	// walk the entries (about 16 µs whatever their number,
+	// BenchmarkStoreStats).
+	ls := n.maps.LocalStats()
+	g(descMapRoles, float64(ls.Owned), "owned")
+	g(descMapRoles, float64(ls.Backups), "backup")
+	g(descMapRoles, float64(ls.Migrating), "migrating")
+	for name, ms := range ls.Maps {
+		g(descMapEnts, float64(ms.Entries), name, "owned")
+		g(descMapEnts, float64(ms.BackupCopies), name, "backup")
+		g(descMapBytes, float64(ms.Bytes), name)
+	}
+	return st.BadMessages.Load()
 }
 
 func b2f(b bool) float64 {

@@ -54,15 +54,82 @@ type Conflict struct {
 	Existing *EntryView `json:"existing,omitempty"`
 }
 
-// conflictStore is a bounded, in-memory parking lot for failed merges. It
-// refuses new conflicts when full rather than evicting old ones: an
-// evicted conflict would be lost data.
+// ConflictStore keeps parked conflicts across restarts (the broker gives
+// the registry one in its storage file: SetConflictStore). Its methods are
+// called one at a time.
+type ConflictStore interface {
+	// SaveConflicts stores conflicts (new ones) and next, the id the
+	// next conflict will get, in one write.
+	SaveConflicts(cs []Conflict, next uint64) error
+	// DeleteConflict removes conflict id.
+	DeleteConflict(id uint64) error
+	// LoadConflicts returns the stored conflicts and the stored next id
+	// (0 if none).
+	LoadConflicts() (cs []Conflict, next uint64, err error)
+}
+
+// conflictStore is a bounded parking lot for failed merges, in memory and,
+// once it has one, in a ConflictStore. It refuses new conflicts when full
+// rather than evicting old ones: an evicted conflict would be lost data.
 type conflictStore struct {
-	mu     sync.Mutex
-	limit  int
-	nextID uint64
-	byID   map[uint64]*Conflict
-	order  []uint64 // ids in parking order (may hold removed ids, compacted lazily)
+	mu      sync.Mutex
+	limit   int
+	nextID  uint64
+	byID    map[uint64]*Conflict
+	order   []uint64 // ids in parking order (may hold removed ids, compacted lazily)
+	persist ConflictStore
+}
+
+// attach makes cs the conflicts' storage: the conflicts it holds are
+// parked again (the limit does not apply to them: they are data), and
+// those parked before are stored in it.
+func (s *conflictStore) attach(cs ConflictStore) (loaded int, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	stored, next, err := cs.LoadConflicts()
+	if err != nil {
+		return 0, fmt.Errorf("load parked conflicts: %w", err)
+	}
+	var mine []Conflict
+	for _, id := range s.order {
+		if c := s.byID[id]; c != nil {
+			mine = append(mine, *c)
+		}
+	}
+	// Conflicts parked before are numbered again after the stored ones,
+	// which keep their ids (an operator may have noted them).
+	s.nextID = max(next, 1)
+	for _, c := range stored {
+		s.nextID = max(s.nextID, c.ID+1)
+	}
+	s.byID, s.order = map[uint64]*Conflict{}, nil
+	for _, c := range stored {
+		s.byID[c.ID] = &c
+		s.order = append(s.order, c.ID)
+	}
+	slices.Sort(s.order)
+	for i := range mine {
+		mine[i].ID = s.nextID
+		s.nextID++
+		s.byID[mine[i].ID] = &mine[i]
+		s.order = append(s.order, mine[i].ID)
+	}
+	if err := cs.SaveConflicts(mine, s.nextID); err != nil {
+		return 0, fmt.Errorf("store parked conflicts: %w", err)
+	}
+	s.persist = cs
+	return len(stored), nil
+}
+
+// save stores newly parked conflicts, if the store has storage. On error
+// they stay parked in memory (lost in a restart).
+func (s *conflictStore) save(cs []Conflict) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.persist == nil || len(cs) == 0 {
+		return nil
+	}
+	return s.persist.SaveConflicts(cs, s.nextID)
 }
 
 func newConflictStore(limit int) *conflictStore {
@@ -75,13 +142,13 @@ func (s *conflictStore) setLimit(limit int) {
 	s.mu.Unlock()
 }
 
-// park stores a copy of the entries and returns the new conflict's id, or
-// ErrConflictsFull.
-func (s *conflictStore) park(now time.Time, mapName, policy string, kind FailureKind, reason string, merging, existing *EntryView) (uint64, error) {
+// park stores a copy of the entries and returns the new conflict, or
+// ErrConflictsFull; the caller saves it.
+func (s *conflictStore) park(now time.Time, mapName, policy string, kind FailureKind, reason string, merging, existing *EntryView) (Conflict, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.byID) >= s.limit {
-		return 0, fmt.Errorf("%w (%d parked, plugins.conflicts_limit %d)", ErrConflictsFull, len(s.byID), s.limit)
+		return Conflict{}, fmt.Errorf("%w (%d parked, plugins.conflicts_limit %d)", ErrConflictsFull, len(s.byID), s.limit)
 	}
 	c := &Conflict{
 		ID: s.nextID, Map: mapName, Policy: policy, Kind: kind, Reason: reason,
@@ -97,7 +164,7 @@ func (s *conflictStore) park(now time.Time, mapName, policy string, kind Failure
 	if len(s.order) > 2*len(s.byID)+64 {
 		s.order = slices.DeleteFunc(s.order, func(id uint64) bool { return s.byID[id] == nil })
 	}
-	return c.ID, nil
+	return *c, nil
 }
 
 // list returns copies of the parked conflicts, oldest first.
@@ -123,13 +190,20 @@ func (s *conflictStore) get(id uint64) (Conflict, bool) {
 	return *c, true
 }
 
-// remove deletes and returns a conflict.
+// remove deletes and returns a conflict: from storage first, so one that
+// cannot be deleted there stays (were it only forgotten here, a restart
+// would bring it back, and resolve it a second time).
 func (s *conflictStore) remove(id uint64) (Conflict, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c := s.byID[id]
 	if c == nil {
 		return Conflict{}, fmt.Errorf("%w: %d", ErrNoConflict, id)
+	}
+	if s.persist != nil {
+		if err := s.persist.DeleteConflict(id); err != nil {
+			return Conflict{}, fmt.Errorf("delete conflict %d from storage: %w", id, err)
+		}
 	}
 	delete(s.byID, id)
 	return *c, nil

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -399,5 +400,100 @@ func TestCallerCancelDoesNotPark(t *testing.T) {
 	}
 	if len(r.Conflicts()) != 0 {
 		t.Fatal("a canceled merge was parked")
+	}
+}
+
+// memConflicts is a ConflictStore in memory, shared by the registries of
+// one test as a file is by a node's lifetimes; fail makes its writes fail.
+type memConflicts struct {
+	mu   sync.Mutex
+	byID map[uint64]Conflict
+	next uint64
+	fail error
+}
+
+func (m *memConflicts) SaveConflicts(cs []Conflict, next uint64) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.fail != nil {
+		return m.fail
+	}
+	for _, c := range cs {
+		m.byID[c.ID] = c
+	}
+	m.next = next
+	return nil
+}
+
+func (m *memConflicts) DeleteConflict(id uint64) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.fail != nil {
+		return m.fail
+	}
+	delete(m.byID, id)
+	return nil
+}
+
+func (m *memConflicts) LoadConflicts() ([]Conflict, uint64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []Conflict
+	for _, c := range m.byID {
+		out = append(out, c)
+	}
+	return out, m.next, nil
+}
+
+// TestConflictsSurviveRestart: conflicts parked with a ConflictStore are
+// there again in the next registry on it, with their ids; a conflict
+// parked before the store was attached is stored then; ids are not
+// reused after a restart; a conflict that cannot be deleted from storage
+// stays parked.
+func TestConflictsSurviveRestart(t *testing.T) {
+	store := &memConflicts{byID: map[uint64]Conflict{}}
+	ctx := context.Background()
+	r1 := hostileRegistry(t, "trap", nil)
+	early, err := r1.Merge(ctx, "evil", ev("boom-before-attach", 2), nil)
+	if err != nil || early.ConflictID == 0 {
+		t.Fatalf("park before attach: %+v %v", early, err)
+	}
+	if n, err := r1.SetConflictStore(store); err != nil || n != 0 {
+		t.Fatalf("attach an empty store: %d %v", n, err)
+	}
+	res, err := r1.Merge(ctx, "evil", ev("boom-after-attach", 2), nil)
+	if err != nil || res.ConflictID == 0 {
+		t.Fatalf("park: %+v %v", res, err)
+	}
+	if len(store.byID) != 2 {
+		t.Fatalf("stored %d conflicts, want 2: %+v", len(store.byID), store.byID)
+	}
+	// The node restarts.
+	r2 := hostileRegistry(t, "trap", nil)
+	if n, err := r2.SetConflictStore(store); err != nil || n != 2 {
+		t.Fatalf("attach after restart: %d %v", n, err)
+	}
+	got := r2.Conflicts()
+	if len(got) != 2 || string(got[0].Merging.Key) != "boom-before-attach" || got[1].ID != res.ConflictID ||
+		string(got[1].Merging.Value) != "value of boom-after-attach" || got[1].Kind != FailureTrap {
+		t.Fatalf("conflicts after restart: %+v", got)
+	}
+	if err := r2.DropConflict(got[1].ID); err != nil {
+		t.Fatal(err)
+	}
+	next, err := r2.Merge(ctx, "evil", ev("boom-after-restart", 2), nil)
+	if err != nil || next.ConflictID <= res.ConflictID {
+		t.Fatalf("an id after a restart must be new: %+v (last was %d) %v", next, res.ConflictID, err)
+	}
+	store.fail = errors.New("disk gone")
+	if err := r2.DropConflict(got[0].ID); err == nil {
+		t.Fatal("drop with a failing store succeeded")
+	}
+	if _, ok := r2.Conflict(got[0].ID); !ok {
+		t.Fatal("a conflict that could not be deleted from storage was dropped")
+	}
+	// Parking still works when storage fails: kept in memory.
+	if res, err := r2.Merge(ctx, "evil", ev("boom-disk-gone", 2), nil); err != nil || res.ConflictID == 0 {
+		t.Fatalf("park with failing storage: %+v %v", res, err)
 	}
 }

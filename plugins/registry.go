@@ -602,16 +602,22 @@ func (r *Registry) park(p *policy, mapName string, items []MergeItem, out []Resu
 	now := r.now()
 	var full error
 	parked := 0
+	var batch []Conflict
 	for i := range items {
-		id, err := r.conflicts.park(now, mapName, p.name, kind, cause.Error(), items[i].Merging, items[i].Existing)
+		c, err := r.conflicts.park(now, mapName, p.name, kind, cause.Error(), items[i].Merging, items[i].Existing)
 		if err != nil {
 			out[i] = Result{Verdict: KeepExisting, Unmerged: true}
 			full = err
 			r.metrics.rejected.WithLabelValues(p.name).Inc()
 			continue
 		}
-		out[i] = Result{Verdict: KeepExisting, ConflictID: id}
+		out[i] = Result{Verdict: KeepExisting, ConflictID: c.ID}
+		batch = append(batch, c)
 		parked++
+	}
+	if err := r.conflicts.save(batch); err != nil {
+		r.logger.Error("parked conflicts not stored: they are kept in memory only, and lost if the node restarts before an operator resolves them",
+			"policy", p.name, "map", mapName, "conflicts", len(batch), "err", err)
 	}
 	if parked > 0 {
 		r.metrics.conflicts.WithLabelValues(p.name, string(kind)).Add(float64(parked))
@@ -756,6 +762,13 @@ func (r *Registry) Config() Config {
 	r.applyMu.Lock()
 	defer r.applyMu.Unlock()
 	return r.cfg.clone()
+}
+
+// SetConflictStore keeps the parked conflicts in cs from now on: those it
+// holds (parked before a restart) are parked again, and those parked
+// before this call are stored in it. It returns how many it loaded.
+func (r *Registry) SetConflictStore(cs ConflictStore) (int, error) {
+	return r.conflicts.attach(cs)
 }
 
 // Conflicts lists the parked conflicts, oldest first.

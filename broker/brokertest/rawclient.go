@@ -27,6 +27,10 @@ type RawOptions struct {
 	SessionExpiry uint32
 	// TopicAliasMaximum lets the broker send topic aliases (v5).
 	TopicAliasMaximum uint16
+	// KeepAlive in seconds; 0 means 30 unless NoKeepAlive.
+	KeepAlive uint16
+	// NoKeepAlive sends keep-alive 0 (no keep-alive).
+	NoKeepAlive bool
 }
 
 // DialRawClient connects clientID to addr (host:port) with protocol
@@ -35,8 +39,15 @@ type RawOptions struct {
 func DialRawClient(t testing.TB, addr string, v byte, clientID string, o RawOptions) (*RawClient, RawPacket) {
 	t.Helper()
 	c := &RawClient{T: t, Conn: DialRaw(t, addr), Version: v}
+	keepAlive := o.KeepAlive
+	switch {
+	case o.NoKeepAlive:
+		keepAlive = 0
+	case keepAlive == 0:
+		keepAlive = 30
+	}
 	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect},
-		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: !o.KeepSession, Keepalive: 30, ClientIdentifier: clientID}}
+		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: !o.KeepSession, Keepalive: keepAlive, ClientIdentifier: clientID}}
 	if o.SessionExpiry > 0 {
 		pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = o.SessionExpiry, true
 	}
@@ -128,6 +139,20 @@ func (c *RawClient) Ping() {
 	c.T.Helper()
 	c.Write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
 	c.Expect(packets.Pingresp)
+}
+
+// DecodeConnack decodes a CONNACK read off the connection (v5: with its
+// properties).
+func (c *RawClient) DecodeConnack(p RawPacket) packets.Packet {
+	c.T.Helper()
+	if p.Type != packets.Connack {
+		c.T.Fatalf("raw client: packet type %d (body %x), want CONNACK", p.Type, p.Body)
+	}
+	pk := packets.Packet{ProtocolVersion: c.Version, FixedHeader: packets.FixedHeader{Type: packets.Connack, Remaining: len(p.Body)}}
+	if err := pk.ConnackDecode(p.Body); err != nil {
+		c.T.Fatalf("raw client: decode CONNACK %x: %v", p.Body, err)
+	}
+	return pk
 }
 
 // DecodePublish decodes a PUBLISH read off the connection.

@@ -7,7 +7,9 @@
 //     by another node.
 //   - HandoffHook: the driver of a session handoff (broker/handoff): the
 //     old node's shadow of a taken-over session and the new node's
-//     de-duplication of what arrives by two paths.
+//     de-duplication of what arrives by two paths; at a netsplit's heal,
+//     the messages of a duplicate session that lost, added to the one
+//     that won (heal.go).
 //   - RoutingHook: forwarding local publishes to the nodes with
 //     subscribers, delivering what peers forward.
 //   - RetainedHook: replicating retained messages, applying the cluster's.
@@ -84,9 +86,10 @@ type Cluster interface {
 	// new node.
 	AppendSession(ctx context.Context, node, clientID string, msgs []byte) error
 	// Synced is closed once the node has the cluster's tables after
-	// starting; SessionNode reads the session table.
+	// starting; SessionNode and SessionRecord read the session table.
 	Synced() <-chan struct{}
 	SessionNode(clientID string) (string, bool)
+	SessionRecord(clientID string) (routes.SessionRecord, bool)
 }
 
 // Queuer adds a message to a session the way mochi queues a delivery,
@@ -262,3 +265,6 @@ func (f facade) AppendSession(clientID string, msgs []byte) error {
 	return f.h.Handoff.AppendSession(clientID, msgs)
 }
 func (f facade) LocalSession(clientID string) bool { return f.h.Session.LocalSession(clientID) }
+func (f facade) DropDuplicate(clientID string, winner routes.SessionRecord) {
+	f.h.Session.DropDuplicate(clientID, winner)
+}

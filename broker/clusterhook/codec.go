@@ -204,6 +204,11 @@ type session struct {
 	Username        []byte                 `json:"user,omitempty"`
 	Subs            []packets.Subscription `json:"subs,omitempty"`
 	Inflight        []inflightMsg          `json:"inflight,omitempty"`
+	// Heal marks the queue of a duplicate session that lost at a
+	// netsplit's heal (heal.go), shipped to the session that won: the
+	// receiver keeps what that session's subscriptions match and it did
+	// not get already.
+	Heal bool `json:"heal,omitempty"`
 }
 
 // inflightMsg is one inflight entry: an outbound PUBLISH awaiting its ack,

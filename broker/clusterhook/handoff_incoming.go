@@ -79,15 +79,16 @@ func (h *HandoffHook) incomingFor(id string) *incomingRun {
 }
 
 // direct runs when mochi queues pk for cl, whose session is being handed
-// over to this node: if the old node handed the message over already,
-// this copy is withdrawn; else it is noted.
-func (h *HandoffHook) direct(run *incomingRun, cl *mqtt.Client, pk packets.Packet) {
+// over to this node (or tracked around a netsplit): if the old node (the
+// duplicate's) handed the message over already, this copy is withdrawn,
+// and direct returns true; else it is noted.
+func (h *HandoffHook) direct(run *incomingRun, cl *mqtt.Client, pk packets.Packet) bool {
 	if pk.FixedHeader.Dup {
-		return // mochi resending the queue, not a new delivery
+		return false // mochi resending the queue, not a new delivery
 	}
 	k, _, ok := h.keyOf(pk)
 	if !ok {
-		return
+		return false
 	}
 	run.mu.Lock()
 	withdraw := run.in.Direct(k)
@@ -99,6 +100,7 @@ func (h *HandoffHook) direct(run *incomingRun, cl *mqtt.Client, pk packets.Packe
 	if withdraw {
 		h.withdraw(cl, pk)
 	}
+	return withdraw
 }
 
 // AppendSession implements cluster.Broker: add messages the session's
@@ -107,6 +109,9 @@ func (h *HandoffHook) AppendSession(clientID string, msgs []byte) error {
 	s, err := decodeSession(msgs)
 	if err != nil {
 		return err
+	}
+	if s.Heal {
+		return h.appendHealed(clientID, s.Inflight)
 	}
 	return h.appendMsgs(clientID, s.Inflight)
 }
@@ -153,6 +158,12 @@ func (h *HandoffHook) appendMsgs(clientID string, msgs []inflightMsg) error {
 // mochi queues a delivery (broker/quirks follows the session if a
 // reconnect takes it over meanwhile).
 func (h *HandoffHook) queueHanded(clientID string, m inflightMsg) error {
+	return h.queuePublish(clientID, m, nil)
+}
+
+// queuePublish is queueHanded with the message decoded already (pk not
+// nil), possibly adjusted to the session's subscriptions.
+func (h *HandoffHook) queuePublish(clientID string, m inflightMsg, pk *packets.Packet) error {
 	cl, ok := mochix.Client(h.sh.srv, clientID)
 	if !ok {
 		return fmt.Errorf("%w: %s", errNoSession, clientID)
@@ -160,12 +171,20 @@ func (h *HandoffHook) queueHanded(clientID string, m inflightMsg) error {
 	if run := h.shadowFor(clientID); run != nil && run.cl == cl && h.pass(run, m) {
 		return nil
 	}
-	pk, err := DecodePublish(m.Publish)
-	if err != nil {
-		return err
+	if pk == nil {
+		d, err := DecodePublish(m.Publish)
+		if err != nil {
+			return err
+		}
+		pk = &d
+	}
+	if k := msgKey(m); k.Known() {
+		// The key stays with the queued copy: a later move of the
+		// session hands it over with it.
+		mochix.Stamp(pk, k.From, k.ID)
 	}
 	pk.Created, pk.Expiry = m.Created, m.Expiry
-	if err := h.sh.opts.Queue.Queue(cl, pk); err != nil {
+	if err := h.sh.opts.Queue.Queue(cl, *pk); err != nil {
 		h.sh.opts.Metrics.Dropped(metrics.ReasonInflightLimit)
 		h.sh.log.Warn("handed-off message dropped", "client", clientID, "error", err)
 	}

@@ -38,6 +38,11 @@ type HandoffHook struct {
 	nShadows  atomic.Int32 // len(shadows), for the fast path
 	incoming  map[string]*incomingRun
 	nIncoming atomic.Int32
+	// Sessions registered during a netsplit note what they get until
+	// after the heal (heal.go); healSweeping: sweepHeals runs.
+	heals        map[string]*incomingRun
+	nHeals       atomic.Int32
+	healSweeping bool
 
 	// Messages taken back before mochi wrote them (withdraw).
 	wdMu       sync.Mutex
@@ -62,7 +67,7 @@ var _ mqtt.Hook = (*HandoffHook)(nil)
 
 func newHandoffHook(sh *shared, keyOf func(packets.Packet) (handoff.Key, string, bool)) *HandoffHook {
 	return &HandoffHook{sh: sh, keyOf: keyOf, shadows: map[string]*shadowRun{}, incoming: map[string]*incomingRun{},
-		withdrawn: map[*mqtt.Client][]packets.Packet{}}
+		heals: map[string]*incomingRun{}, withdrawn: map[*mqtt.Client][]packets.Packet{}}
 }
 
 // ID names the hook.
@@ -70,14 +75,15 @@ func (h *HandoffHook) ID() string { return "mendmq-cluster-handoff" }
 
 // Provides declares the handled hook methods. mochi asks at every event,
 // so the per-message events reach this hook only while a handoff is
-// under way (OnQosPublish) or a message was withdrawn (OnPacketEncode,
+// under way or a session registered during a netsplit is tracked
+// (OnQosPublish) or a message was withdrawn (OnPacketEncode,
 // OnDisconnect): the hot path does not pay for it otherwise.
 func (h *HandoffHook) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnStopped:
 		return true
 	case mqtt.OnQosPublish:
-		return h.nShadows.Load() > 0 || h.nIncoming.Load() > 0
+		return h.nShadows.Load() > 0 || h.nIncoming.Load() > 0 || h.nHeals.Load() > 0
 	case mqtt.OnPacketEncode, mqtt.OnDisconnect:
 		return h.nWithdrawn.Load() > 0
 	}
@@ -89,14 +95,20 @@ func (h *HandoffHook) OnStopped() { h.sh.stop() }
 
 // OnQosPublish catches a message mochi queued for a session being handed
 // off from here, or notes (or withdraws) one queued for a session being
-// handed over to here.
+// handed over to here or registered during a netsplit (heal.go).
 func (h *HandoffHook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, resends int) {
 	if pk.FixedHeader.Type != packets.Publish {
 		return
 	}
 	if run := h.shadowFor(cl.ID); run != nil && run.cl == cl {
 		h.catch(run, pk)
-	} else if in := h.incomingFor(cl.ID); in != nil {
+		return
+	}
+	withdrawn := false
+	if in := h.incomingFor(cl.ID); in != nil {
+		withdrawn = h.direct(in, cl, pk)
+	}
+	if in := h.healFor(cl.ID); in != nil && !withdrawn {
 		h.direct(in, cl, pk)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mendmq/mendmq/broker/clusterhook"
 	"github.com/mendmq/mendmq/broker/metrics"
@@ -25,10 +26,37 @@ import (
 // order, quirks included) attached to a fake cluster, for tests that drive
 // the hooks directly.
 type node struct {
-	srv   *mqtt.Server
-	addr  string
-	hooks *clusterhook.Hooks
-	fake  *fakeCluster
+	srv     *mqtt.Server
+	addr    string
+	hooks   *clusterhook.Hooks
+	fake    *fakeCluster
+	metrics *metrics.MQTT
+}
+
+// counter returns the value of the node's counter name with label=value.
+func (n *node) counter(t *testing.T, name, label, value string) float64 {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	if err := reg.Register(n.metrics); err != nil {
+		t.Fatalf("register metrics: %v", err)
+	}
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatalf("gather metrics: %v", err)
+	}
+	for _, f := range fams {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == label && lp.GetValue() == value {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
 }
 
 // startNode runs the node; extra hooks go between quirks and the
@@ -40,7 +68,8 @@ func startNode(t *testing.T, fake *fakeCluster, store clusterhook.Store, extra .
 	srv := mqtt.New(&mqtt.Options{InlineClient: true, Logger: log})
 	r := refuse.New(srv, refuse.Options{})
 	q := quirks.New(srv, nil)
-	h := clusterhook.New(clusterhook.Options{Server: srv, Metrics: metrics.New(srv.Info), Log: log,
+	m := metrics.New(srv.Info)
+	h := clusterhook.New(clusterhook.Options{Server: srv, Metrics: m, Log: log,
 		Refuse: r, Queue: q, Store: store})
 	h.SetCluster(fake)
 	all := append([]mqtt.Hook{r, new(allowAll), q}, extra...)
@@ -57,7 +86,7 @@ func startNode(t *testing.T, fake *fakeCluster, store clusterhook.Store, extra .
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = srv.Close() })
-	return &node{srv: srv, addr: l.Address(), hooks: h, fake: fake}
+	return &node{srv: srv, addr: l.Address(), hooks: h, fake: fake, metrics: m}
 }
 
 func (n *node) url() string { return "tcp://" + n.addr }
@@ -83,18 +112,27 @@ type fakeCluster struct {
 	finish      []byte // what FinishTakeover returns
 	registerErr error
 	forwardErr  error
+	split       bool // Split's answer
 	appendErr   error
 	forwarded   []uint64 // ids of Forward calls
 	appended    [][]byte // AppendSession calls
 }
 
-func (f *fakeCluster) Name() string                                                       { return "n2" }
-func (f *fakeCluster) PutSession(string, routes.SessionRecord)                            {}
-func (f *fakeCluster) DeleteSession(string)                                               {}
-func (f *fakeCluster) PutRetained(string, cluster.RetainedMessage, time.Time)             {}
-func (f *fakeCluster) DeleteRetained(string, time.Time)                                   {}
-func (f *fakeCluster) Synced() <-chan struct{}                                            { return nil }
-func (f *fakeCluster) SessionNode(string) (string, bool)                                  { return "", false }
+func (f *fakeCluster) Name() string                                           { return "n2" }
+func (f *fakeCluster) PutSession(string, routes.SessionRecord)                {}
+func (f *fakeCluster) DeleteSession(string)                                   {}
+func (f *fakeCluster) PutRetained(string, cluster.RetainedMessage, time.Time) {}
+func (f *fakeCluster) DeleteRetained(string, time.Time)                       {}
+func (f *fakeCluster) Synced() <-chan struct{}                                { return nil }
+func (f *fakeCluster) SessionNode(string) (string, bool)                      { return "", false }
+func (f *fakeCluster) SessionRecord(string) (routes.SessionRecord, bool) {
+	return routes.SessionRecord{}, false
+}
+func (f *fakeCluster) Split() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.split
+}
 func (f *fakeCluster) PutSessionSync(context.Context, string, routes.SessionRecord) error { return nil }
 
 func (f *fakeCluster) Register(context.Context, string, bool) (cluster.Takeover, error) {
@@ -131,8 +169,6 @@ func (f *fakeCluster) Forward(_ context.Context, _ string, _ byte, id uint64, en
 	f.forwarded = append(f.forwarded, id)
 	return f.forwardErr
 }
-
-func (f *fakeCluster) Split() bool { return false }
 
 // ForwardHold holds nothing (no peer is unreachable): it is Forward.
 func (f *fakeCluster) ForwardHold(ctx context.Context, topic string, qos byte, id uint64, encode func() ([]byte, error)) error {

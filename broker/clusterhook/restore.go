@@ -21,11 +21,11 @@ import (
 // the node where its client lives. So the restored sessions are announced
 // only once the node has the table (Cluster.Synced), and a session the
 // table places on another node is superseded: its copy here is dropped
-// from memory and storage, and the messages it still had queued are
-// counted as dropped (reason session_superseded). They belong to a
-// session the client has replaced: a client that resumed there got the
-// moved session, one that found this node gone was told by CONNACK
-// (session present = false) that its session was lost.
+// from memory and storage like a duplicate that lost at a netsplit's heal
+// (heal.go): the messages it still had queued were acknowledged to their
+// publishers, so they go to the session the client has now, if its
+// CONNECT resumed a session (clean start 0) and it subscribes to them;
+// otherwise they are counted as dropped (reason session_superseded).
 
 // restoreWait bounds the wait for the session table: a node that cannot
 // exchange tables with any peer by then announces what it restored.
@@ -61,9 +61,9 @@ func (s *SessionHook) reconcileRestored(c Cluster, restored map[string]*mqtt.Cli
 	for id, rc := range restored {
 		mu := s.restoreLock(id)
 		mu.Lock() // no CONNECT of id is between its checks and its import
-		node, ok := c.SessionNode(id)
+		rec, ok := c.SessionRecord(id)
 		cl, local := mochix.Client(s.sh.srv, id)
-		if !ok || node == c.Name() || !local || cl != rc || !cl.Closed() {
+		if !ok || rec.Node == c.Name() || !local || cl != rc || !cl.Closed() {
 			mu.Unlock()
 			// Ours, unknown to the cluster, or gone or replaced
 			// meanwhile (its client connected here, which registered
@@ -71,14 +71,14 @@ func (s *SessionHook) reconcileRestored(c Cluster, restored map[string]*mqtt.Cli
 			s.markDirty(id)
 			continue
 		}
-		queued, first := s.supersede(cl)
+		shipped, dropped, first := s.dropDuplicate(cl, rec)
 		mu.Unlock()
 		if !first {
 			continue // replication dropped it meanwhile
 		}
 		superseded++
 		s.sh.log.Warn("restored session lives on another node now; local copy dropped",
-			"client", id, "node", node, "queued_messages_dropped", queued)
+			"client", id, "node", rec.Node, "queued_messages_shipped", shipped, "queued_messages_dropped", dropped)
 	}
 	if superseded > 0 {
 		s.sh.log.Info("restored sessions reconciled with the cluster", "restored", len(restored), "superseded", superseded)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/mendmq/mendmq/broker/metrics"
 	"github.com/mendmq/mendmq/broker/mochix"
+	"github.com/mendmq/mendmq/cluster/hlc"
 	"github.com/mendmq/mendmq/cluster/routes"
 )
 
@@ -35,6 +36,9 @@ type SessionHook struct {
 	dirty   map[string]struct{}
 	moved   map[string]struct{} // sessions taken over by another node
 	kick    chan struct{}
+	// connects holds the CONNECT stamp of each session (its
+	// registration's, see connectOf), by client id.
+	connects map[string]connectStamp
 
 	// Restored sessions being reconciled (restore.go): OnConnect and
 	// the reconciliation of a session exclude each other meanwhile, per
@@ -52,7 +56,7 @@ var _ mqtt.Hook = (*SessionHook)(nil)
 
 func newSessionHook(sh *shared, ho *HandoffHook) *SessionHook {
 	s := &SessionHook{sh: sh, ho: ho, dirty: map[string]struct{}{}, moved: map[string]struct{}{},
-		kick: make(chan struct{}, 1)}
+		connects: map[string]connectStamp{}, kick: make(chan struct{}, 1)}
 	sh.wg.Add(1)
 	go s.syncLoop()
 	return s
@@ -108,6 +112,13 @@ func (s *SessionHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		s.sh.opts.Metrics.Refused("registration_failed")
 		return s.sh.opts.Refuse.Connect(cl, packets.ErrServerUnavailable)
 	}
+	s.setConnect(cl, tk.At)
+	if c.Split() {
+		// Registered during a netsplit: another session of the id may
+		// live on the other side, and lose to this one at the heal
+		// (heal.go). Note what this one gets meanwhile.
+		s.ho.trackHeal(cl.ID)
+	}
 	if len(tk.Session) == 0 || pk.Connect.Clean {
 		return nil
 	}
@@ -130,7 +141,7 @@ func (s *SessionHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	// Route the session's messages here on every node before the client
 	// is acknowledged: a publish acked after the CONNACK must not go to
 	// the node it came from, which no longer has the subscriptions.
-	if err := c.PutSessionSync(ctx, cl.ID, record(c.Name(), moved)); err != nil {
+	if err := c.PutSessionSync(ctx, cl.ID, record(c.Name(), moved, tk.At)); err != nil {
 		s.sh.log.Warn("moved session's routes not confirmed by every node", "client", cl.ID, "error", err)
 	}
 	// Then collect what the old node caught for the session meanwhile.
@@ -209,10 +220,9 @@ func (s *SessionHook) forgetMoved(clientID string, cl *mqtt.Client) {
 // (TakeoverSession) and the reconciliation of restored sessions can both
 // find the same stale copy at once; only the first drops and counts it.
 func (s *SessionHook) supersede(cl *mqtt.Client) (queued int, first bool) {
-	if _, dup := s.superseded.LoadOrStore(cl, struct{}{}); dup {
+	if !s.firstSupersede(cl) {
 		return 0, false
 	}
-	time.AfterFunc(s.sh.hcfg.Grace(), func() { s.superseded.Delete(cl) })
 	queued = mochix.QueueLen(cl)
 	s.dropLocal(cl)
 	if queued > 0 {
@@ -221,14 +231,34 @@ func (s *SessionHook) supersede(cl *mqtt.Client) (queued int, first bool) {
 	return queued, true
 }
 
+// firstSupersede reports whether this is the first of the paths that
+// found cl stale to drop it (for a grace period).
+func (s *SessionHook) firstSupersede(cl *mqtt.Client) bool {
+	if _, dup := s.superseded.LoadOrStore(cl, struct{}{}); dup {
+		return false
+	}
+	time.AfterFunc(s.sh.hcfg.Grace(), func() { s.superseded.Delete(cl) })
+	return true
+}
+
 // dropLocal removes a stopped client's session from this node (its
 // subscriptions, queue and listing) without touching the replicated
 // record, which the session's new node rewrites.
-func (s *SessionHook) dropLocal(cl *mqtt.Client) {
+func (s *SessionHook) dropLocal(cl *mqtt.Client) { s.dropLocalKeeping(cl, nil) }
+
+// dropLocalKeeping is dropLocal that hands keep the session's queue once
+// nothing more can be queued for it (it is unsubscribed) and before the
+// queue is cleared; it returns how many entries the clear took.
+func (s *SessionHook) dropLocalKeeping(cl *mqtt.Client, keep func([]packets.Packet)) int {
 	filters := mochix.Unsubscribe(s.sh.srv, cl)
+	if keep != nil {
+		keep(mochix.Queued(cl))
+	}
 	ids := mochix.ClearQueue(cl)
 	s.sh.unstoreSession(cl, filters, ids)
 	mochix.Unlist(s.sh.srv, cl)
+	s.forgetConnect(cl)
+	return len(ids)
 }
 
 // LocalSession reports whether clientID has a session on this node
@@ -290,10 +320,13 @@ func (s *SessionHook) flushDirty() {
 			if ok && cl.IsTakenOver() {
 				continue // the new session's own events rewrite the record
 			}
+			if ok {
+				s.forgetConnect(cl)
+			}
 			c.DeleteSession(id)
 			continue
 		}
-		c.PutSession(id, record(c.Name(), cl))
+		c.PutSession(id, record(c.Name(), cl, s.connectOf(c, cl)))
 	}
 }
 
@@ -327,9 +360,10 @@ func (s *SessionHook) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) { s.mar
 // OnClientExpired removes the record of an expired persistent session.
 func (s *SessionHook) OnClientExpired(cl *mqtt.Client) { s.markDirty(cl.ID) }
 
-// record describes a client's session for the replicated "sub" table.
-func record(node string, cl *mqtt.Client) routes.SessionRecord {
-	rec := routes.SessionRecord{Node: node, Clean: mochix.Ephemeral(cl)}
+// record describes a client's session for the replicated "sub" table;
+// at is its CONNECT's stamp.
+func record(node string, cl *mqtt.Client, at hlc.Timestamp) routes.SessionRecord {
+	rec := routes.SessionRecord{Node: node, Clean: mochix.Ephemeral(cl), CleanStart: cl.Properties.Clean, Connect: at}
 	if !rec.Clean {
 		rec.ExpiryInterval = cl.Properties.Props.SessionExpiryInterval
 		if cl.Properties.ProtocolVersion < 5 {
@@ -347,4 +381,51 @@ func record(node string, cl *mqtt.Client) routes.SessionRecord {
 		})
 	}
 	return rec
+}
+
+// connectStamp is the CONNECT stamp of the session of client cl.
+type connectStamp struct {
+	cl *mqtt.Client
+	at hlc.Timestamp
+}
+
+// setConnect notes the stamp of cl's registration, before mochi sets its
+// session up: every record of that session carries it.
+func (s *SessionHook) setConnect(cl *mqtt.Client, at hlc.Timestamp) {
+	s.dirtyMu.Lock()
+	s.connects[cl.ID] = connectStamp{cl: cl, at: at}
+	s.dirtyMu.Unlock()
+}
+
+// connectOf returns the CONNECT stamp of cl's session. A session this
+// node did not register (restored from storage after a restart, or
+// imported) keeps the stamp the table has for it here, if any: its
+// CONNECT is that old.
+func (s *SessionHook) connectOf(c Cluster, cl *mqtt.Client) hlc.Timestamp {
+	s.dirtyMu.Lock()
+	e, ok := s.connects[cl.ID]
+	s.dirtyMu.Unlock()
+	if ok && e.cl == cl {
+		return e.at
+	}
+	// Else, if ok, e is the stamp of a newer connection of the id that
+	// mochi has not set up yet; cl is the session it replaces.
+	var at hlc.Timestamp
+	if rec, found := c.SessionRecord(cl.ID); found && rec.Node == c.Name() {
+		at = rec.Connect
+	}
+	if !ok {
+		s.setConnect(cl, at)
+	}
+	return at
+}
+
+// forgetConnect drops cl's stamp once its session is gone here (and a
+// stamp of a connection that closed before it was listed).
+func (s *SessionHook) forgetConnect(cl *mqtt.Client) {
+	s.dirtyMu.Lock()
+	if e, ok := s.connects[cl.ID]; ok && (e.cl == cl || e.cl.Closed()) {
+		delete(s.connects, cl.ID)
+	}
+	s.dirtyMu.Unlock()
 }

@@ -13,6 +13,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"strings"
@@ -72,11 +73,20 @@ type ListenerConfig struct {
 type MQTTConfig struct {
 	// Listeners is mqtt.listeners. Default one TCP listener on :1883.
 	Listeners []ListenerConfig `koanf:"listeners"`
-	// MaxPacketSize is mqtt.max_packet_size in bytes: larger packets are
-	// refused and the client disconnected (v5: 0x95). Default 1 MiB;
-	// 0 means the protocol maximum (256 MiB), which lets one client make
-	// the broker buffer that much.
+	// MaxPacketSize is mqtt.max_packet_size in bytes: announced to v5
+	// clients in CONNACK (Maximum Packet Size); larger packets are refused
+	// and the client disconnected (v5: DISCONNECT 0x95 first). Default
+	// 1 MiB; 0 means the protocol maximum (256 MiB, not announced), which
+	// lets one client make the broker buffer that much.
 	MaxPacketSize uint32 `koanf:"max_packet_size"`
+	// ServerKeepAlive is mqtt.server_keep_alive: the longest keep-alive an
+	// MQTT 5 client gets, in whole seconds up to 65535s. A client asking
+	// for more, or for none (0), gets this one; the CONNACK carries it as
+	// Server Keep Alive and the connection is closed after 1.5 times it
+	// without a packet. Shorter finds dead connections sooner at the cost
+	// of more PINGREQs. MQTT 3.1.1 clients keep their own (3.1.1 cannot
+	// tell them another). Default 0s = every client keeps its own.
+	ServerKeepAlive time.Duration `koanf:"server_keep_alive"`
 	// ConnectTimeout is mqtt.connect_timeout: how long a new connection may
 	// take to send CONNECT before it is closed (slow-loris guard).
 	// Default 10s.
@@ -196,6 +206,7 @@ func DefaultConfig() Config {
 		MQTT: MQTTConfig{
 			Listeners:         []ListenerConfig{{Type: "tcp", Address: ":1883"}},
 			MaxPacketSize:     1 << 20,
+			ServerKeepAlive:   0,
 			ConnectTimeout:    10 * time.Second,
 			MaxConnections:    0,
 			MaxConnectRate:    0,
@@ -290,6 +301,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MQTT.MaxPacketSize != 0 && c.MQTT.MaxPacketSize < 64 {
 		errs = append(errs, keyErr("mqtt.max_packet_size", "%d bytes is too small for a CONNECT; use >= 64 (or 0 for the protocol maximum)", c.MQTT.MaxPacketSize))
+	}
+	if ka := c.MQTT.ServerKeepAlive; ka < 0 || ka > math.MaxUint16*time.Second || ka%time.Second != 0 {
+		errs = append(errs, keyErr("mqtt.server_keep_alive", "%v is not whole seconds between 0s (off) and 65535s, e.g. 60s", ka))
 	}
 	if c.MQTT.ConnectTimeout <= 0 {
 		errs = append(errs, keyErr("mqtt.connect_timeout", "must be > 0 (e.g. 10s)"))

@@ -64,6 +64,16 @@ func (in *Incoming) Handed(k Key) (deliver bool) {
 // all, so the old node's retry delivers it.
 func (in *Incoming) Unhand(k Key) { delete(in.handed, k) }
 
+// Extend keeps the tracking until at least until. A netsplit's heal
+// uses an Incoming for as long as the split lasts, then a while (the
+// duplicate's messages arrive after the heal), which is not known when it
+// starts.
+func (in *Incoming) Extend(until time.Time) {
+	if until.After(in.expires) {
+		in.expires = until
+	}
+}
+
 // Expired reports whether the handoff is surely over at now.
 func (in *Incoming) Expired(now time.Time) bool { return !now.Before(in.expires) }
 

@@ -76,6 +76,13 @@ func TestIncomingExpires(t *testing.T) {
 	if !in.Expired(t0.Add(cfg.Lifetime())) {
 		t.Error("not expired after its lifetime")
 	}
+	// A heal's tracking is extended while the split lasts; an earlier
+	// time never shortens it.
+	in.Extend(t0.Add(time.Minute))
+	in.Extend(t0.Add(time.Second))
+	if in.Expired(t0.Add(time.Minute-time.Nanosecond)) || !in.Expired(t0.Add(time.Minute)) {
+		t.Error("Extend did not move the expiry to exactly the latest time given")
+	}
 }
 
 // TestIncomingOverflow: beyond MaxTracked keys a set stops growing (a

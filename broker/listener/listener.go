@@ -50,6 +50,10 @@ type Guard struct {
 	// closes instead of mochi's own function (mochix.DisconnectListener
 	// avoids a deadlock in it).
 	CloseClients listeners.CloseFn
+	// Wrap, if set, replaces each accepted connection before mochi gets it
+	// (the deadline above is armed on the result); the guard still closes
+	// the connection it accepted.
+	Wrap func(net.Conn) net.Conn
 }
 
 // Build returns the mochi listener for one config entry, wrapped by g.
@@ -135,10 +139,14 @@ func (l *guarded) Serve(establish listeners.EstablishFn) {
 			return ErrClosed
 		}
 		defer l.untrack(c)
-		if l.g.ConnectTimeout > 0 {
-			_ = c.SetDeadline(time.Now().Add(l.g.ConnectTimeout))
+		mc := c
+		if l.g.Wrap != nil {
+			mc = l.g.Wrap(c)
 		}
-		err := establish(id, c)
+		if l.g.ConnectTimeout > 0 {
+			_ = mc.SetDeadline(time.Now().Add(l.g.ConnectTimeout))
+		}
+		err := establish(id, mc)
 		// mochi returns these two only when it refused CONNECT with a
 		// CONNACK (server.go attachClient); other errors end connections
 		// that were accepted.

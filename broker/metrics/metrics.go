@@ -26,7 +26,7 @@ const (
 	ReasonPeerQueueFull = "peer_queue_full"    // cross-node queue full (QoS0 only)
 	ReasonNoRoute       = "no_matching_client" // published with no subscriber anywhere
 	ReasonHandoff       = "handoff_failed"     // caught for a moved session, its new node unreachable
-	ReasonSuperseded    = "session_superseded" // queued in a session replaced on another node (clean start there, stale restored copy)
+	ReasonSuperseded    = "session_superseded" // queued in a session replaced on another node and not moved there (clean start there, clean session, no matching subscription, ship failed)
 )
 
 // MQTT holds the counters; one per node (tests run several nodes in one
@@ -40,7 +40,20 @@ type MQTT struct {
 	out     [3]atomic.Uint64 // PUBLISH sent by QoS
 	dropped *prometheus.CounterVec
 	refused *prometheus.CounterVec
+	healed  *prometheus.CounterVec
 }
+
+// Outcomes of the queued messages of a session dropped because another
+// node's session of the client id won (a duplicate at a netsplit's heal, a
+// restarted node's stale copy): the "outcome" label of
+// mendmq_session_heal_messages_total.
+const (
+	HealShipped       = "shipped"        // sent by the losing node to the winner's
+	HealShipFailed    = "ship_failed"    // the winner's node never took them (also dropped, session_superseded)
+	HealAppended      = "appended"       // queued for the winning session
+	HealDuplicate     = "duplicate"      // the winning session had it already (same origin and publish id)
+	HealNotSubscribed = "not_subscribed" // no QoS 1/2 subscription of the winning session matches (also dropped)
+)
 
 var _ mqtt.Hook = (*MQTT)(nil)
 
@@ -56,6 +69,10 @@ func New(info *system.Info) *MQTT {
 			Name: "mendmq_connections_refused_total",
 			Help: "Connections refused before CONNACK success, by reason.",
 		}, []string{"reason"}),
+		healed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mendmq_session_heal_messages_total",
+			Help: "Queued messages of a session dropped because another node's session of the client id won (a duplicate at a netsplit's heal, a restarted node's stale copy), by outcome: shipped and ship_failed on the losing node; appended, duplicate and not_subscribed on the winning one.",
+		}, []string{"outcome"}),
 	}
 }
 
@@ -117,6 +134,14 @@ func (m *MQTT) DroppedN(reason string, n int) { m.dropped.WithLabelValues(reason
 // Refused counts a refused connection for reason.
 func (m *MQTT) Refused(reason string) { m.refused.WithLabelValues(reason).Inc() }
 
+// Healed counts n messages of a duplicate session with outcome (one of
+// the Heal constants).
+func (m *MQTT) Healed(outcome string, n int) {
+	if n > 0 {
+		m.healed.WithLabelValues(outcome).Add(float64(n))
+	}
+}
+
 var (
 	descMessages = prometheus.NewDesc("mendmq_messages_total", "PUBLISH packets by direction (in = from clients, out = to clients) and QoS.", []string{"direction", "qos"}, nil)
 	descClients  = prometheus.NewDesc("mendmq_clients_connected", "Currently connected clients.", nil, nil)
@@ -135,6 +160,7 @@ func (m *MQTT) Describe(ch chan<- *prometheus.Desc) {
 	}
 	m.dropped.Describe(ch)
 	m.refused.Describe(ch)
+	m.healed.Describe(ch)
 }
 
 // Collect implements prometheus.Collector.
@@ -155,4 +181,5 @@ func (m *MQTT) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descUptime, prometheus.GaugeValue, float64(atomic.LoadInt64(&info.Uptime)))
 	m.dropped.Collect(ch)
 	m.refused.Collect(ch)
+	m.healed.Collect(ch)
 }

@@ -15,7 +15,14 @@ import (
 // on 127.0.0.1, closed at cleanup.
 func startServer(t *testing.T, hooks ...mqtt.Hook) (*mqtt.Server, string) {
 	t.Helper()
-	srv := mqtt.New(&mqtt.Options{InlineClient: true, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	return startServerWith(t, nil, hooks...)
+}
+
+// startServerWith is startServer with capabilities caps (nil: mochi's
+// defaults).
+func startServerWith(t *testing.T, caps *mqtt.Capabilities, hooks ...mqtt.Hook) (*mqtt.Server, string) {
+	t.Helper()
+	srv := mqtt.New(&mqtt.Options{InlineClient: true, Capabilities: caps, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err := srv.AddHook(new(allowAll), nil); err != nil {
 		t.Fatal(err)
 	}

@@ -1,14 +1,19 @@
 package partitiontests
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
+	"io"
 	"maps"
+	"net/http"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/mendmq/mendmq/broker"
 	"github.com/mendmq/mendmq/cluster/netsplit"
 )
 
@@ -267,4 +272,53 @@ func Median(ds []time.Duration) time.Duration {
 		return s[len(s)/2]
 	}
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// PutMap writes key of map name through node n's admin API
+// (PUT /api/v1/maps/{map}/{key}).
+func (c *Cluster) PutMap(n *Node, name, key, value string) error {
+	body, _ := json.Marshal(map[string]string{"value": value})
+	url := fmt.Sprintf("http://%s:%d/api/v1/maps/%s/%s", n.Addr, AdminPort, name, key)
+	req, err := http.NewRequest(http.MethodPut, url, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("PUT map %s key %s on %s: %w", name, key, n.Name, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("PUT map %s key %s on %s: %d %s", name, key, n.Name, resp.StatusCode, strings.TrimSpace(string(b)))
+	}
+	return nil
+}
+
+// CheckMap checks, within a bound, that every node reads want (key ->
+// value) from map name.
+func (c *Cluster) CheckMap(name string, want map[string]string, within time.Duration) error {
+	detail, ok := until(within, func() (bool, string) {
+		var problems []string
+		for _, n := range c.Nodes {
+			for key, v := range want {
+				var e broker.MapEntry
+				if err := c.GetJSON(n, fmt.Sprintf("/api/v1/maps/%s/%s", name, key), &e); err != nil {
+					problems = append(problems, err.Error())
+					continue
+				}
+				if e.Value != v {
+					problems = append(problems, fmt.Sprintf("%s: %s/%s = %q, want %q", n.Name, name, key, e.Value, v))
+				}
+			}
+		}
+		slices.Sort(problems)
+		return len(problems) == 0, strings.Join(problems[:min(len(problems), 5)], "; ")
+	})
+	if !ok {
+		return fmt.Errorf("map %s after %v: %s", name, within, detail)
+	}
+	return nil
 }

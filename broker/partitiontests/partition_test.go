@@ -198,7 +198,18 @@ var scenarios = []scenario{
 			e.cutHealed("partition n1,n2|n3,n4,n5", func() error { return e.lab.Partition([]int{1, 2}, []int{3, 4, 5}) }, func() {
 				e.w.Bounce(e.sub("s1a"), 500*time.Millisecond)
 				e.w.Bounce(e.sub("s4a"), 500*time.Millisecond)
+				e.mapWrites()
 			})
+			// The small side's map entries merged into the big side
+			// through the default policy (latestupdate): the later
+			// write wins, entries written on one side only stay.
+			want := map[string]string{}
+			for i := range 15 {
+				want[fmt.Sprint("k", i)] = map[bool]string{true: "small", false: "big"}[i < 5]
+			}
+			if err := e.c.CheckMap("pt", want, tablesBound); err != nil {
+				e.t.Error(err)
+			}
 		},
 	},
 	{
@@ -298,6 +309,35 @@ func runScenario(t *testing.T, sc scenario, seed uint64) *env {
 	}
 	t.Logf("scenario took %v", time.Since(began).Round(time.Millisecond))
 	return e
+}
+
+// mapWrites writes map "pt" on both sides of the 2|3 split: k0-k9
+// "small" on n1, then k5-k14 "big" on n3. A write is retried, as a
+// client would, until its side has taken over the partitions of the
+// members it lost (their failure detection, then promotion or
+// recreation).
+func (e *env) mapWrites() {
+	put := func(n *Node, key, value string) {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			err := e.c.PutMap(n, "pt", key, value)
+			if err == nil {
+				return
+			}
+			if time.Now().After(deadline) {
+				e.t.Errorf("%s side: %v", value, err)
+				return
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	for i := range 10 {
+		put(e.c.Nodes[0], fmt.Sprint("k", i), "small")
+	}
+	time.Sleep(10 * time.Millisecond) // later updates, by the clock latestupdate compares
+	for i := 5; i < 15; i++ {
+		put(e.c.Nodes[2], fmt.Sprint("k", i), "big")
+	}
 }
 
 func (e *env) sub(id string) *Subscriber {

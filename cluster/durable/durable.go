@@ -21,6 +21,9 @@ type DB struct{ db *bbolt.DB }
 var (
 	bucketOutbox   = []byte("outbox")
 	bucketMapStore = []byte("mapstore")
+	// bucketConflicts holds the merges a policy failed on, parked for an
+	// operator (package plugins decides their encoding).
+	bucketConflicts = []byte("conflicts")
 )
 
 // Open opens (creating) the file at path; lockTimeout bounds the wait for
@@ -31,7 +34,7 @@ func Open(path string, lockTimeout time.Duration) (*DB, error) {
 		return nil, fmt.Errorf("open cluster storage %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bbolt.Tx) error {
-		for _, b := range [][]byte{bucketOutbox, bucketMapStore} {
+		for _, b := range [][]byte{bucketOutbox, bucketMapStore, bucketConflicts} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -50,6 +53,9 @@ func (d *DB) Close() error { return d.db.Close() }
 // MapStore is the partitioned maps' store in this file (package pmap's
 // MapStore): entries by (map, key).
 func (d *DB) MapStore() *KV { return &KV{db: d.db, bucket: bucketMapStore} }
+
+// Conflicts is the parked merge conflicts' bucket, by id.
+func (d *DB) Conflicts() *KV { return &KV{db: d.db, bucket: bucketConflicts} }
 
 // KV is one bucket of the file.
 type KV struct {

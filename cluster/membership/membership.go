@@ -426,10 +426,21 @@ func (m *Membership) Leave(timeout time.Duration) error {
 func (m *Membership) noticeLeaving(ml *memberlist.Memberlist, timeout time.Duration) {
 	msg := encodeLeavingNotice(m.cfg.NodeName)
 	var wg sync.WaitGroup
-	for _, n := range ml.Members() {
-		if n.Name == m.cfg.NodeName {
+	// The addresses come from this package's table: the *Node values
+	// ml.Members returns are memberlist's own, which it rewrites under a
+	// lock of its own as alive messages arrive (a data race to read).
+	for _, mem := range m.Members() {
+		if mem.Name == m.cfg.NodeName || (mem.State != Alive && mem.State != Suspect) {
 			continue
 		}
+		host, port, err := net.SplitHostPort(mem.GossipAddr)
+		p, perr := strconv.Atoi(port)
+		ip := net.ParseIP(host)
+		if err != nil || perr != nil || ip == nil {
+			m.log.Warn("leave notice not sent: member address unreadable", "member", mem.Name, "addr", mem.GossipAddr)
+			continue
+		}
+		n := &memberlist.Node{Name: mem.Name, Addr: ip, Port: uint16(p)}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

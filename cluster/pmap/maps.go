@@ -141,6 +141,9 @@ type Maps struct {
 	// merging: this node is merging its entries into the bigger side of
 	// a healed split; operations are answered "retry" meanwhile.
 	merging bool
+	// leaving: this node stops (Leaving); it serves no operation any
+	// more, so none is acknowledged here after a backup took over.
+	leaving bool
 	unsent  []Item // entries this node merges into a bigger side, not sent yet
 	// epoch counts this node's merges into other sides (its data
 	// dropped each time).
@@ -232,6 +235,17 @@ func New(cfg Config, tr Transport, members Members, mux *dataplane.Mux) (*Maps, 
 
 // Stats returns the counters.
 func (m *Maps) Stats() *Stats { return &m.stats }
+
+// Leaving makes this node answer every map operation "retry" from now on:
+// it is about to leave the membership, and the other members promote the
+// backups of its partitions when they see it gone. An operation it
+// acknowledged after that would be on no copy they use. Called before
+// the leave is announced; the callers retry at the next owner.
+func (m *Maps) Leaving() {
+	m.mu.Lock()
+	m.leaving = true
+	m.mu.Unlock()
+}
 
 func (m *Maps) now() int64 { return m.cfg.Now().UnixMilli() }
 
@@ -355,6 +369,9 @@ func (m *Maps) serve(q request, fromBackup bool) (uint8, Entry, string) {
 	m.mu.Lock()
 	p := m.store.Partition(q.key)
 	switch {
+	case m.leaving:
+		m.mu.Unlock()
+		return stRetry, Entry{}, "this node is leaving the cluster"
 	case m.merging:
 		m.mu.Unlock()
 		return stRetry, Entry{}, "this node is merging its entries after a netsplit"

@@ -87,7 +87,16 @@ func (m *Maps) planLocked(next, prev partition.Table, wiped bool) work {
 		p := partition.ID(i)
 		was, now := cur.Role(p, self), next.Role(p, self)
 		if wiped {
+			// The entries are queued to merge into the other side
+			// (mergeInto): none is kept, lest a partition recreated
+			// here (recreate starts from what the store holds) bring
+			// back this side's entries without the policy deciding.
 			was = partition.None
+			m.store.Drop(p)
+			m.full[p], m.kept[p] = false, time.Time{}
+			if m.state[p] == stHanded {
+				m.state[p] = stActive
+			}
 		}
 		if now != partition.Owner {
 			m.pulls[p] = nil // a pull under way stops: not wanted any more

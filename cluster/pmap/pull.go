@@ -57,6 +57,7 @@ func (m *Maps) Wait() { m.wg.Wait() }
 func (m *Maps) pullOne(ctx context.Context, pl *pull) {
 	wait := 20 * time.Millisecond
 	patience := time.Now().Add(10 * time.Second)
+	prefer := time.Now().Add(3 * time.Second)
 	for ctx.Err() == nil {
 		tiers, ok := m.pullSources(pl)
 		if !ok {
@@ -84,6 +85,7 @@ func (m *Maps) pullOne(ctx context.Context, pl *pull) {
 					items, err = decodeItems(b)
 				}
 				if err == nil {
+					m.log.Debug("map partition pulled", "partition", pl.p, "source", src, "entries", len(items), "patient", pl.patient, "epoch", pl.epoch)
 					if m.install(ctx, pl, items) {
 						m.storePartition(items, true)
 						m.stats.Migrations.Add(1)
@@ -93,8 +95,20 @@ func (m *Maps) pullOne(ctx context.Context, pl *pull) {
 				}
 				if isRemote(err, errNoCopy) {
 					none++
+					m.log.Debug("map partition pull: no copy at the source", "partition", pl.p, "source", src)
+					continue
 				}
 				m.log.Debug("map partition pull failed; trying again", "partition", pl.p, "source", src, "error", err)
+				if time.Now().Before(prefer) {
+					// The sources are in order of preference: the
+					// owner's copy carries the entries' hits and access
+					// times, a backup's does not (reads are counted at
+					// the owner), and a merge policy compares them. A
+					// preferred source that is busy (migrating itself,
+					// or unreachable for a moment after a heal) is
+					// waited for a while before the next is asked.
+					break
+				}
 			}
 			if none < len(live) || waiting {
 				// A source may still give it (or, waited for, show

@@ -90,13 +90,44 @@ type Store struct {
 type part struct {
 	seq  uint64 // the largest write sequence seen
 	maps map[string]map[string]*Entry
+	// bytes[m] is the key and value bytes of map m's entries here, kept
+	// as they change so a metrics scrape need not walk the entries.
+	bytes map[string]int64
+}
+
+func newPart(seq uint64) *part {
+	return &part{seq: seq, maps: map[string]map[string]*Entry{}, bytes: map[string]int64{}}
+}
+
+func size(key string, e *Entry) int64 { return int64(len(key) + len(e.Value)) }
+
+// set makes e map m's entry of key.
+func (p *part) set(m, key string, e *Entry) {
+	mm := p.maps[m]
+	if mm == nil {
+		mm = map[string]*Entry{}
+		p.maps[m] = mm
+	}
+	if old := mm[key]; old != nil {
+		p.bytes[m] -= size(key, old)
+	}
+	mm[key] = e
+	p.bytes[m] += size(key, e)
+}
+
+// del removes map m's entry of key, if any.
+func (p *part) del(m, key string) {
+	if old := p.maps[m][key]; old != nil {
+		p.bytes[m] -= size(key, old)
+		delete(p.maps[m], key)
+	}
 }
 
 // NewStore returns an empty store of count partitions.
 func NewStore(count int) *Store {
 	s := &Store{count: count, parts: make([]*part, count)}
 	for i := range s.parts {
-		s.parts[i] = &part{maps: map[string]map[string]*Entry{}}
+		s.parts[i] = newPart(0)
 	}
 	return s
 }
@@ -115,7 +146,7 @@ func (s *Store) Get(m, key string, now int64, touch bool) (Entry, bool) {
 		return Entry{}, false
 	}
 	if e.expired(now) {
-		delete(p.maps[m], key)
+		p.del(m, key)
 		return Entry{}, false
 	}
 	if touch {
@@ -130,20 +161,15 @@ func (s *Store) Get(m, key string, now int64, touch bool) (Entry, bool) {
 // ttl and maxIdle are in ms (0: none). It returns the entry written.
 func (s *Store) Put(m, key string, value []byte, ttl, maxIdle, now int64) Entry {
 	p := s.part(key)
-	mm := p.maps[m]
-	if mm == nil {
-		mm = map[string]*Entry{}
-		p.maps[m] = mm
-	}
 	p.seq++
-	e := mm[key]
-	if e == nil || e.expired(now) {
-		e = &Entry{CreationTime: now}
-		mm[key] = e
-	} else {
+	old := p.maps[m][key]
+	e := &Entry{CreationTime: now}
+	if old != nil && !old.expired(now) {
+		*e = *old
 		e.Version++
 	}
 	e.Value, e.LastUpdateTime, e.LastAccessTime, e.TTL, e.MaxIdle, e.Seq = value, now, now, ttl, maxIdle, p.seq
+	p.set(m, key, e)
 	return *e
 }
 
@@ -155,7 +181,7 @@ func (s *Store) Delete(m, key string) (Entry, bool) {
 	if e == nil {
 		return Entry{}, false
 	}
-	delete(p.maps[m], key)
+	p.del(m, key)
 	p.seq++
 	out := *e
 	out.Seq = p.seq
@@ -183,15 +209,11 @@ func (s *Store) Apply(it Item) bool {
 		if cur == nil {
 			return false
 		}
-		delete(mm, it.Key)
+		p.del(it.Map, it.Key)
 		return true
 	}
-	if mm == nil {
-		mm = map[string]*Entry{}
-		p.maps[it.Map] = mm
-	}
 	e := it.Entry
-	mm[it.Key] = &e
+	p.set(it.Map, it.Key, &e)
 	return true
 }
 
@@ -199,14 +221,9 @@ func (s *Store) Apply(it Item) bool {
 // merge's result, a restored MapStore entry), keeping e's metadata.
 func (s *Store) Write(m, key string, e Entry) Entry {
 	p := s.part(key)
-	mm := p.maps[m]
-	if mm == nil {
-		mm = map[string]*Entry{}
-		p.maps[m] = mm
-	}
 	p.seq++
 	e.Seq = p.seq
-	mm[key] = &e
+	p.set(m, key, &e)
 	return e
 }
 
@@ -243,15 +260,10 @@ func cmpStr(a, b string) int {
 
 // Replace makes items partition pid's whole content (a migrated copy).
 func (s *Store) Replace(pid partition.ID, items []Item) {
-	p := &part{maps: map[string]map[string]*Entry{}}
+	p := newPart(0)
 	for _, it := range items {
-		mm := p.maps[it.Map]
-		if mm == nil {
-			mm = map[string]*Entry{}
-			p.maps[it.Map] = mm
-		}
 		e := it.Entry
-		mm[it.Key] = &e
+		p.set(it.Map, it.Key, &e)
 		p.seq = max(p.seq, e.Seq)
 	}
 	p.seq = max(p.seq, s.parts[pid].seq)
@@ -269,8 +281,7 @@ func (s *Store) Floor(pid partition.ID, floor uint64) {
 // Drop empties partition pid (this node holds it no more), keeping its
 // sequence so a later copy is newer.
 func (s *Store) Drop(pid partition.ID) {
-	seq := s.parts[pid].seq
-	s.parts[pid] = &part{seq: seq, maps: map[string]map[string]*Entry{}}
+	s.parts[pid] = newPart(s.parts[pid].seq)
 }
 
 // Expire removes the entries expired at now from the partitions own
@@ -284,7 +295,7 @@ func (s *Store) Expire(now int64, own func(partition.ID) bool) []Item {
 		for m, mm := range p.maps {
 			for k, e := range mm {
 				if e.expired(now) {
-					delete(mm, k)
+					p.del(m, k)
 					p.seq++
 					gone := *e
 					gone.Seq = p.seq
@@ -306,10 +317,8 @@ func (s *Store) Stats(filter func(partition.ID) bool) map[string][2]int64 {
 		}
 		for m, mm := range p.maps {
 			st := out[m]
-			for k, e := range mm {
-				st[0]++
-				st[1] += int64(len(k) + len(e.Value))
-			}
+			st[0] += int64(len(mm))
+			st[1] += p.bytes[m]
 			out[m] = st
 		}
 	}

@@ -2,6 +2,7 @@ package pmap
 
 import (
 	"bytes"
+	"fmt"
 	"testing"
 
 	"github.com/mendmq/mendmq/cluster/partition"
@@ -131,4 +132,77 @@ func TestValidNamesAndKeys(t *testing.T) {
 	if ValidKey("ünïcode/ok") != nil {
 		t.Error("unicode key refused")
 	}
+}
+
+// BenchmarkStoreStats is the cost of a metrics scrape's walk over the
+// entries (Maps.LocalStats): 100k entries of two maps, half the
+// partitions owned. Run: go test -run XXX -bench StoreStats ./cluster/pmap/
+func BenchmarkStoreStats(b *testing.B) {
+	s := NewStore(partition.DefaultCount)
+	for i := range 100_000 {
+		s.Write([]string{"a", "b"}[i%2], fmt.Sprint("key-", i), Entry{Value: make([]byte, 64)})
+	}
+	b.ResetTimer()
+	for range b.N {
+		st := s.Stats(func(p partition.ID) bool { return p%2 == 0 })
+		if st["a"][0] == 0 {
+			b.Fatal("no entries counted")
+		}
+	}
+}
+
+// TestStatsBytesFollowChanges: the bytes Stats reports, kept as entries
+// change, equal a walk over the entries after every kind of change.
+func TestStatsBytesFollowChanges(t *testing.T) {
+	s := NewStore(7)
+	walk := func() map[string][2]int64 {
+		out := map[string][2]int64{}
+		for _, p := range s.parts {
+			for m, mm := range p.maps {
+				st := out[m]
+				for k, e := range mm {
+					st[0]++
+					st[1] += int64(len(k) + len(e.Value))
+				}
+				out[m] = st
+			}
+		}
+		return out
+	}
+	all := func(partition.ID) bool { return true }
+	check := func(step string) {
+		t.Helper()
+		got, want := s.Stats(all), walk()
+		for m, w := range want {
+			if got[m] != w {
+				t.Fatalf("after %s: map %s: Stats %v, walk %v", step, m, got[m], w)
+			}
+		}
+	}
+	for i := range 50 {
+		s.Put("a", fmt.Sprint("k", i), make([]byte, i), 0, 0, 1)
+	}
+	check("puts")
+	s.Put("a", "k3", make([]byte, 100), 0, 0, 2)
+	check("an update")
+	s.Put("a", "ttl", []byte("xx"), 5, 0, 2)
+	s.Expire(100, all)
+	check("an expiry")
+	s.Delete("a", "k4")
+	check("a delete")
+	e := s.Write("b", "w", Entry{Value: []byte("merged")})
+	check("a write")
+	s.Apply(Item{Map: "b", Key: "w", Entry: Entry{Value: []byte("longer value"), Seq: e.Seq + 1}})
+	s.Apply(Item{Map: "a", Key: "k5", Entry: Entry{Seq: 1 << 40}, Deleted: true})
+	check("backup applies")
+	pid := s.Partition("k7")
+	s.Replace(pid, []Item{{Map: "a", Key: "k7", Entry: Entry{Value: []byte("replaced")}}})
+	check("a replace")
+	s.Drop(s.Partition("k8"))
+	check("a drop")
+	s.Put("a", "gone", []byte("v"), 1, 0, 1)
+	if _, ok := s.Get("a", "gone", 10, true); ok {
+		t.Fatal("expired entry read")
+	}
+	check("an expired read")
 }

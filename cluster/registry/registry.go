@@ -4,6 +4,14 @@
 // the new owner and takes the session over from the node that holds it
 // (DESIGN §2). A persistent session moves to N; its old node hands over
 // what it caught meanwhile (FinishTakeover, AppendSession).
+//
+// Every registration is stamped with a hybrid logical clock reading (the
+// CONNECT's stamp, carried in the session record, see package hlc): the
+// leader makes each stamp it grants later than the stamp of the session
+// it replaces, so registrations the same leader ordered keep that order
+// in the session table whatever the nodes' clocks say. Registrations no
+// single leader ordered (one on each side of a netsplit) are ordered by
+// their stamps when the table merges them (package sessions).
 package registry
 
 import (
@@ -17,6 +25,7 @@ import (
 	"time"
 
 	"github.com/mendmq/mendmq/cluster/dataplane"
+	"github.com/mendmq/mendmq/cluster/hlc"
 	"github.com/mendmq/mendmq/cluster/membership"
 	"github.com/mendmq/mendmq/cluster/rendezvous"
 )
@@ -61,9 +70,10 @@ type Caller interface {
 	Call(ctx context.Context, peer string, typ uint8, payload []byte) ([]byte, error)
 }
 
-// SessionNodes finds a session's node in the replicated session table.
+// SessionNodes finds a session in the replicated session table: its node
+// and its CONNECT stamp.
 type SessionNodes interface {
-	Node(clientID string) (string, bool)
+	Owner(clientID string) (node string, at hlc.Timestamp, ok bool)
 }
 
 // Takeover is the outcome of a registration.
@@ -72,6 +82,9 @@ type Takeover struct {
 	From string
 	// Session is the exported session, nil if none moved.
 	Session []byte
+	// At is the registration's stamp, later than the stamp of the
+	// session it replaces: the new session record's Connect.
+	At hlc.Timestamp
 }
 
 // Config configures a Registry.
@@ -80,7 +93,10 @@ type Config struct {
 	// RegisterTimeout bounds a claim a peer sends this leader
 	// (cluster.register_timeout).
 	RegisterTimeout time.Duration
-	Logger          *slog.Logger
+	// Clock stamps registrations and observes the peers' stamps. Nil: a
+	// clock of its own on time.Now.
+	Clock  *hlc.Clock
+	Logger *slog.Logger
 }
 
 // Registry is a node's part in registration: as a client's node it
@@ -94,10 +110,16 @@ type Registry struct {
 	sessions SessionNodes
 
 	regMu   sync.Mutex
-	owners  map[string]string // client id -> node, for ids this node leads
-	claimMu [64]sync.Mutex    // per-client-id serialization of claims
+	owners  map[string]owner // client id -> its session, for ids this node leads
+	claimMu [64]sync.Mutex   // per-client-id serialization of claims
 
 	registrations, takeovers, badMessages atomic.Uint64
+}
+
+// owner is the session a leader last granted a client id to.
+type owner struct {
+	node string
+	at   hlc.Timestamp
 }
 
 // New returns a Registry and registers its calls on mux.
@@ -105,8 +127,11 @@ func New(cfg Config, broker Broker, members Members, calls Caller, sessions Sess
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.Clock == nil {
+		cfg.Clock = hlc.New(nil)
+	}
 	r := &Registry{cfg: cfg, log: cfg.Logger, broker: broker, members: members, calls: calls, sessions: sessions,
-		owners: map[string]string{}}
+		owners: map[string]owner{}}
 	if mux != nil {
 		err := errors.Join(
 			mux.HandleCallFunc(CallRegister, false, r.handleRegister),
@@ -138,57 +163,91 @@ func (r *Registry) Counts() (registrations, takeovers, bad uint64) {
 // every node routes the session here, call FinishTakeover with that node.
 func (r *Registry) Register(ctx context.Context, clientID string, clean bool) (Takeover, error) {
 	r.registrations.Add(1)
-	c := claim{ClientID: clientID, Node: r.cfg.Node, Clean: clean}
+	c := claim{ClientID: clientID, Node: r.cfg.Node, Clean: clean, At: r.cfg.Clock.Now()}
 	leader := rendezvous.Pick(clientID, r.members.Alive())
+	var tk Takeover
+	var err error
 	if leader == r.cfg.Node {
-		return r.lead(ctx, c)
+		tk, err = r.lead(ctx, c)
+	} else {
+		var b []byte
+		if b, err = r.calls.Call(ctx, leader, CallRegister, c.append(nil)); err == nil {
+			tk, err = decodeTakeover(b)
+		}
 	}
-	b, err := r.calls.Call(ctx, leader, CallRegister, c.append(nil))
 	if err != nil {
 		return Takeover{}, err
 	}
-	return decodeTakeover(b)
+	r.cfg.Clock.Observe(tk.At)
+	return tk, nil
 }
 
 // lead handles a claim as the client id's leader: it remembers the new
-// owner and takes the session over from the previous one.
+// owner, stamps the registration later than the session it replaces and
+// takes that session over from its node.
 func (r *Registry) lead(ctx context.Context, c claim) (Takeover, error) {
 	mu := &r.claimMu[fnvIndex(c.ClientID, len(r.claimMu))]
 	mu.Lock()
 	defer mu.Unlock()
+	r.cfg.Clock.Observe(c.At)
+	prev := r.previous(c.ClientID)
+	at := hlc.Max(c.At, prev.at.Next())
 	r.regMu.Lock()
-	owner, ok := r.owners[c.ClientID]
-	r.owners[c.ClientID] = c.Node
+	r.owners[c.ClientID] = owner{node: c.Node, at: at}
 	r.regMu.Unlock()
-	if !ok {
-		owner, _ = r.sessions.Node(c.ClientID)
+	tk := Takeover{At: at}
+	if prev.node == "" || prev.node == c.Node {
+		return tk, nil
 	}
-	if owner == "" || owner == c.Node {
-		return Takeover{}, nil
+	if s, known := r.members.State(prev.node); !known || s == membership.Dead || s == membership.Left {
+		r.log.Info("previous session's node is gone; session not moved", "client", c.ClientID, "node", prev.node)
+		return tk, nil
 	}
-	if s, known := r.members.State(owner); !known || s == membership.Dead || s == membership.Left {
-		r.log.Info("previous session's node is gone; session not moved", "client", c.ClientID, "node", owner)
-		return Takeover{}, nil
-	}
-	if owner != r.cfg.Node && !r.members.Reachable(owner) {
+	if prev.node != r.cfg.Node && !r.members.Reachable(prev.node) {
 		// Only while registering during a netsplit is allowed: the
-		// client starts a session on this side; the two sessions are
-		// reconciled when the network heals.
-		r.log.Warn("previous session's node is unreachable (netsplit); session not moved", "client", c.ClientID, "node", owner)
-		return Takeover{}, nil
+		// client starts a session on this side, stamped later than the
+		// unreachable one; the later stamp wins when the network heals
+		// (sessions.Resolver) and the loser's node drops its copy.
+		r.log.Warn("previous session's node is unreachable (netsplit); session not moved", "client", c.ClientID, "node", prev.node)
+		return tk, nil
 	}
 	r.takeovers.Add(1)
 	var blob []byte
 	var err error
-	if owner == r.cfg.Node {
+	if prev.node == r.cfg.Node {
 		blob, err = r.broker.TakeoverSession(c.ClientID, c.Node, !c.Clean)
 	} else {
-		blob, err = r.calls.Call(ctx, owner, CallTakeover, c.append(nil))
+		blob, err = r.calls.Call(ctx, prev.node, CallTakeover, c.append(nil))
 	}
 	if err != nil {
 		return Takeover{}, err
 	}
-	return Takeover{From: owner, Session: blob}, nil
+	tk.From, tk.Session = prev.node, blob
+	return tk, nil
+}
+
+// previous returns the session a claim of clientID replaces: the one this
+// leader granted last, or the session table's, whichever is later (the
+// table knows of sessions other leaders granted, e.g. across a netsplit).
+func (r *Registry) previous(clientID string) owner {
+	r.regMu.Lock()
+	o, ok := r.owners[clientID]
+	r.regMu.Unlock()
+	if node, at, found := r.sessions.Owner(clientID); found && (!ok || o.at.Less(at)) {
+		o = owner{node: node, at: at}
+	}
+	return o
+}
+
+// Observe tells the registry about a session record a peer wrote: a
+// leader that granted the client id to an earlier session (e.g. on its
+// side of a netsplit, which lost at the heal) follows the table.
+func (r *Registry) Observe(clientID, node string, at hlc.Timestamp) {
+	r.regMu.Lock()
+	if o, ok := r.owners[clientID]; ok && o.at.Less(at) {
+		r.owners[clientID] = owner{node: node, at: at}
+	}
+	r.regMu.Unlock()
 }
 
 // FinishTakeover tells from, the node a session was taken from (see
@@ -222,7 +281,7 @@ func (r *Registry) Forget(clientID string) {
 // ForgetOthers drops every entry naming another node (this node left).
 func (r *Registry) ForgetOthers() {
 	r.regMu.Lock()
-	maps.DeleteFunc(r.owners, func(_, node string) bool { return node != r.cfg.Node })
+	maps.DeleteFunc(r.owners, func(_ string, o owner) bool { return o.node != r.cfg.Node })
 	r.regMu.Unlock()
 }
 

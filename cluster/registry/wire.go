@@ -1,17 +1,25 @@
 package registry
 
-import "github.com/mendmq/mendmq/cluster/internal/wire"
+import (
+	"github.com/mendmq/mendmq/cluster/hlc"
+	"github.com/mendmq/mendmq/cluster/internal/wire"
+)
 
-// appendTakeover encodes a registration's answer: the node the session
-// was taken from ("" if none) and the exported session.
+// appendTakeover encodes a registration's answer: its stamp, the node the
+// session was taken from ("" if none) and the exported session.
 func appendTakeover(b []byte, t Takeover) []byte {
+	b = t.At.AppendBinary(b)
 	b = wire.AppendStr(b, t.From)
 	return append(b, t.Session...)
 }
 
 func decodeTakeover(b []byte) (Takeover, error) {
-	r := wire.NewReader(b)
-	t := Takeover{From: r.Str(wire.MaxName)}
+	at, n, err := hlc.Decode(b)
+	if err != nil {
+		return Takeover{}, err
+	}
+	r := wire.NewReader(b[n:])
+	t := Takeover{At: at, From: r.Str(wire.MaxName)}
 	if r.Err() != nil {
 		return Takeover{}, r.Err()
 	}
@@ -38,11 +46,13 @@ func decodeSessionMsgs(b []byte) (clientID string, msgs []byte, err error) {
 }
 
 // claim is a registration (at the leader) or takeover (at the owner)
-// request: node wants clientID; clean says whether the session is needed.
+// request: node wants clientID; clean says whether the session is needed;
+// At is the claimant's stamp of the CONNECT.
 type claim struct {
 	ClientID string
 	Node     string
 	Clean    bool
+	At       hlc.Timestamp
 }
 
 func (c claim) append(b []byte) []byte {
@@ -52,7 +62,8 @@ func (c claim) append(b []byte) []byte {
 	}
 	b = append(b, f)
 	b = wire.AppendStr(b, c.ClientID)
-	return wire.AppendStr(b, c.Node)
+	b = wire.AppendStr(b, c.Node)
+	return c.At.AppendBinary(b)
 }
 
 func decodeClaim(b []byte) (claim, error) {
@@ -60,8 +71,16 @@ func decodeClaim(b []byte) (claim, error) {
 	c := claim{Clean: r.Byte()&1 == 1}
 	c.ClientID = r.Str(wire.MaxName)
 	c.Node = r.Str(wire.MaxName)
-	if r.Err() == nil && len(r.Rest()) != 0 {
-		r.Fail("%d trailing bytes", len(r.Rest()))
+	if r.Err() != nil {
+		return c, r.Err()
+	}
+	at, n, err := hlc.Decode(r.Rest())
+	if err != nil {
+		return claim{}, err
+	}
+	c.At = at
+	if rest := r.Rest()[n:]; len(rest) != 0 {
+		r.Fail("%d trailing bytes", len(rest))
 	}
 	return c, r.Err()
 }

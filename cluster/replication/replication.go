@@ -103,6 +103,10 @@ type Config struct {
 	Merger merge.Merger
 	// Merged lists the tables decided by the Merger.
 	Merged []Merged
+	// Resolvers decide the conflicts of other tables inside Apply (pure,
+	// quick functions; replica.Config.Resolvers). Tables in neither
+	// Resolvers nor Merged use replica.LatestWins.
+	Resolvers map[string]replica.Resolver
 	// MergeTimeout bounds one MergeBatch call. Default 30s.
 	MergeTimeout time.Duration
 	// Logger carries the node attribute.
@@ -160,6 +164,7 @@ func New(cfg Config, tr Transport, peers Peers, mux *dataplane.Mux) (*Replicator
 	rc := replica.DefaultConfig()
 	rc.Node = cfg.Node
 	rc.TombstoneGrace = cfg.TombstoneGrace
+	rc.Resolvers = cfg.Resolvers
 	r := &Replicator{cfg: cfg, log: cfg.Logger, tr: tr, peers: peers, merged: map[string]Merged{},
 		watchers: map[string][]Watcher{}, pending: map[tableKey]struct{}{}, pendKick: make(chan struct{}, 1),
 		synced: make(chan struct{})}

@@ -48,3 +48,38 @@ func validFilter(f string) bool {
 		rest = tail
 	}
 }
+
+// Matches reports whether the subscription filter (possibly
+// "$share/<group>/<filter>") matches the topic name, with the '$' rule of
+// [MQTT-4.7.2-1]: a wildcard first level does not match a topic starting
+// with '$'. An invalid filter matches nothing. It is the Index's rule for
+// one filter, without building an index.
+func Matches(filter, topic string) bool {
+	_, f, ok := ParseFilter(filter)
+	if !ok || topic == "" {
+		return false
+	}
+	if topic[0] == '$' && (f[0] == '+' || f[0] == '#') {
+		return false
+	}
+	for {
+		fl, frest, fmore := strings.Cut(f, "/")
+		if fl == "#" {
+			return true
+		}
+		tl, trest, tmore := strings.Cut(topic, "/")
+		if fl != "+" && fl != tl {
+			return false
+		}
+		switch {
+		case !fmore && !tmore:
+			return true
+		case !tmore:
+			// "a/#" matches "a": the parent level [MQTT-4.7.1-1].
+			return frest == "#"
+		case !fmore:
+			return false
+		}
+		f, topic = frest, trest
+	}
+}

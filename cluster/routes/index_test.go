@@ -149,6 +149,11 @@ func TestMatchSpecExamples(t *testing.T) {
 		if !slices.Equal(got.Nodes, tc.want) || len(got.Shared) != 0 {
 			t.Errorf("Match(%q) = %q, want %q", tc.topic, got.Nodes, tc.want)
 		}
+		for _, f := range filters {
+			if want := slices.Contains(tc.want, f); Matches(f, tc.topic) != want || Matches("$share/g/"+f, tc.topic) != want {
+				t.Errorf("Matches(%q, %q) = %v, want %v", f, tc.topic, !want, want)
+			}
+		}
 	}
 }
 
@@ -356,6 +361,10 @@ func FuzzMatch(f *testing.F) {
 		recs := map[string]SessionRecord{"c": ix.clients["c"]}
 		if got, want := ix.Match(topic), naive(recs, topic); !sameResult(got, want) {
 			t.Fatalf("Match(%q) with %q = %+v, want %+v", topic, filter, got, want)
+		}
+		_, f, valid := ParseFilter(filter)
+		if got, want := Matches(filter, topic), valid && naiveMatch(f, topic); got != want {
+			t.Fatalf("Matches(%q, %q) = %v, want %v", filter, topic, got, want)
 		}
 		ix.Delete("c")
 		if !ix.root.empty() {

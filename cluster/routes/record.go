@@ -16,7 +16,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 	"unicode/utf8"
+
+	"github.com/mendmq/mendmq/cluster/hlc"
 )
 
 // Subscription is one subscription of a session, with the MQTT v5
@@ -46,16 +49,40 @@ type SessionRecord struct {
 	// Clean is true when the session ends with its connection (v3 clean
 	// session, v5 session expiry interval 0).
 	Clean bool
+	// CleanStart is the CONNECT's Clean Start (v3: Clean Session) flag:
+	// the client asked to discard any session it had. A duplicate of the
+	// session that loses to this one at a netsplit's heal is discarded
+	// then, as a takeover by this CONNECT would have; otherwise its
+	// queued messages join this session.
+	CleanStart bool
 	// ExpiryInterval is the v5 session expiry interval in seconds after
 	// disconnect; meaningful only when Clean is false (0xFFFFFFFF: never).
 	ExpiryInterval uint32
 	// Subs are the session's subscriptions, at most one per filter.
 	Subs []Subscription
+	// Connect stamps the CONNECT that set up this session on Node (a
+	// hybrid logical clock reading, see package hlc; zero if unknown).
+	// Later rewrites of the record (subscriptions) keep it. It decides
+	// which of two concurrent sessions of a client id survives (Compare).
+	Connect hlc.Timestamp
+}
+
+// Compare orders two sessions of one client id by the rule that decides
+// which survives when both exist (a client id registered on both sides of
+// a netsplit): the later CONNECT by hybrid logical clock wins, a tie goes
+// to the larger node name. It returns +1 if a wins, -1 if b wins, 0 if
+// they name the same CONNECT on the same node.
+func Compare(a, b SessionRecord) int {
+	if c := a.Connect.Compare(b.Connect); c != 0 {
+		return c
+	}
+	return strings.Compare(a.Node, b.Node)
 }
 
 // Limits enforced by the decoder; they match what MQTT can carry.
 const (
-	recordVersion = 1
+	// recordVersion 2 added the CONNECT stamp (cluster protocol 4).
+	recordVersion = 2
 	// MaxNodeLen bounds a node id.
 	MaxNodeLen = 1024
 	// MaxFilterLen is the MQTT UTF-8 string limit.
@@ -71,8 +98,9 @@ var ErrMalformed = errors.New("routes: malformed session record")
 // AppendBinary appends the encoding of r to b. The encoding is
 // deterministic and versioned:
 //
-//	version=1 | uvarint len(node) node | flags (bit0 clean) |
-//	uvarint expiry | uvarint #subs | sub*
+//	version=2 | uvarint len(node) node | flags (bit0 clean, bit1 clean start) |
+//	uvarint expiry | connect | uvarint #subs | sub*
+//	connect = uvarint wall ms | uvarint logical (hlc.Timestamp)
 //	sub = uvarint len(filter) filter | options | uvarint identifier
 //	options = qos (bits 0-1) | no-local (bit 2) | retain-as-published (bit 3)
 //	          | retain-handling (bits 4-5)
@@ -89,8 +117,12 @@ func (r SessionRecord) AppendBinary(b []byte) ([]byte, error) {
 	if r.Clean {
 		flags |= 1
 	}
+	if r.CleanStart {
+		flags |= 2
+	}
 	b = append(b, flags)
 	b = binary.AppendUvarint(b, uint64(r.ExpiryInterval))
+	b = r.Connect.AppendBinary(b)
 	b = binary.AppendUvarint(b, uint64(len(r.Subs)))
 	for _, s := range r.Subs {
 		b = binary.AppendUvarint(b, uint64(len(s.Filter)))
@@ -117,6 +149,9 @@ func (r SessionRecord) MarshalBinary() ([]byte, error) {
 func (r SessionRecord) Validate() error {
 	if r.Node == "" || len(r.Node) > MaxNodeLen {
 		return fmt.Errorf("%w: node id length %d, want 1..%d", ErrMalformed, len(r.Node), MaxNodeLen)
+	}
+	if r.Connect.Wall < 0 || r.Connect.Wall > hlc.MaxWall {
+		return fmt.Errorf("%w: connect stamp %v outside 0..%d ms", ErrMalformed, r.Connect, int64(hlc.MaxWall))
 	}
 	for i, s := range r.Subs {
 		switch {
@@ -153,15 +188,17 @@ func DecodeRecord(b []byte) (SessionRecord, error) {
 	}
 	r.Node = d.string("node", MaxNodeLen)
 	flags := d.byte("flags")
-	if d.err == nil && flags&^1 != 0 {
+	if d.err == nil && flags&^3 != 0 {
 		return r, fmt.Errorf("%w: unknown flags %#x", ErrMalformed, flags)
 	}
 	r.Clean = flags&1 != 0
+	r.CleanStart = flags&2 != 0
 	exp := d.uvarint("expiry")
 	if exp > 0xFFFFFFFF {
 		d.fail("expiry %d exceeds 32 bits", exp)
 	}
 	r.ExpiryInterval = uint32(exp)
+	r.Connect = d.stamp("connect stamp")
 	n := d.uvarint("subscription count")
 	// A subscription takes at least 4 bytes.
 	if d.err == nil && n > uint64(len(d.b)-d.off)/4 {
@@ -238,6 +275,19 @@ func (d *decoder) uvarint(what string) uint64 {
 	}
 	d.off += n
 	return x
+}
+
+func (d *decoder) stamp(what string) hlc.Timestamp {
+	if d.err != nil {
+		return hlc.Timestamp{}
+	}
+	ts, n, err := hlc.Decode(d.b[d.off:])
+	if err != nil {
+		d.fail("%s at offset %d: %v", what, d.off, err)
+		return hlc.Timestamp{}
+	}
+	d.off += n
+	return ts
 }
 
 func (d *decoder) string(what string, maxLen int) string {

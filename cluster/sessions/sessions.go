@@ -6,8 +6,10 @@
 // A record is written by the node that holds the session, deleted by it
 // when the session ends, and withdrawn for a node that leaves or is
 // forgotten. Concurrent records of one client id (it connected on both
-// sides of a netsplit) resolve to the latest (replica.LatestWins); the
-// node whose session lost drops it.
+// sides of a netsplit) resolve by Resolver — the later CONNECT by hybrid
+// logical clock, ties to the larger node name — and the node whose session
+// lost drops it (Broker.DropDuplicate), handing what it had queued to the
+// winner.
 package sessions
 
 import (
@@ -17,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mendmq/mendmq/cluster/hlc"
 	"github.com/mendmq/mendmq/cluster/replica"
 	"github.com/mendmq/mendmq/cluster/replication"
 	"github.com/mendmq/mendmq/cluster/routes"
@@ -29,9 +32,27 @@ const Table = "sub"
 type Broker interface {
 	// LocalSession reports whether clientID has a session on this node.
 	LocalSession(clientID string) bool
-	// TakeoverSession disconnects and discards the local session of
-	// clientID, which newNode holds (handoff false).
-	TakeoverSession(clientID, newNode string, handoff bool) ([]byte, error)
+	// DropDuplicate disconnects (v5 reason 0x8E session taken over) and
+	// discards the local session of clientID: the table resolved to
+	// winner, another node's session of the id (a duplicate registered
+	// across a netsplit, or a registration this node missed). A
+	// persistent session's queued messages go to winner, to be added to
+	// the surviving session. Called from its own goroutine; it may block.
+	DropDuplicate(clientID string, winner routes.SessionRecord)
+}
+
+// Options are the table's collaborators; every field is optional.
+type Options struct {
+	// Clock stamps nothing here but observes the CONNECT stamp of every
+	// record a peer writes, so that this node's next CONNECT orders after
+	// it (package hlc). Nil: a clock of its own on time.Now.
+	Clock *hlc.Clock
+	// Deleted is told (under the replication lock) about every client id
+	// whose record went away.
+	Deleted func(clientID string)
+	// Changed is told (under the replication lock) about every record a
+	// peer's write made current.
+	Changed func(clientID string, rec routes.SessionRecord)
 }
 
 // Sessions is the table's driver. Create it with New before the
@@ -42,16 +63,18 @@ type Sessions struct {
 	index  *routes.Index
 	broker Broker
 	log    *slog.Logger
+	opts   Options
 
-	// deleted is told about every client id whose record went away.
-	deleted func(clientID string)
-	wg      sync.WaitGroup
+	wg sync.WaitGroup
 }
 
-// New returns the session table of node self over repl. deleted, if not
-// nil, is called (under the replication lock) for every record deleted.
-func New(self string, repl *replication.Replicator, broker Broker, deleted func(clientID string), log *slog.Logger) *Sessions {
-	s := &Sessions{self: self, repl: repl, index: routes.NewIndex(), broker: broker, deleted: deleted, log: log}
+// New returns the session table of node self over repl. repl must resolve
+// the table with Resolver (replication.Config.Resolvers).
+func New(self string, repl *replication.Replicator, broker Broker, opts Options, log *slog.Logger) *Sessions {
+	if opts.Clock == nil {
+		opts.Clock = hlc.New(nil)
+	}
+	s := &Sessions{self: self, repl: repl, index: routes.NewIndex(), broker: broker, opts: opts, log: log}
 	repl.Watch(Table, s.changed)
 	return s
 }
@@ -63,8 +86,8 @@ func (s *Sessions) Index() *routes.Index { return s.index }
 func (s *Sessions) changed(c replica.Change, remote bool) {
 	if !c.New.Live() {
 		s.index.Delete(c.Key)
-		if s.deleted != nil {
-			s.deleted(c.Key)
+		if s.opts.Deleted != nil {
+			s.opts.Deleted(c.Key)
 		}
 		return
 	}
@@ -75,16 +98,23 @@ func (s *Sessions) changed(c replica.Change, remote bool) {
 		return
 	}
 	s.index.Set(c.Key, rec)
-	if remote && rec.Node != s.self && s.broker.LocalSession(c.Key) {
-		// Another node holds this client now (a registration this node
-		// missed, e.g. across a netsplit): the newest record wins, so
-		// drop the local duplicate.
+	if !remote {
+		return
+	}
+	s.opts.Clock.Observe(rec.Connect)
+	if s.opts.Changed != nil {
+		s.opts.Changed(c.Key, rec)
+	}
+	if rec.Node != s.self && s.broker.LocalSession(c.Key) {
+		// Another node holds this client now: a registration this node
+		// missed, or the winner of two sessions registered on both sides
+		// of a netsplit (Resolver). Drop the local duplicate.
+		s.log.Info("session of this client id on another node wins; dropping the local one",
+			"client", c.Key, "winner", rec.Node, "winner_connect", rec.Connect)
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			if _, err := s.broker.TakeoverSession(c.Key, rec.Node, false); err != nil {
-				s.log.Warn("drop duplicate session", "client", c.Key, "error", err)
-			}
+			s.broker.DropDuplicate(c.Key, rec)
 		}()
 	}
 }
@@ -99,7 +129,7 @@ func (s *Sessions) Put(clientID string, rec routes.SessionRecord) {
 		s.log.Error("encode session record", "client", clientID, "error", err)
 		return
 	}
-	if err := s.repl.Put(Table, clientID, b, time.Now()); err != nil {
+	if err := s.repl.Put(Table, clientID, b, s.opts.Clock.Wall()); err != nil {
 		s.log.Error("write session record", "client", clientID, "error", err)
 	}
 }
@@ -117,7 +147,7 @@ func (s *Sessions) PutSync(ctx context.Context, clientID string, rec routes.Sess
 
 // Delete deletes clientID's record.
 func (s *Sessions) Delete(clientID string) {
-	if err := s.repl.Delete(Table, clientID, time.Now()); err != nil {
+	if err := s.repl.Delete(Table, clientID, s.opts.Clock.Wall()); err != nil {
 		s.log.Error("delete session record", "client", clientID, "error", err)
 	}
 }
@@ -126,6 +156,18 @@ func (s *Sessions) Delete(clientID string) {
 func (s *Sessions) Node(clientID string) (string, bool) {
 	rec, ok := s.index.Session(clientID)
 	return rec.Node, ok
+}
+
+// Owner returns the node of clientID's session and its CONNECT stamp
+// (registry.SessionNodes).
+func (s *Sessions) Owner(clientID string) (string, hlc.Timestamp, bool) {
+	rec, ok := s.index.Session(clientID)
+	return rec.Node, rec.Connect, ok
+}
+
+// Record returns clientID's current record.
+func (s *Sessions) Record(clientID string) (routes.SessionRecord, bool) {
+	return s.index.Session(clientID)
 }
 
 // Withdraw deletes the records of every session the table places on a

@@ -50,6 +50,9 @@ const ctlUsageText = `usage: mendmq ctl [connection flags] <command> [flags] [ar
   policy reload                  re-read the config and modules; error if refused
   policy conflicts               parked conflicts
   policy drop ID                 drop a parked conflict
+  policy resolve ID ACTION       resolve one: take_merging (write the parked entry),
+                                 keep_existing (drop it) or rerun (through the
+                                 map's current policy, at the key's owner)
   map get MAP KEY                an entry of a partitioned map, with its metadata
   map put MAP KEY VALUE [--ttl D]    write it (--b64: VALUE is base64)
   map del MAP KEY                delete it
@@ -192,6 +195,8 @@ func (x *ctlRun) dispatch(rest []string) error {
 		return x.policyConflicts(args)
 	case "policy drop":
 		return x.policyDrop(args)
+	case "policy resolve":
+		return x.policyResolve(args)
 	case "map get":
 		return x.mapGet(args)
 	case "map put":
@@ -649,6 +654,20 @@ func (x *ctlRun) policyConflicts(args []string) error {
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%q\t%s\n", c.ID, c.Map, c.Policy, c.Kind, c.Time.Local().Format(time.DateTime), c.Merging.Key, c.Reason)
 	}
 	_ = tw.Flush()
+	return nil
+}
+
+func (x *ctlRun) policyResolve(args []string) error {
+	pos, err := x.sub("policy resolve", args, 2, nil)
+	if err != nil {
+		return err
+	}
+	var res broker.ConflictResolution
+	body := map[string]string{"action": pos[1]}
+	if printed, err := x.send(http.MethodPost, "/api/v1/policies/conflicts/"+url.PathEscape(pos[0]), body, &res); err != nil || printed {
+		return err
+	}
+	fmt.Fprintf(x.stdout, "conflict %d (map %s, key %q) resolved: %s, %s\n", res.ID, res.Map, res.Key, res.Action, res.Outcome)
 	return nil
 }
 

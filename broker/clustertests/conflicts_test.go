@@ -1,0 +1,182 @@
+package clustertests
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mendmq/mendmq/broker/brokertest"
+	"github.com/mendmq/mendmq/broker/config"
+	"github.com/mendmq/mendmq/plugins"
+)
+
+// post sends body to the admin API of node n and returns the status and
+// the answer.
+func post(t *testing.T, n *brokertest.Node, path, body string) (int, string) {
+	t.Helper()
+	c := http.Client{Timeout: 20 * time.Second}
+	resp, err := c.Post("http://"+n.AdminAddr()+path, "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("POST %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// conflictsOf lists node n's parked conflicts.
+func conflictsOf(t *testing.T, n *brokertest.Node) []plugins.Conflict {
+	t.Helper()
+	code, body := n.Get("/api/v1/policies/conflicts")
+	if code != http.StatusOK {
+		t.Fatalf("GET conflicts: %d %s", code, body)
+	}
+	var cs []plugins.Conflict
+	if err := json.Unmarshal([]byte(body), &cs); err != nil {
+		t.Fatalf("GET conflicts: %v: %s", err, body)
+	}
+	return cs
+}
+
+// TestParkedMapConflict: a policy that traps on an entry at the heal
+// parks it on the key's owner (the existing entry stays, nothing is
+// lost); the conflict survives the owner's restart, bad resolutions are
+// refused with a reason, a rerun goes through the policy again (which
+// parks it anew), and take_merging writes the parked entry on every node
+// and removes the conflict.
+func TestParkedMapConflict(t *testing.T) {
+	trap, err := filepath.Abs(filepath.Join("..", "..", "plugins", "testdata", "hostile", "trap.wasm"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newCluster(t, 3, clusterOptions{Faults: true, Storage: true, Mutate: func(_ string, cfg *config.Config) {
+		cfg.Plugins.Policies["hostile"] = plugins.PolicyConfig{Module: trap}
+		cfg.Plugins.Maps["evil"] = plugins.MapConfig{MergePolicy: "hostile"}
+	}})
+	c.eventually("the maps to settle", c.mapsSettled(c.names...))
+	c.net.Partition([]string{"n1", "n2"}, []string{"n3"})
+	c.eventually("both sides to settle", func() (bool, string) {
+		if ok, why := c.mapsSettled("n1", "n2")(); !ok {
+			return false, why
+		}
+		return c.mapsSettled("n3")()
+	})
+	put := func(n, key, value string) {
+		t.Helper()
+		if _, err := c.node(n).Cluster().Maps().Put(mctx(t), "evil", key, []byte(value), 0); err != nil {
+			t.Fatalf("%s put %s: %v", n, key, err)
+		}
+	}
+	put("n1", "boom-1", "big")
+	put("n3", "boom-1", "small")
+	put("n3", "fine-1", "small")
+	c.net.Heal()
+	c.eventually("the merge", func() (bool, string) {
+		if ok, why := c.mapsSettled(c.names...)(); !ok {
+			return false, why
+		}
+		if p := c.node("n3").Cluster().Maps().Progress(); p.Finished.IsZero() {
+			return false, "n3 has not merged"
+		}
+		return true, ""
+	})
+	get := func(n, key string) string {
+		t.Helper()
+		e, ok, err := c.node(n).Cluster().Maps().Get(mctx(t), "evil", key)
+		if err != nil {
+			t.Fatalf("%s get %s: %v", n, key, err)
+		}
+		if !ok {
+			return "<absent>"
+		}
+		return string(e.Value)
+	}
+	for _, n := range c.names {
+		if v := get(n, "boom-1"); v != "big" {
+			t.Fatalf("%s: boom-1 = %q, want the existing entry kept (big)", n, v)
+		}
+		if v := get(n, "fine-1"); v != "small" {
+			t.Fatalf("%s: fine-1 = %q, want small (merged)", n, v)
+		}
+	}
+	// The conflict is on the node that owned boom-1 at the heal.
+	owner := ""
+	var parked plugins.Conflict
+	for _, n := range c.names {
+		cs := conflictsOf(t, c.node(n))
+		if len(cs) > 0 {
+			if owner != "" || len(cs) != 1 {
+				t.Fatalf("conflicts on %s and %s (%d): want one, on the owner", owner, n, len(cs))
+			}
+			owner, parked = n, cs[0]
+		}
+	}
+	if owner == "" || parked.Map != "evil" || string(parked.Merging.Key) != "boom-1" || string(parked.Merging.Value) != "small" ||
+		parked.Existing == nil || string(parked.Existing.Value) != "big" || parked.Kind != plugins.FailureTrap {
+		t.Fatalf("parked conflict on %q: %+v", owner, parked)
+	}
+
+	// The owner restarts: the conflict is still there, same id.
+	c.stop(owner)
+	c.start(owner)
+	c.waitFormed()
+	c.eventually("the maps to settle", c.mapsSettled(c.names...))
+	cs := conflictsOf(t, c.node(owner))
+	if len(cs) != 1 || cs[0].ID != parked.ID || string(cs[0].Merging.Value) != "small" {
+		t.Fatalf("after %s restarted: conflicts %+v, want %d", owner, cs, parked.ID)
+	}
+
+	path := fmt.Sprintf("/api/v1/policies/conflicts/%d", parked.ID)
+	for _, bad := range []struct {
+		path, body string
+		code       int
+		want       string
+	}{
+		{path, `{"action":"apply"}`, http.StatusBadRequest, "take_merging"},
+		{path, `{"action":`, http.StatusBadRequest, ""},
+		{"/api/v1/policies/conflicts/999999", `{"action":"take_merging"}`, http.StatusNotFound, "no such conflict"},
+		{"/api/v1/policies/conflicts/x", `{"action":"take_merging"}`, http.StatusBadRequest, "number"},
+	} {
+		code, body := post(t, c.node(owner), bad.path, bad.body)
+		if code != bad.code || !strings.Contains(body, bad.want) {
+			t.Errorf("POST %s %s: %d %s, want %d with %q", bad.path, bad.body, code, body, bad.code, bad.want)
+		}
+	}
+	if cs := conflictsOf(t, c.node(owner)); len(cs) != 1 {
+		t.Fatalf("a refused resolution changed the conflicts: %+v", cs)
+	}
+	// Re-run with the same (still trapping) policy: merged at the owner,
+	// which parks it again under a new id; the old conflict is gone.
+	code, body := post(t, c.node(owner), path, `{"action":"rerun"}`)
+	if code != http.StatusOK || !strings.Contains(body, "merged at the owner") {
+		t.Fatalf("resolve rerun: %d %s", code, body)
+	}
+	cs = conflictsOf(t, c.node(owner))
+	if len(cs) != 1 || cs[0].ID <= parked.ID || string(cs[0].Merging.Value) != "small" {
+		t.Fatalf("after a rerun that failed again: %+v, want one new conflict", cs)
+	}
+	if v := get(owner, "boom-1"); v != "big" {
+		t.Fatalf("boom-1 = %q after a failed rerun, want big", v)
+	}
+	path = fmt.Sprintf("/api/v1/policies/conflicts/%d", cs[0].ID)
+	code, body = post(t, c.node(owner), path, `{"action":"take_merging"}`)
+	if code != http.StatusOK || !strings.Contains(body, `"written"`) {
+		t.Fatalf("resolve take_merging: %d %s", code, body)
+	}
+	for _, n := range c.names {
+		if v := get(n, "boom-1"); v != "small" {
+			t.Errorf("%s: boom-1 = %q after take_merging, want small", n, v)
+		}
+	}
+	if cs := conflictsOf(t, c.node(owner)); len(cs) != 0 {
+		t.Fatalf("conflicts after the resolution: %+v", cs)
+	}
+	if code, body := post(t, c.node(owner), path, `{"action":"keep_existing"}`); code != http.StatusNotFound {
+		t.Fatalf("resolving twice: %d %s", code, body)
+	}
+}

@@ -1,0 +1,255 @@
+package cluster_test
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/mendmq/mendmq/cluster"
+	"github.com/mendmq/mendmq/cluster/clustertest"
+	"github.com/mendmq/mendmq/plugins"
+)
+
+// The map benchmarks: go test -run XXX -bench Map -benchtime 1x ./cluster/
+// (make bench-maps). Each reports its figures with b.ReportMetric; none
+// is asserted.
+
+// benchCluster starts count nodes (n1 seeds the others) and waits for
+// their maps to settle.
+func benchCluster(b *testing.B, nw *clustertest.Network, count int, mutate func(*cluster.Config)) ([]*cluster.Node, string) {
+	b.Helper()
+	var nodes []*cluster.Node
+	var seed string
+	for i := 1; i <= count; i++ {
+		n, addr := startNode(b, nw, fmt.Sprintf("n%d", i), seed, mutate)
+		if seed == "" {
+			seed = addr
+		}
+		nodes = append(nodes, n)
+	}
+	benchWait(b, 60*time.Second, "the maps to settle", settled(nodes...))
+	return nodes, seed
+}
+
+// benchWait polls cond every 10 ms until it holds, for at most limit.
+func benchWait(b *testing.B, limit time.Duration, what string, cond func() (bool, string)) time.Duration {
+	b.Helper()
+	start := time.Now()
+	for {
+		ok, why := cond()
+		if ok {
+			return time.Since(start)
+		}
+		if time.Since(start) > limit {
+			b.Fatalf("%s: not after %v: %s", what, limit, why)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// load puts keys [from, to) of map name with a 64-byte value prefixed by
+// tag, from workers goroutines spread over nodes.
+func load(b *testing.B, nodes []*cluster.Node, name, tag string, from, to, workers int) {
+	b.Helper()
+	var next atomic.Int64
+	next.Store(int64(from))
+	var failed atomic.Int64
+	var wg sync.WaitGroup
+	val := make([]byte, 64)
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n := nodes[w%len(nodes)]
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= to {
+					return
+				}
+				v := append([]byte(tag), val[len(tag):]...)
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				_, err := n.Maps().Put(ctx, name, fmt.Sprintf("key-%07d", i), v, 0)
+				cancel()
+				if err != nil {
+					failed.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if f := failed.Load(); f > 0 {
+		b.Fatalf("load %s: %d puts failed", name, f)
+	}
+}
+
+// BenchmarkMapOps: put and get latency (p50, p99) and throughput with 32
+// concurrent callers spread over the members, on one node and on three
+// (every write also goes to one backup; two thirds of the calls cross
+// the data plane to the key's owner).
+func BenchmarkMapOps(b *testing.B) {
+	for _, count := range []int{1, 3} {
+		b.Run(fmt.Sprintf("nodes=%d", count), func(b *testing.B) {
+			nw := clustertest.New(b, clustertest.Config{})
+			nodes, _ := benchCluster(b, nw, count, nil)
+			load(b, nodes, "bench", "init", 0, 10_000, 32)
+			const callers, perCaller = 32, 1000
+			b.ResetTimer()
+			for range b.N {
+				var mu sync.Mutex
+				var puts, gets []time.Duration
+				var wg sync.WaitGroup
+				start := time.Now()
+				for c := range callers {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						n := nodes[c%len(nodes)]
+						var p, g []time.Duration
+						for i := range perCaller {
+							key := fmt.Sprintf("key-%07d", (c*perCaller+i*7919)%10_000)
+							ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+							t0 := time.Now()
+							var err error
+							if i%2 == 0 {
+								_, err = n.Maps().Put(ctx, "bench", key, []byte("value"), 0)
+								p = append(p, time.Since(t0))
+							} else {
+								_, _, err = n.Maps().Get(ctx, "bench", key)
+								g = append(g, time.Since(t0))
+							}
+							cancel()
+							if err != nil {
+								b.Errorf("%s: %v", n.Name(), err)
+								return
+							}
+						}
+						mu.Lock()
+						puts, gets = append(puts, p...), append(gets, g...)
+						mu.Unlock()
+					}()
+				}
+				wg.Wait()
+				took := time.Since(start)
+				b.ReportMetric(float64(callers*perCaller)/took.Seconds(), "ops/s")
+				b.ReportMetric(float64(pct(puts, 50))/1e3, "put-p50-µs")
+				b.ReportMetric(float64(pct(puts, 99))/1e3, "put-p99-µs")
+				b.ReportMetric(float64(pct(gets, 50))/1e3, "get-p50-µs")
+				b.ReportMetric(float64(pct(gets, 99))/1e3, "get-p99-µs")
+			}
+		})
+	}
+}
+
+func pct(ds []time.Duration, p int) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[min(len(s)-1, len(s)*p/100)]
+}
+
+// BenchmarkMapHeapPerEntry: heap bytes per entry on one node holding 1M
+// entries (11-byte keys, 64-byte values, no backups: the node is alone).
+func BenchmarkMapHeapPerEntry(b *testing.B) {
+	const entries = 1_000_000
+	for range b.N {
+		nw := clustertest.New(b, clustertest.Config{})
+		nodes, _ := benchCluster(b, nw, 1, nil)
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		load(b, nodes, "heap", "v", 0, entries, 8)
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/entries, "heap-B/entry")
+		b.ReportMetric(float64(11+64), "payload-B/entry")
+	}
+}
+
+// BenchmarkMapMigration: time for the map data to settle after a second
+// node joins one holding 1M entries (half the partitions move to the
+// newcomer and every partition gets a backup copy on the other node):
+// until every partition has its owner, and until every backup copy is
+// complete.
+func BenchmarkMapMigration(b *testing.B) {
+	const entries = 1_000_000
+	for range b.N {
+		nw := clustertest.New(b, clustertest.Config{})
+		nodes, seed := benchCluster(b, nw, 1, nil)
+		load(b, nodes, "mig", "v", 0, entries, 8)
+		start := time.Now()
+		n2, _ := startNode(b, nw, "n2", seed, nil)
+		copies := func() (owned, backups float64) {
+			for _, n := range []*cluster.Node{nodes[0], n2} {
+				owned += metricSum(b, n, "mendmq_map_entries", map[string]string{"map": "mig", "copy": "owned"})
+				backups += metricSum(b, n, "mendmq_map_entries", map[string]string{"map": "mig", "copy": "backup"})
+			}
+			return owned, backups
+		}
+		settledAt := benchWait(b, 5*time.Minute, "the migration", settled(nodes[0], n2))
+		took := benchWait(b, 5*time.Minute, "the backup copies", func() (bool, string) {
+			owned, backups := copies()
+			return owned == entries && backups == entries, fmt.Sprintf("%v owned, %v backed up", owned, backups)
+		})
+		b.ReportMetric(settledAt.Seconds(), "owners-settled-s")
+		b.ReportMetric((settledAt + took).Seconds(), "backups-complete-s")
+		b.ReportMetric(time.Since(start).Seconds(), "join-to-settled-s")
+	}
+}
+
+// BenchmarkMapMerge: time to merge 1M conflicting entries into the bigger
+// side after a 2|1 split heals, through the C latestupdate module
+// (examples/policies/c/latestupdate) as every map's policy. Both sides
+// wrote every key while split.
+func BenchmarkMapMerge(b *testing.B) {
+	const entries = 1_000_000
+	mod, err := filepath.Abs(filepath.Join("..", "examples", "policies", "c", "latestupdate", "latestupdate.wasm"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for range b.N {
+		nw := clustertest.New(b, clustertest.Config{})
+		nodes, _ := benchCluster(b, nw, 3, func(c *cluster.Config) {
+			pc := plugins.DefaultConfig()
+			pc.Policies = map[string]plugins.PolicyConfig{"clatest": {Module: mod}}
+			pc.Maps = map[string]plugins.MapConfig{"default": {MergePolicy: "clatest"}}
+			pc.MapsInUse = plugins.AnyMap
+			reg, err := plugins.New(pc, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { _ = reg.Close() })
+			c.Merger = reg
+		})
+		nw.Partition([]string{"n1", "n2"}, []string{"n3"})
+		benchWait(b, time.Minute, "both sides to settle", all(settled(nodes[0], nodes[1]), settled(nodes[2])))
+		var wg sync.WaitGroup
+		wg.Add(2)
+		go func() { defer wg.Done(); load(b, nodes[:2], "merge", "big", 0, entries, 32) }()
+		go func() { defer wg.Done(); load(b, nodes[2:], "merge", "small", 0, entries, 8) }()
+		wg.Wait()
+		before := nodes[2].Maps().Progress()
+		nw.Heal()
+		took := benchWait(b, 5*time.Minute, "the merge", func() (bool, string) {
+			p := nodes[2].Maps().Progress()
+			if p.Started.Equal(before.Started) || p.Finished.IsZero() {
+				return false, fmt.Sprintf("n3 merge %+v", p)
+			}
+			return settled(nodes...)()
+		})
+		p := nodes[2].Maps().Progress()
+		if p.Done != entries || p.Failed != 0 {
+			b.Fatalf("n3 merged %d of %d entries (%d failed)", p.Done, p.Total, p.Failed)
+		}
+		b.ReportMetric(p.Finished.Sub(p.Started).Seconds(), "merge-s")
+		b.ReportMetric(float64(entries)/p.Finished.Sub(p.Started).Seconds(), "entries/s")
+		b.ReportMetric(took.Seconds(), "heal-to-settled-s")
+	}
+}
