@@ -53,7 +53,7 @@ bench-cluster: build
 	./bin/mqttbench suite -cluster -mendmq $(BIN) -brokers mendmq $(BENCH_FLAGS)
 	$(GO) test -run XXX -bench JoinConvergence -benchtime 1x -count 3 ./broker/clustertests/
 
-## bench-netsplit: netsplit figures in process with production timings (BENCHMARKS.md, Netsplit): detection and window of uncertainty on closing and silent cuts, false detections with both CPUs saturated for 20 s, heal convergence of 100k subscriptions + 10k conflicting retained messages, a 50-node cluster split 49|1 and 25|25 (NETSPLIT_BIG_NODES=N changes its size). About 3 min plus 5-15 min for the big cluster
+## bench-netsplit: netsplit figures in process with production timings (BENCHMARKS.md, Netsplit): detection and window of uncertainty on closing and silent cuts, false detections with both CPUs saturated for 20 s, heal convergence of 100k subscriptions + 10k conflicting retained messages, a 50-node cluster split 49|1 and 25|25 (NETSPLIT_BIG_NODES=N changes its size, NETSPLIT_BIG_SILENT=1 makes its cuts silent, NETSPLIT_SATURATION_PERIOD=2m saturates longer). About 3 min plus 5-15 min for the big cluster
 bench-netsplit:
 	$(GO) test -run XXX -bench 'Netsplit(Detection|Saturation|HealConvergence)' -benchtime 1x -v -timeout 20m ./cluster/
 	$(GO) test -run XXX -bench NetsplitBigCluster -benchtime 1x -v -timeout 45m ./cluster/
