@@ -19,6 +19,7 @@ import (
 	"github.com/mendmq/mendmq/broker/brokertest"
 	"github.com/mendmq/mendmq/broker/config"
 	"github.com/mendmq/mendmq/cluster"
+	"github.com/mendmq/mendmq/cluster/clustertest"
 	"github.com/mendmq/mendmq/plugins"
 )
 
@@ -284,4 +285,66 @@ func TestStatusPageWithToken(t *testing.T) {
 	if got := run(t, ctx, chromedp.Text(chromedp.CSS(`#members tbody`))); !strings.Contains(got, "test") {
 		t.Errorf("members with clustering disabled: %q, want the node itself", got)
 	}
+}
+
+// TestStatusPageNetsplitBanner: on a live three-node cluster on the
+// fault-injecting network, n1's page shows the netsplit banner naming n3
+// within the detection bound when n3 is cut off, and after the heal the
+// banner goes and the last heal shows. A screenshot of the banner goes
+// to the test's temporary directory (examples/deploy with
+// MENDMQ_UPDATE_SCREENSHOT=1).
+func TestStatusPageNetsplitBanner(t *testing.T) {
+	exe := browser(t)
+	nw := clustertest.New(t, clustertest.Config{})
+	nodes := startCluster(t, 3, func(name string, cfg *config.Config) {
+		tr, err := nw.Transport(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Cluster.Transport, cfg.Cluster.DataNetwork, cfg.Cluster.GossipAddress = tr, nw.DataNetwork(name), tr.Addr()
+	})
+	ctx := newBrowser(t, exe)
+	banner := `!document.getElementById('netsplit').hidden`
+	if err := chromedp.Do(ctx,
+		chromedp.Navigate("http://"+nodes[0].AdminAddr()+"/?poll=200"),
+		chromedp.Poll[chromedp.Void](`document.body.dataset.loaded === "true"`),
+		chromedp.Poll[chromedp.Void](`document.querySelectorAll('#members tbody tr[data-state="alive"]').length === 3`),
+	); err != nil {
+		t.Fatalf("status page in Chromium: %v", err)
+	}
+	if run(t, ctx, chromedp.Evaluate[bool](banner)) {
+		t.Fatal("the netsplit banner shows on a whole cluster")
+	}
+	cut := time.Now()
+	nw.Isolate("n3")
+	// Detection takes about a second with the loopback timings; the
+	// page polls every 200 ms. 10 s is the bound the cluster tests use.
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := chromedp.Do(pctx, chromedp.Poll[chromedp.Void](banner+` && document.getElementById('netsplit-text').textContent.includes('n3')`)); err != nil {
+		t.Fatalf("no netsplit banner naming n3 within 10 s of the cut: %v", err)
+	}
+	t.Logf("banner shown %v after the cut", time.Since(cut).Round(time.Millisecond))
+	text := run(t, ctx, chromedp.Text(chromedp.CSS(`#netsplit`)))
+	if !strings.Contains(text, "unreachable: n3") || !strings.Contains(text, "window of uncertainty") {
+		t.Errorf("banner text %q: want the unreachable member and the window of uncertainty", text)
+	}
+	shot := run(t, ctx, chromedp.FullScreenshot(100))
+	nw.Heal()
+	hctx, hcancel := context.WithTimeout(ctx, 20*time.Second)
+	defer hcancel()
+	if err := chromedp.Do(hctx, chromedp.Poll[chromedp.Void](`!(`+banner+`) && !document.getElementById('heal').hidden`)); err != nil {
+		t.Fatalf("the banner did not clear (and the last heal show) within 20 s of the heal: %v", err)
+	}
+	if h := run(t, ctx, chromedp.Text(chromedp.CSS(`#heal`))); !strings.Contains(h, "Last heal") {
+		t.Errorf("heal line %q", h)
+	}
+	path := filepath.Join(t.TempDir(), "status-page-netsplit.png")
+	if os.Getenv(UpdateEnv) == "1" {
+		path = filepath.Join("..", "..", "..", "examples", "deploy", "status-page-netsplit.png")
+	}
+	if err := os.WriteFile(path, shot, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("banner screenshot: %s", path)
 }
