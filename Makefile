@@ -6,7 +6,7 @@ LDFLAGS := -s -w -X github.com/mendmq/mendmq/broker.Version=$(VERSION)
 # The whole suite must stay under 15 minutes on 2 cores (CI allows 90).
 TEST_TIMEOUT ?= 14m
 
-.PHONY: all build run test test-short test-partition vet fmt-check bench bench-cluster bench-go bench-maps cluster policies policies-check clean
+.PHONY: all build run test test-short test-partition vet fmt-check bench bench-cluster bench-netsplit bench-go bench-maps cluster policies policies-check clean
 
 all: build
 
@@ -39,18 +39,24 @@ fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
-## bench: single-node QoS0/QoS1 throughput and latency, mendmq vs mosquitto vs upstream mochi (alternated rounds, medians, ratios), then the cluster figures (bench-cluster)
+## bench: single-node QoS0/QoS1 throughput and latency, mendmq vs mosquitto vs upstream mochi (alternated rounds, medians, ratios), then the cluster figures (bench-cluster) and the netsplit figures (bench-netsplit)
 BENCH_FLAGS ?=
 bench: build
 	$(GO) build -o bin/mqttbench ./broker/cmd/mqttbench
 	./bin/mqttbench suite -mendmq $(BIN) $(BENCH_FLAGS)
 	$(MAKE) --no-print-directory bench-cluster
+	$(MAKE) --no-print-directory bench-netsplit
 
 ## bench-cluster: same-node vs cross-node throughput and latency on the example 3-node cluster, and replication convergence of 100k subscriptions after a join
 bench-cluster: build
 	$(GO) build -o bin/mqttbench ./broker/cmd/mqttbench
 	./bin/mqttbench suite -cluster -mendmq $(BIN) -brokers mendmq $(BENCH_FLAGS)
 	$(GO) test -run XXX -bench JoinConvergence -benchtime 1x -count 3 ./broker/clustertests/
+
+## bench-netsplit: netsplit figures in process with production timings (BENCHMARKS.md, Netsplit): detection and window of uncertainty on closing and silent cuts, false detections with both CPUs saturated for 20 s, heal convergence of 100k subscriptions + 10k conflicting retained messages, a 50-node cluster split 49|1 and 25|25 (NETSPLIT_BIG_NODES=N changes its size, NETSPLIT_BIG_SILENT=1 makes its cuts silent, NETSPLIT_SATURATION_PERIOD=2m saturates longer). About 3 min plus 5-15 min for the big cluster
+bench-netsplit:
+	$(GO) test -run XXX -bench 'Netsplit(Detection|Saturation|HealConvergence)' -benchtime 1x -v -timeout 20m ./cluster/
+	$(GO) test -run XXX -bench NetsplitBigCluster -benchtime 1x -v -timeout 45m ./cluster/
 
 ## bench-maps: partitioned maps: put/get latency and throughput 1 vs 3 nodes, heap per entry, migration of 1M entries on a join, merge of 1M conflicting entries after a heal (C latestupdate), the metrics scrape
 bench-maps:

@@ -24,6 +24,12 @@
 // under test. Addresses are owned by the node that bound them; traffic to
 // an address no node owns passes untouched.
 //
+// By default a cut closes the streams across it at once, so the peer reads
+// EOF: the fastest a node can learn about a cut. Config.Silent models the
+// common real failure instead (a dead switch, a firewall that drops):
+// streams across a cut stay open, what is written on them is lost and
+// neither end learns anything until its own timeouts fire.
+//
 // Optional random faults (packet drop and delay for memberlist's UDP
 // traffic) come from one RNG seeded by Config.Seed; the seed is logged
 // through the test so a failing run can be replayed.
@@ -34,8 +40,10 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"os"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -59,6 +67,16 @@ type Config struct {
 	// MaxDelay delays every memberlist packet by a uniformly random
 	// duration in [0, MaxDelay], which also reorders packets. Default 0.
 	MaxDelay time.Duration
+
+	// Silent makes cuts silent for open streams: they are not closed;
+	// bytes written across a cut link are discarded, nothing arrives, and
+	// a close (FIN) is not seen either, so each end notices only through
+	// its own timeouts (read deadlines, keepalives), as on a real network
+	// that drops packets. Dials across a cut still fail at once. A stream
+	// that lost bytes is closed by Heal: TCP would retransmit them, this
+	// network cannot, and a stream with a gap would be corrupt. Default
+	// false: a cut closes its streams at once and the peer reads EOF.
+	Silent bool
 }
 
 // Network is a set of nodes on 127.0.0.1 whose links can be cut and
@@ -71,6 +89,7 @@ type Network struct {
 	rng      *rand.Rand
 	dropRate float64
 	maxDelay time.Duration
+	silent   bool                  // Config.Silent; fixed at New
 	owner    map[string]string     // address -> node that bound it
 	cut      map[[2]string]bool    // sorted node pair -> cut
 	oneway   map[[2]string]bool    // (from, to) -> packets from->to dropped
@@ -94,6 +113,7 @@ func New(tb testing.TB, cfg Config) *Network {
 		rng:      rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
 		dropRate: cfg.DropRate,
 		maxDelay: cfg.MaxDelay,
+		silent:   cfg.Silent,
 		owner:    make(map[string]string),
 		cut:      make(map[[2]string]bool),
 		oneway:   make(map[[2]string]bool),
@@ -170,14 +190,25 @@ func (n *Network) Partition(sides ...[]string) {
 }
 
 // Heal restores every link (cuts and isolations). Closed streams stay
-// closed; the code under test has to reconnect.
+// closed; the code under test has to reconnect. With Config.Silent, the
+// streams that lost bytes or were closed by one end during the cut are
+// closed now (see Config.Silent).
 func (n *Network) Heal() {
 	n.mu.Lock()
 	clear(n.cut)
 	clear(n.oneway)
 	clear(n.isolated)
+	var victims []*trackedConn
+	for c := range n.conns {
+		if c.lost || c.closing {
+			victims = append(victims, c)
+			delete(n.conns, c)
+		}
+	}
+	sort.Slice(victims, func(i, j int) bool { return victims[i].id < victims[j].id })
 	n.mu.Unlock()
 	n.tb.Logf("clustertest: heal")
+	closeConns(victims)
 }
 
 // Linked reports whether streams currently flow between a and b.
@@ -265,7 +296,12 @@ func (n *Network) unregister(addr string) {
 	delete(n.owner, addr)
 }
 
+// blockedConnsLocked removes and returns the streams a cut closes: the
+// open streams across a cut link, none with Config.Silent.
 func (n *Network) blockedConnsLocked() []*trackedConn {
+	if n.silent {
+		return nil
+	}
 	var out []*trackedConn
 	for c := range n.conns {
 		if n.blockedLocked(c.from, c.to) {
@@ -291,17 +327,154 @@ func (n *Network) closeAll() {
 
 func closeConns(cs []*trackedConn) {
 	for _, c := range cs {
+		c.markDone()
 		_ = c.Conn.Close()
 	}
 }
 
+// silentDrop reports whether traffic on c is lost because the Network is
+// silent and c's link is cut; if so and lost is set, c is marked as a
+// stream with a gap, which Heal closes. The check and the mark happen
+// under the Network's lock, so a Heal either sees the mark or comes
+// before the check (and the traffic passes).
+func (n *Network) silentDrop(c *trackedConn, lost bool) bool {
+	if !n.silent {
+		return false
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.blockedLocked(c.from, c.to) {
+		return false
+	}
+	if lost {
+		c.lost = true
+	}
+	return true
+}
+
 // trackedConn is a stream dialed through the Network; it is closed when
-// its link is cut.
+// its link is cut (with Config.Silent it stalls instead, see Read, Write
+// and Close). Only the dialing end is wrapped: a silent cut is enforced
+// on what this end writes, reads and closes, which covers both
+// directions of the stream.
 type trackedConn struct {
 	net.Conn
 	net      *Network
 	id       uint64
 	from, to string
+
+	// Config.Silent only, guarded by net.mu:
+	lost    bool // bytes (or the peer's close) were discarded across a cut
+	closing bool // closed by this end during a cut; the socket is closed at Heal
+
+	readDeadline atomic.Int64  // this end's read deadline, UnixNano; 0 none
+	selfClosed   atomic.Bool   // Close was called on this end
+	done         chan struct{} // closed when the stream is closed, by this end or the Network
+	closeOnce    sync.Once
+}
+
+func (c *trackedConn) markDone() { c.closeOnce.Do(func() { close(c.done) }) }
+
+func (c *trackedConn) closed() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Write sends b, or with Config.Silent discards it while the link is cut
+// (the writer cannot tell, as with a network that drops packets).
+func (c *trackedConn) Write(b []byte) (int, error) {
+	if c.closed() {
+		return 0, net.ErrClosed
+	}
+	if c.net.silentDrop(c, len(b) > 0) {
+		return len(b), nil
+	}
+	k, err := c.Conn.Write(b)
+	if err != nil && c.selfClosed.Load() {
+		err = net.ErrClosed // woken by Close during a cut
+	}
+	return k, err
+}
+
+// Read reads from the stream. With Config.Silent, while the link is cut
+// what arrives is discarded and the peer's close is not seen: Read
+// returns only at this end's read deadline or close, or (for a stream
+// that lost its peer's close) when Heal closes it.
+func (c *trackedConn) Read(b []byte) (int, error) {
+	for {
+		if c.closed() && c.selfClosed.Load() {
+			return 0, net.ErrClosed
+		}
+		k, err := c.Conn.Read(b)
+		if !c.net.silent {
+			return k, err
+		}
+		if c.selfClosed.Load() {
+			return 0, net.ErrClosed // woken by Close during a cut
+		}
+		timeout := isTimeout(err)
+		if !c.net.silentDrop(c, k > 0 || (err != nil && !timeout)) {
+			return k, err
+		}
+		switch {
+		case err == nil:
+			continue // data lost in the cut
+		case timeout:
+			return 0, err // this end's own deadline
+		}
+		// The peer's close (or reset) is lost with everything else.
+		return 0, c.waitUnseen(err)
+	}
+}
+
+// waitUnseen blocks a Read whose peer closed during a silent cut until
+// this end's read deadline passes, this end closes the stream or Heal
+// does; err is what the read returns then.
+func (c *trackedConn) waitUnseen(err error) error {
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if dl := c.readDeadline.Load(); dl != 0 && time.Now().UnixNano() >= dl {
+			return os.ErrDeadlineExceeded
+		}
+		select {
+		case <-c.done:
+			if c.selfClosed.Load() {
+				return net.ErrClosed
+			}
+			return err
+		case <-tick.C:
+		}
+	}
+}
+
+// SetDeadline sets the stream's read and write deadlines.
+func (c *trackedConn) SetDeadline(t time.Time) error {
+	c.setReadDeadline(t)
+	return c.Conn.SetDeadline(t)
+}
+
+// SetReadDeadline sets the stream's read deadline.
+func (c *trackedConn) SetReadDeadline(t time.Time) error {
+	c.setReadDeadline(t)
+	return c.Conn.SetReadDeadline(t)
+}
+
+func (c *trackedConn) setReadDeadline(t time.Time) {
+	if t.IsZero() {
+		c.readDeadline.Store(0)
+	} else {
+		c.readDeadline.Store(t.UnixNano())
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // track registers c so that cutting from<->to closes it. If the link was
@@ -309,8 +482,8 @@ type trackedConn struct {
 func (n *Network) track(c net.Conn, from, to string) net.Conn {
 	n.mu.Lock()
 	n.nextID++
-	tc := &trackedConn{Conn: c, net: n, id: n.nextID, from: from, to: to}
-	if n.blockedLocked(from, to) {
+	tc := &trackedConn{Conn: c, net: n, id: n.nextID, from: from, to: to, done: make(chan struct{})}
+	if n.blockedLocked(from, to) && !n.silent {
 		n.mu.Unlock()
 		_ = c.Close()
 		return tc
@@ -320,11 +493,25 @@ func (n *Network) track(c net.Conn, from, to string) net.Conn {
 	return tc
 }
 
-// Close closes the stream and forgets it.
+// Close closes the stream and forgets it. With Config.Silent and the
+// link cut, the peer must not see the close (its FIN would cross the
+// cut): the stream is closed for this end at once and its socket is
+// closed by Heal.
 func (c *trackedConn) Close() error {
-	c.net.mu.Lock()
-	delete(c.net.conns, c)
-	c.net.mu.Unlock()
+	n := c.net
+	c.selfClosed.Store(true)
+	n.mu.Lock()
+	if n.silent && n.conns[c] && n.blockedLocked(c.from, c.to) {
+		c.closing = true
+		n.mu.Unlock()
+		c.markDone()
+		// Wake this end's blocked Read or Write; they return net.ErrClosed.
+		_ = c.Conn.SetDeadline(time.Unix(1, 0))
+		return nil
+	}
+	delete(n.conns, c)
+	n.mu.Unlock()
+	c.markDone()
 	return c.Conn.Close()
 }
 

@@ -242,3 +242,94 @@ func TestSeededFaults(t *testing.T) {
 		t.Fatalf("packet %q crossed a link cut while it was delayed", p.Buf)
 	}
 }
+
+// TestSilentCut checks Config.Silent: across a cut nothing arrives and
+// nobody is told (writes succeed, reads time out, closes are unseen);
+// dials fail; Heal closes the streams that lost something and keeps the
+// idle ones.
+func TestSilentCut(t *testing.T) {
+	n := New(t, Config{Silent: true})
+	a, b := n.DataNetwork("a"), n.DataNetwork("b")
+	ln, err := b.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ctx := context.Background()
+	dial := func() (ab, ba net.Conn) {
+		t.Helper()
+		ab, err := a.Dial(ctx, ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ba, err = ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ab, ba
+	}
+	timesOut := func(what string, c net.Conn) {
+		t.Helper()
+		_ = c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		k, err := c.Read(make([]byte, 1))
+		if !isTimeout(err) {
+			t.Fatalf("%s: read %d bytes, %v; want a timeout", what, k, err)
+		}
+	}
+	ab1, ba1 := dial() // loses bytes both ways, then b closes it
+	ab2, ba2 := dial() // a closes it during the cut
+	ab3, ba3 := dial() // idle during the cut
+
+	n.Cut("a", "b")
+	if k, err := ab1.Write([]byte("x")); k != 1 || err != nil {
+		t.Fatalf("write across a silent cut: %d, %v; want 1, nil", k, err)
+	}
+	timesOut("b reading what a wrote across the cut", ba1)
+	if _, err := ba1.Write([]byte("y")); err != nil {
+		t.Fatal(err)
+	}
+	timesOut("a reading what b wrote across the cut", ab1)
+	_ = ba1.Close()
+	timesOut("a reading after b closed across the cut", ab1)
+	if err := ab2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ab2.Read(make([]byte, 1)); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("read after own close: %v, want net.ErrClosed", err)
+	}
+	timesOut("b reading after a closed across the cut", ba2)
+	if _, err := a.Dial(ctx, ln.Addr().String()); !errors.Is(err, ErrLinkCut) {
+		t.Fatalf("dial across a silent cut = %v, want ErrLinkCut", err)
+	}
+
+	// A read blocked without deadline on a stream whose peer's close was
+	// lost returns when Heal closes the stream.
+	_ = ab1.SetReadDeadline(time.Time{})
+	readErr := make(chan error, 1)
+	go func() {
+		_, err := ab1.Read(make([]byte, 1))
+		readErr <- err
+	}()
+	n.Heal()
+	select {
+	case err := <-readErr:
+		if err == nil {
+			t.Fatal("read on a stream with a gap succeeded after heal")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("read on a stream that lost its peer's close still blocked after heal")
+	}
+	_ = ba2.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := ba2.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("b reading the stream a closed during the cut, after heal: %v, want EOF", err)
+	}
+	if _, err := ab3.Write([]byte("z")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1)
+	_ = ba3.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(ba3, buf); err != nil || buf[0] != 'z' {
+		t.Fatalf("idle stream after heal: %q, %v", buf, err)
+	}
+	_ = ab3.Close()
+}
