@@ -117,8 +117,8 @@ type Member struct {
 	LinkSince time.Time
 	LinkErr   string
 	// LastContact is the last time the member was known to be reachable:
-	// a membership event saying it is alive or the link coming up or
-	// staying up. Zero if never.
+	// a membership event saying it is alive (not suspect) or the link
+	// coming up or staying up. Zero if never.
 	LastContact time.Time
 }
 
@@ -205,7 +205,10 @@ func (v *View) Apply(ev Event) {
 		if ev.DataAddr != "" {
 			m.DataAddr = ev.DataAddr
 		}
-		if m.Routable() {
+		if m.State == membership.Alive {
+			// Suspect is routable but no contact: it is memberlist
+			// saying its probes failed, the start of the window of
+			// uncertainty rather than a sign of life.
 			m.LastContact = later(m.LastContact, ev.At)
 		}
 	case LinkChanged:

@@ -33,7 +33,9 @@ func TestViewRecordsBothSources(t *testing.T) {
 		// A link event before memberlist told about b: Dead until then.
 		{Event{Kind: LinkChanged, Member: "b", At: at(1), Link: LinkUp}, "b", membership.Dead, LinkUp, at(1), false, at(1), at(1)},
 		{Event{Kind: Joined, Member: "b", At: at(2), State: membership.Alive, GossipAddr: "g", DataAddr: "d"}, "b", membership.Alive, LinkUp, at(2), true, at(2), at(1)},
-		{Event{Kind: Updated, Member: "b", At: at(3), State: membership.Suspect}, "b", membership.Suspect, LinkUp, at(3), true, at(3), at(1)},
+		// Suspect: still routable, but no contact (memberlist's probes
+		// failed).
+		{Event{Kind: Updated, Member: "b", At: at(3), State: membership.Suspect}, "b", membership.Suspect, LinkUp, at(2), true, at(3), at(1)},
 		// The single broken link: memberlist says alive, the link is down.
 		{Event{Kind: Updated, Member: "b", At: at(4), State: membership.Alive}, "b", membership.Alive, LinkUp, at(4), true, at(4), at(1)},
 		{Event{Kind: LinkChanged, Member: "b", At: at(5), Link: LinkDown, Err: errors.New("cut")}, "b", membership.Alive, LinkDown, at(4), true, at(4), at(5)},

@@ -124,13 +124,15 @@ func TestFlapIsNotASplit(t *testing.T) {
 	h.gated(false, false)
 }
 
+// The window of uncertainty runs from the last sign of life (the join at
+// 0), not from the suspicion: a suspect member is one whose probes fail.
 func TestSuspectIsNotDeadIs(t *testing.T) {
 	h := newHarness(t, ModeAny, "b")
 	h.state(500, "b", membership.Suspect)
 	h.tick(5000)
 	h.expect()
 	h.state(6000, "b", membership.Dead)
-	h.expect("6000 entered", "6000 detected b (dead, uncertainty 5.5s)")
+	h.expect("6000 entered", "6000 detected b (dead, uncertainty 6s)")
 	// Back alive (the reconnect loop re-joined it) with a working link.
 	h.join(7000, "b")
 	h.expect("7000 recovered b", "7000 healed after 1s")
