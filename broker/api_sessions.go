@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/mendmq/mendmq/broker/admin"
+	"github.com/mendmq/mendmq/cluster"
 )
 
 // Sessions and subscriptions of the admin API. They read this node's mochi
@@ -239,9 +241,7 @@ func (b *Broker) apiSessionKick(w http.ResponseWriter, r *http.Request) {
 	}
 	cl, ok := b.server.Clients.Get(req.ClientID)
 	if !ok || (b.chook != nil && !b.chook.Session.LocalSession(req.ClientID)) {
-		if !b.sessionElsewhere(w, req.ClientID) {
-			admin.WriteError(w, http.StatusNotFound, fmt.Errorf("no session for client %q", req.ClientID))
-		}
+		b.kickElsewhere(w, r, req.ClientID)
 		return
 	}
 	res := KickResult{OK: true, ClientID: req.ClientID, Node: b.cfg.Node.Name}
@@ -252,6 +252,27 @@ func (b *Broker) apiSessionKick(w http.ResponseWriter, r *http.Request) {
 		res.Kicked = true
 	}
 	admin.WriteJSON(w, http.StatusOK, res)
+}
+
+// kickElsewhere kicks a client whose session the session table places on
+// another node, through that node.
+func (b *Broker) kickElsewhere(w http.ResponseWriter, r *http.Request, clientID string) {
+	if b.node == nil {
+		admin.WriteError(w, http.StatusNotFound, fmt.Errorf("no session for client %q", clientID))
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	defer cancel()
+	node, kicked, err := b.node.Kick(ctx, clientID)
+	switch {
+	case errors.Is(err, cluster.ErrNoSession):
+		admin.WriteError(w, http.StatusNotFound, fmt.Errorf("no session for client %q", clientID))
+	case err != nil:
+		admin.WriteJSON(w, http.StatusBadGateway, map[string]string{"error": err.Error(), "node": node})
+	default:
+		b.log.Info("client kicked through the admin API", "client", clientID, "node", node, "remote", r.RemoteAddr, "kicked", kicked)
+		admin.WriteJSON(w, http.StatusOK, KickResult{OK: true, ClientID: clientID, Node: node, Kicked: kicked})
+	}
 }
 
 // apiSubscriptions lists this node's subscriptions: ?client_prefix=,

@@ -26,6 +26,7 @@ func (nopBroker) FinishTakeover(string, string) ([]byte, error)        { return 
 func (nopBroker) AppendSession(string, []byte) error                   { return nil }
 func (nopBroker) DropDuplicate(string, routes.SessionRecord)           {}
 func (nopBroker) LocalSession(string) bool                             { return false }
+func (nopBroker) KickSession(string) (bool, error)                     { return false, nil }
 
 func testLog() *slog.Logger {
 	if os.Getenv("MENDMQ_TEST_LOG") != "" {

@@ -82,6 +82,10 @@ type Broker interface {
 	// the later CONNECT); a persistent session's queued messages go to
 	// winner's node with Node.AppendSession. It may block.
 	DropDuplicate(clientID string, winner routes.SessionRecord)
+	// KickSession disconnects the client of the local session of
+	// clientID (v5 reason 0x98, administrative action) for an operator;
+	// it reports whether a live connection was closed.
+	KickSession(clientID string) (bool, error)
 }
 
 // The parts' types, as the broker sees them.
@@ -252,6 +256,10 @@ func New(name string, cfg Config, broker Broker) (*Node, error) {
 		return nil, err
 	}
 	if err := n.mux.HandleCallFunc(CallForget, false, n.handleForget); err != nil {
+		n.closeDisk()
+		return nil, err
+	}
+	if err := n.mux.HandleCallFunc(CallKick, false, n.handleKick); err != nil {
 		n.closeDisk()
 		return nil, err
 	}

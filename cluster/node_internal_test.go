@@ -26,6 +26,7 @@ func (b *stubBroker) FinishTakeover(string, string) ([]byte, error)        { ret
 func (b *stubBroker) AppendSession(string, []byte) error                   { return nil }
 func (b *stubBroker) DropDuplicate(string, routes.SessionRecord)           {}
 func (b *stubBroker) LocalSession(string) bool                             { return false }
+func (b *stubBroker) KickSession(string) (bool, error)                     { return false, nil }
 
 // newTestNode builds node "a" (not started: nothing binds) that knows
 // the given members.
@@ -81,7 +82,7 @@ func TestLeftNodeRefusesPeers(t *testing.T) {
 
 	n.detach()
 	for _, typ := range []uint8{router.CallForward, replication.CallDigest, registry.CallRegister, registry.CallTakeover,
-		replication.CallApply, registry.CallHandoff, registry.CallAppend, CallForget} {
+		replication.CallApply, registry.CallHandoff, registry.CallAppend, CallForget, CallKick} {
 		if _, err := n.mux.HandleCall("b", typ, deltas); !errors.Is(err, ErrLeft) {
 			t.Errorf("left: call type %d = %v, want ErrLeft", typ, err)
 		}
@@ -110,17 +111,17 @@ func TestEveryCallTypeRegisteredOnce(t *testing.T) {
 		}
 	}
 	for _, typ := range []uint8{router.CallForward, replication.CallDigest, registry.CallRegister, registry.CallTakeover,
-		replication.CallApply, registry.CallHandoff, registry.CallAppend, CallForget} {
+		replication.CallApply, registry.CallHandoff, registry.CallAppend, CallForget, CallKick} {
 		if n.mux.HandleCallFunc(typ, false, nil) == nil {
 			t.Errorf("call type %d not registered", typ)
 		}
 	}
 	want := map[string]uint8{"deltas": 1, "forward": 2, "call forward": 10, "digest": 11, "register": 12, "takeover": 13,
-		"apply": 14, "handoff": 15, "append": 16, "forget": 18}
+		"apply": 14, "handoff": 15, "append": 16, "forget": 18, "kick": 19}
 	got := map[string]uint8{"deltas": replication.FrameDeltas, "forward": router.FrameForward, "call forward": router.CallForward,
 		"digest": replication.CallDigest, "register": registry.CallRegister, "takeover": registry.CallTakeover,
 		"apply": replication.CallApply, "handoff": registry.CallHandoff, "append": registry.CallAppend,
-		"forget": CallForget}
+		"forget": CallForget, "kick": CallKick}
 	for k, v := range want {
 		if got[k] != v {
 			t.Errorf("%s is type %d, the protocol says %d", k, got[k], v)

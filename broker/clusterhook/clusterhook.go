@@ -268,3 +268,4 @@ func (f facade) LocalSession(clientID string) bool { return f.h.Session.LocalSes
 func (f facade) DropDuplicate(clientID string, winner routes.SessionRecord) {
 	f.h.Session.DropDuplicate(clientID, winner)
 }
+func (f facade) KickSession(clientID string) (bool, error) { return f.h.Session.KickSession(clientID) }

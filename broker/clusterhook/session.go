@@ -268,6 +268,22 @@ func (s *SessionHook) LocalSession(clientID string) bool {
 	return ok && !s.ho.handingOff(clientID, cl)
 }
 
+// KickSession disconnects the client of the local session of clientID
+// (DISCONNECT 0x98 administrative action to an MQTT 5 client) for an
+// operator, as the admin API does for a client of this node; the session
+// stays, as a kick does not end it. It reports whether a live connection
+// was closed.
+func (s *SessionHook) KickSession(clientID string) (bool, error) {
+	cl, ok := mochix.Client(s.sh.srv, clientID)
+	if !ok || s.ho.handingOff(clientID, cl) || cl.Closed() {
+		return false, nil
+	}
+	s.sh.log.Info("client kicked through another node's admin API", "client", clientID)
+	_ = s.sh.srv.DisconnectClient(cl, packets.ErrAdministrativeAction)
+	cl.Stop(packets.ErrAdministrativeAction)
+	return true, nil
+}
+
 // --- session table ------------------------------------------------------
 
 func (s *SessionHook) markDirty(id string) {

@@ -579,8 +579,19 @@ func (m *Membership) reconnectRound(now time.Time) {
 		default:
 		}
 		m.mu.Lock()
-		m.extra.ReconnectAttempts++
+		cur, known := m.table.lookup(d.Name)
+		back := known && (cur.State == Alive || cur.State == Suspect)
+		if !back {
+			m.extra.ReconnectAttempts++
+		}
 		m.mu.Unlock()
+		if back {
+			// An earlier join of this round brought it back (a join's
+			// state exchange tells about every member of the other
+			// side): joining it again would cost a full state exchange
+			// each, one after the other, after a heal of a big split.
+			continue
+		}
 		if _, err := ml.Join([]string{d.GossipAddr}); err != nil {
 			m.log.Debug("reconnect to failed member did not succeed", "member", d.Name, "addr", d.GossipAddr, "err", err)
 		} else {

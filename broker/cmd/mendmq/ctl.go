@@ -38,9 +38,8 @@ const ctlUsageText = `usage: mendmq ctl [connection flags] <command> [flags] [ar
   sessions list [--prefix P] [--state connected|disconnected] [--node N] [--limit N]
                                  this node's sessions
   sessions show CLIENT_ID        one session with its subscriptions and queue
-  sessions kick CLIENT_ID        disconnect a client of this node (v5: DISCONNECT
-                                 0x98); for a client on another node the answer
-                                 names that node (exit 1)
+  sessions kick CLIENT_ID        disconnect a client (v5: DISCONNECT 0x98), on
+                                 whichever node holds its session
   subscriptions list [--client-prefix P] [--filter-prefix F] [--matches TOPIC] [--limit N]
   retained get TOPIC             the retained message of a topic
   retained list [--filter F] [--limit N]    retained messages matching F (default #)
@@ -499,7 +498,7 @@ func (x *ctlRun) sessionsKick(args []string) error {
 	printed, err := x.send(http.MethodPost, "/api/v1/sessions/kick", broker.KickRequest{ClientID: pos[0]}, &out)
 	var ae *apiError
 	if errors.As(err, &ae) && ae.Node != "" {
-		return fmt.Errorf("%w; run the kick against %s's admin API (--admin)", err, ae.Node)
+		return fmt.Errorf("%w (the session is on %s)", err, ae.Node)
 	}
 	if err != nil || printed {
 		return err

@@ -73,11 +73,8 @@ func TestCtlSessionsAndRetained(t *testing.T) {
 		n, ok := a.Cluster().SessionNode("far-1")
 		return ok && n == "ops-b"
 	})
-	for _, args := range [][]string{{"sessions", "kick", "far-1"}, {"sessions", "show", "far-1"}} {
-		code, _, errOut := on(a, args...)
-		if code != exitServer || !strings.Contains(errOut, "409") || !strings.Contains(errOut, "ops-b") {
-			t.Errorf("ctl %v on ops-a: exit %d, stderr %q; want 1 naming ops-b", args, code, errOut)
-		}
+	if code, _, errOut := on(a, "sessions", "show", "far-1"); code != exitServer || !strings.Contains(errOut, "409") || !strings.Contains(errOut, "ops-b") {
+		t.Errorf("ctl sessions show far-1 on ops-a: exit %d, stderr %q; want 1 naming ops-b", code, errOut)
 	}
 	code, out, errOut := on(b, "sessions", "list")
 	if code != 0 || !strings.Contains(out, "far-1") || !strings.HasPrefix(out, "CLIENT") {
@@ -132,12 +129,15 @@ func TestCtlSessionsAndRetained(t *testing.T) {
 	if code, _, errOut := on(a, "retained", "get", "x/r"); code != exitServer || !strings.Contains(errOut, "404") {
 		t.Errorf("retained get after delete: %d %q", code, errOut)
 	}
-	code, _, _ = on(b, "sessions", "kick", "far-1")
-	if code != 0 {
-		t.Errorf("kick on the right node: exit %d", code)
+	// A kick through ops-a reaches the client on ops-b.
+	if code, out, errOut := on(a, "sessions", "kick", "far-1"); code != 0 || !strings.Contains(out, "kicked far-1 from ops-b") {
+		t.Errorf("ctl sessions kick far-1 on ops-a: exit %d, %q %q; want kicked from ops-b", code, out, errOut)
 	}
-	if d := far.WaitServerDisconnect(); d.ReasonCode != 0x98 {
-		t.Errorf("DISCONNECT 0x%02x, want 0x98", d.ReasonCode)
+	if d := far.WaitServerDisconnect(); d == nil || d.ReasonCode != 0x98 {
+		t.Errorf("far-1 on ops-b: server disconnect %+v, want reason 0x98 (administrative action)", d)
+	}
+	if code, _, errOut := on(a, "sessions", "kick", "nobody-here"); code != exitServer || !strings.Contains(errOut, "404") {
+		t.Errorf("kick of an unknown client through ops-a: exit %d, %q; want 404", code, errOut)
 	}
 }
 
