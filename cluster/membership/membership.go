@@ -542,6 +542,10 @@ func (m *Membership) emit(evs []event) {
 	}
 }
 
+// reconnectParallelism bounds the re-joins of one reconnect round in
+// flight.
+const reconnectParallelism = 8
+
 // reconnectLoop re-joins failed members and, while alone, the seeds.
 func (m *Membership) reconnectLoop() {
 	defer m.wg.Done()
@@ -572,11 +576,18 @@ func (m *Membership) reconnectRound(now time.Time) {
 		m.log.Info("forgetting member after reconnect timeout", "member", r.m.Name, "state", r.m.State, "timeout", m.cfg.ReconnectTimeout)
 	}
 	m.emit(removed)
+	// The joins run reconnectParallelism at a time: one after the other,
+	// a round over the far side of a big split waits for each dial to an
+	// unreachable member to time out before the next, and after the heal
+	// each failed member refutes its death only when it hears of it.
+	sem := make(chan struct{}, reconnectParallelism)
+	var wg sync.WaitGroup
 	for _, d := range due {
 		select {
 		case <-m.stop:
+			wg.Wait()
 			return
-		default:
+		case sem <- struct{}{}:
 		}
 		m.mu.Lock()
 		cur, known := m.table.lookup(d.Name)
@@ -588,16 +599,21 @@ func (m *Membership) reconnectRound(now time.Time) {
 		if back {
 			// An earlier join of this round brought it back (a join's
 			// state exchange tells about every member of the other
-			// side): joining it again would cost a full state exchange
-			// each, one after the other, after a heal of a big split.
+			// side): joining it again costs a full state exchange.
+			<-sem
 			continue
 		}
-		if _, err := ml.Join([]string{d.GossipAddr}); err != nil {
-			m.log.Debug("reconnect to failed member did not succeed", "member", d.Name, "addr", d.GossipAddr, "err", err)
-		} else {
-			m.log.Info("reconnected to failed member", "member", d.Name, "addr", d.GossipAddr)
-		}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if _, err := ml.Join([]string{d.GossipAddr}); err != nil {
+				m.log.Debug("reconnect to failed member did not succeed", "member", d.Name, "addr", d.GossipAddr, "err", err)
+			} else {
+				m.log.Info("reconnected to failed member", "member", d.Name, "addr", d.GossipAddr)
+			}
+		}()
 	}
+	wg.Wait()
 	if alone {
 		m.mu.Lock()
 		m.extra.SeedJoinAttempts++
