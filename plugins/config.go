@@ -52,10 +52,10 @@ type Config struct {
 	// "$retained") through the registry. Validate refuses a maps.<name>
 	// entry (other than maps.default) for which it reports false, naming the
 	// key, so a typo or a map nothing merges is not accepted without a word.
-	// nil means no map but "$retained" is merged, which is what runs today:
-	// the named, partitioned maps (DESIGN §4) are planned, so every such
-	// entry is refused. Tests and tools that merge under arbitrary map names
-	// set AnyMap.
+	// nil means no map but "$retained" is merged (a node without
+	// clustering), so every such entry is refused; the broker sets AnyMap
+	// when clustering is on (partitioned maps are created on first use).
+	// Tests and tools that merge under arbitrary map names set AnyMap.
 	MapsInUse func(name string) bool `koanf:"-"`
 }
 
