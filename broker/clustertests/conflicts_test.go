@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -191,5 +192,121 @@ func TestParkedMapConflict(t *testing.T) {
 	}
 	if code, body := post(t, c.node(owner), path, `{"action":"keep_existing"}`); code != http.StatusNotFound {
 		t.Fatalf("resolving twice: %d %s", code, body)
+	}
+}
+
+// buildTrapFor compiles the hostile test module (plugins/testdata/hostile)
+// so that it traps on map mapName, keys starting with "boom"; it skips the
+// test where clang cannot target wasm32.
+func buildTrapFor(t *testing.T, mapName string) string {
+	t.Helper()
+	clang, err := exec.LookPath("clang")
+	if err != nil {
+		t.Skip("clang not installed: cannot build the test policy (apt-get install clang lld)")
+	}
+	root := filepath.Join("..", "..")
+	out := filepath.Join(t.TempDir(), "trap.wasm")
+	args := []string{"--target=wasm32", "-O2", "-ffreestanding", "-nostdlib", "-mbulk-memory",
+		"-I", filepath.Join(root, "sdk", "c"), "-Wl,--no-entry", "-Wl,--strip-all",
+		"-DHOSTILE_TRAP", fmt.Sprintf("-DHOSTILE_MAP=%q", mapName),
+		"-o", out, filepath.Join(root, "plugins", "testdata", "hostile", "hostile.c")}
+	if b, err := exec.Command(clang, args...).CombinedOutput(); err != nil {
+		if strings.Contains(string(b), "wasm-ld") || strings.Contains(string(b), "unable to execute") {
+			t.Skipf("clang cannot link wasm32 (is lld installed?): %s", b)
+		}
+		t.Fatalf("clang: %v\n%s", err, b)
+	}
+	return out
+}
+
+// TestParkedRetainedConflict: a $retained policy that traps on the
+// retained messages set on both sides of a split parks them at the heal
+// (each node keeps its own, nothing is lost); take_merging on one node
+// writes its parked message, which then wins on every node.
+func TestParkedRetainedConflict(t *testing.T) {
+	trap := buildTrapFor(t, "$retained")
+	c := newCluster(t, 3, clusterOptions{Faults: true, Mutate: func(_ string, cfg *config.Config) {
+		cfg.Plugins.Policies["hostile"] = plugins.PolicyConfig{Module: trap}
+		cfg.Plugins.Retained.MergePolicy = "hostile"
+		cfg.Cluster.AllowPublishDuringNetsplit = true
+	}})
+	big := brokertest.MustV5(t, c.node("n1").URL(0), "pub-big")
+	small := brokertest.MustV5(t, c.node("n3").URL(0), "pub-small")
+	c.net.Partition([]string{"n1", "n2"}, []string{"n3"})
+	c.eventually("both sides to see the split", func() (bool, string) {
+		for _, n := range c.names {
+			if !c.node(n).Cluster().Split() {
+				return false, n + " not split"
+			}
+		}
+		return true, ""
+	})
+	big.MustPub("boom/t", 1, true, "big")
+	small.MustPub("boom/t", 1, true, "small")
+	c.net.Heal()
+	c.waitFormed()
+	var at string
+	var parked plugins.Conflict
+	c.eventually("a parked $retained conflict", func() (bool, string) {
+		for _, n := range c.names {
+			for _, cf := range conflictsOf(t, c.node(n)) {
+				if cf.Map == plugins.RetainedMap && string(cf.Merging.Key) == "boom/t" {
+					at, parked = n, cf
+					return true, ""
+				}
+			}
+		}
+		return false, "none yet"
+	})
+	retainedOn := func(n string) string {
+		code, body := c.node(n).Get("/api/v1/retained?filter=boom/t")
+		if code != http.StatusOK {
+			t.Fatalf("GET retained on %s: %d %s", n, code, body)
+		}
+		var l struct {
+			Messages []struct {
+				Payload *string `json:"payload"`
+			} `json:"messages"`
+		}
+		if err := json.Unmarshal([]byte(body), &l); err != nil || len(l.Messages) != 1 || l.Messages[0].Payload == nil {
+			return fmt.Sprintf("<%s>", body)
+		}
+		return *l.Messages[0].Payload
+	}
+	// Nothing is lost: each side still has its own message.
+	for _, n := range c.names {
+		if v := retainedOn(n); v != "big" && v != "small" {
+			t.Fatalf("%s: retained boom/t = %q after a failed merge", n, v)
+		}
+	}
+	code, body := post(t, c.node(at), fmt.Sprintf("/api/v1/policies/conflicts/%d", parked.ID), `{"action":"take_merging"}`)
+	if code != http.StatusOK || !strings.Contains(body, "written") {
+		t.Fatalf("take_merging on %s: %d %s", at, code, body)
+	}
+	want := "small"
+	if at == "n3" {
+		want = "big" // n3's merging message came from the other side
+	}
+	c.eventually("the resolved message on every node", func() (bool, string) {
+		for _, n := range c.names {
+			if v := retainedOn(n); v != want {
+				return false, fmt.Sprintf("%s: %q, want %q", n, v, want)
+			}
+		}
+		return true, ""
+	})
+	// A failed merge is parked once per node that saw the conflict, not
+	// again at every anti-entropy round.
+	for _, n := range c.names {
+		k := 0
+		for _, cf := range conflictsOf(t, c.node(n)) {
+			if cf.Map == plugins.RetainedMap && string(cf.Merging.Key) == "boom/t" {
+				k++
+			}
+		}
+		t.Logf("%s: %d parked conflicts of boom/t", n, k)
+		if k > 1 {
+			t.Errorf("%s: boom/t parked %d times", n, k)
+		}
 	}
 }

@@ -29,7 +29,13 @@
  */
 #include "mendmq_policy.h"
 
-static int evil(mendmq_str map_name) { return mendmq_str_eq_cstr(map_name, "evil"); }
+/* The map the module misbehaves on; a test builds it for another one
+ * (-DHOSTILE_MAP='"$retained"'). */
+#ifndef HOSTILE_MAP
+#define HOSTILE_MAP "evil"
+#endif
+
+static int evil(mendmq_str map_name) { return mendmq_str_eq_cstr(map_name, HOSTILE_MAP); }
 
 static int boom(mendmq_str key) {
     return key.len >= 4 && key.ptr[0] == 'b' && key.ptr[1] == 'o' && key.ptr[2] == 'o' && key.ptr[3] == 'm';
