@@ -26,15 +26,7 @@ import (
 // their maps to settle.
 func benchCluster(b *testing.B, nw *clustertest.Network, count int, mutate func(*cluster.Config)) ([]*cluster.Node, string) {
 	b.Helper()
-	var nodes []*cluster.Node
-	var seed string
-	for i := 1; i <= count; i++ {
-		n, addr := startNode(b, nw, fmt.Sprintf("n%d", i), seed, mutate)
-		if seed == "" {
-			seed = addr
-		}
-		nodes = append(nodes, n)
-	}
+	nodes, seed := startSeeded(b, nw, count, mutate)
 	benchWait(b, 60*time.Second, "the maps to settle", settled(nodes...))
 	return nodes, seed
 }

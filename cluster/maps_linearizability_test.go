@@ -86,15 +86,7 @@ var kvModel = porcupine.Model{
 func TestMapLinearizable(t *testing.T) {
 	t.Parallel()
 	nw := clustertest.New(t, clustertest.Config{})
-	var nodes []*cluster.Node
-	var seed string
-	for i := 1; i <= 3; i++ {
-		n, addr := startNode(t, nw, fmt.Sprintf("n%d", i), seed, nil)
-		if seed == "" {
-			seed = addr
-		}
-		nodes = append(nodes, n)
-	}
+	nodes, seed := startSeeded(t, nw, 3, nil)
 	waitFor(t, 15*time.Second, "the maps to settle", settled(nodes...))
 
 	var (

@@ -531,36 +531,8 @@ func progress(nodes []*cluster.Node) string {
 // sees every member alive and linked.
 func startNodesB(b *testing.B, nw *clustertest.Network, count int, mutate func(*cluster.Config)) []*cluster.Node {
 	b.Helper()
-	var nodes []*cluster.Node
-	var seed string
 	started := time.Now()
-	for i := 1; i <= count; i++ {
-		name := fmt.Sprintf("n%d", i)
-		cfg := cluster.LoopbackConfig()
-		tr, err := nw.Transport(name)
-		if err != nil {
-			b.Fatal(err)
-		}
-		cfg.Transport, cfg.DataNetwork, cfg.GossipAddress = tr, nw.DataNetwork(name), tr.Addr()
-		if seed != "" {
-			cfg.Seeds = []string{seed}
-		} else {
-			seed = tr.Addr()
-		}
-		cfg.Logger = testLog()
-		if mutate != nil {
-			mutate(&cfg)
-		}
-		n, err := cluster.New(name, cfg, nopBroker{})
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := n.Start(); err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { _ = n.Stop() })
-		nodes = append(nodes, n)
-	}
+	nodes, _ := startSeeded(b, nw, count, mutate)
 	limit := 60 * time.Second
 	if count > 10 {
 		limit += time.Duration(count-10) * 2 * time.Second

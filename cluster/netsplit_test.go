@@ -39,15 +39,7 @@ func testLog() *slog.Logger {
 // until every node sees every other one routable and linked.
 func startNodes(t *testing.T, nw *clustertest.Network, count int, mutate func(*cluster.Config)) []*cluster.Node {
 	t.Helper()
-	var nodes []*cluster.Node
-	var seed string
-	for i := 1; i <= count; i++ {
-		n, addr := startNode(t, nw, fmt.Sprintf("n%d", i), seed, mutate)
-		if seed == "" {
-			seed = addr
-		}
-		nodes = append(nodes, n)
-	}
+	nodes, _ := startSeeded(t, nw, count, mutate)
 	waitFor(t, 10*time.Second, "the cluster to form", func() (bool, string) {
 		for _, n := range nodes {
 			st := n.Status()
@@ -64,6 +56,23 @@ func startNodes(t *testing.T, nw *clustertest.Network, count int, mutate func(*c
 		return true, ""
 	})
 	return nodes
+}
+
+// startSeeded starts nodes n1..nN on nw, each seeded with n1, without
+// waiting for them to form a cluster; it returns them and n1's gossip
+// address.
+func startSeeded(t testing.TB, nw *clustertest.Network, count int, mutate func(*cluster.Config)) ([]*cluster.Node, string) {
+	t.Helper()
+	var nodes []*cluster.Node
+	var seed string
+	for i := 1; i <= count; i++ {
+		n, addr := startNode(t, nw, fmt.Sprintf("n%d", i), seed, mutate)
+		if seed == "" {
+			seed = addr
+		}
+		nodes = append(nodes, n)
+	}
+	return nodes, seed
 }
 
 // startNode starts node name on nw, joining through the gossip address
