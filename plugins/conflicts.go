@@ -1,8 +1,10 @@
 package plugins
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"sync"
 	"time"
@@ -220,4 +222,75 @@ func copyEntry(e *EntryView) EntryView {
 	c.Key = append([]byte{}, e.Key...)
 	c.Value = append([]byte{}, e.Value...)
 	return c
+}
+
+// park keeps the existing entries and parks the merging ones. It returns
+// ErrConflictsFull if some could not be parked (those are Unmerged).
+func (r *Registry) park(p *policy, mapName string, items []MergeItem, out []Result, kind FailureKind, cause error) error {
+	now := r.now()
+	var full error
+	parked := 0
+	var batch []Conflict
+	for i := range items {
+		c, err := r.conflicts.park(now, mapName, p.name, kind, cause.Error(), items[i].Merging, items[i].Existing)
+		if err != nil {
+			out[i] = Result{Verdict: KeepExisting, Unmerged: true}
+			full = err
+			r.metrics.rejected.WithLabelValues(p.name).Inc()
+			continue
+		}
+		out[i] = Result{Verdict: KeepExisting, ConflictID: c.ID}
+		batch = append(batch, c)
+		parked++
+	}
+	if err := r.conflicts.save(batch); err != nil {
+		r.logger.Error("parked conflicts not stored: they are kept in memory only, and lost if the node restarts before an operator resolves them",
+			"policy", p.name, "map", mapName, "conflicts", len(batch), "err", err)
+	}
+	if parked > 0 {
+		r.metrics.conflicts.WithLabelValues(p.name, string(kind)).Add(float64(parked))
+	}
+	level := slog.LevelWarn
+	if full != nil {
+		level = slog.LevelError
+	}
+	r.logger.Log(context.Background(), level, "merge policy failed; existing entries kept, merging entries parked",
+		"policy", p.name, "map", mapName, "kind", kind, "entries", len(items), "parked", parked,
+		"first_key", string(clip(items[0].Merging.Key)), "err", cause, "store_err", full)
+	return full
+}
+
+// SetConflictStore keeps the parked conflicts in cs from now on: those it
+// holds (parked before a restart) are parked again, and those parked
+// before this call are stored in it. It returns how many it loaded.
+func (r *Registry) SetConflictStore(cs ConflictStore) (int, error) {
+	return r.conflicts.attach(cs)
+}
+
+// Conflicts lists the parked conflicts, oldest first.
+func (r *Registry) Conflicts() []Conflict { return r.conflicts.list() }
+
+// Conflict returns one parked conflict.
+func (r *Registry) Conflict(id uint64) (Conflict, bool) { return r.conflicts.get(id) }
+
+// ResolveConflict hands conflict id to apply — which writes the merging
+// entry (or a value the operator chose) into the map — and removes the
+// conflict only if apply succeeds, so a failed write loses nothing.
+// Concurrent resolutions of one id may both call apply; only one removes it.
+func (r *Registry) ResolveConflict(id uint64, apply func(Conflict) error) error {
+	c, ok := r.conflicts.get(id)
+	if !ok {
+		return fmt.Errorf("%w: %d", ErrNoConflict, id)
+	}
+	if err := apply(c); err != nil {
+		return fmt.Errorf("plugins: resolve conflict %d (map %s): %w", id, c.Map, err)
+	}
+	_, err := r.conflicts.remove(id)
+	return err
+}
+
+// DropConflict discards conflict id: the existing entry stays as it is.
+func (r *Registry) DropConflict(id uint64) error {
+	_, err := r.conflicts.remove(id)
+	return err
 }
