@@ -158,15 +158,31 @@ func TestMapLinearizable(t *testing.T) {
 		}()
 	}
 
+	// Each phase runs until the clients recorded phaseOps more operations
+	// (not for a time: a slow machine gets as much history per phase).
+	const phaseOps = 2000
+	recorded := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(history)
+	}
+	more := func(what string) {
+		t.Helper()
+		want := recorded() + phaseOps
+		waitFor(t, 30*time.Second, what, func() (bool, string) {
+			got := recorded()
+			return got >= want, fmt.Sprintf("%d of %d operations", got, want)
+		})
+	}
+	more("operations on the 3 members")
 	// A member joins: partitions migrate to it while clients run.
-	time.Sleep(500 * time.Millisecond)
 	joined := now()
 	n4, _ := startNode(t, nw, "n4", seed, nil)
 	waitFor(t, 20*time.Second, "n4's partitions to migrate", settled(append(nodes, n4)...))
 	mu.Lock()
 	live = append(live, n4)
 	mu.Unlock()
-	time.Sleep(300 * time.Millisecond)
+	more("operations on the 4 members")
 	// A member leaves: the others promote their backups of its partitions.
 	mu.Lock()
 	live = []*cluster.Node{nodes[0], nodes[2], n4}
@@ -176,7 +192,7 @@ func TestMapLinearizable(t *testing.T) {
 		t.Fatalf("stop n2: %v", err)
 	}
 	waitFor(t, 20*time.Second, "the maps to settle without n2", settled(nodes[0], nodes[2], n4))
-	time.Sleep(300 * time.Millisecond)
+	more("operations after the leave")
 	close(stop)
 	wg.Wait()
 
