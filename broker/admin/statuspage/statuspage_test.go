@@ -315,6 +315,10 @@ func TestStatusPageNetsplitBanner(t *testing.T) {
 	if run(t, ctx, chromedp.Evaluate[bool](banner)) {
 		t.Fatal("the netsplit banner shows on a whole cluster")
 	}
+	// ?poll=200 is below the 250 ms floor; the footer says what runs.
+	if every := run(t, ctx, chromedp.Text(chromedp.CSS(`#poll-every`))); every != "250 ms" {
+		t.Errorf("footer polling interval %q, want 250 ms", every)
+	}
 	cut := time.Now()
 	nw.Isolate("n3")
 	// Detection takes about a second with the loopback timings; the

@@ -218,6 +218,7 @@ async function poll() {
   }
 }
 
+document.getElementById("poll-every").textContent = POLL_MS >= 1000 ? `${POLL_MS / 1000} s` : `${POLL_MS} ms`;
 poll();
 setInterval(poll, POLL_MS);
 window.addEventListener("resize", drawRates);
