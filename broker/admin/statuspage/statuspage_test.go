@@ -98,11 +98,13 @@ func TestStatusPageInBrowser(t *testing.T) {
 	})
 	mctx, mcancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer mcancel()
-	if _, err := nodes[0].Policies().Merge(mctx, "evil", &plugins.EntryView{Key: []byte("boom-1"), Value: []byte("v")}, nil); err != nil {
-		t.Logf("merge with the trapping policy: %v", err)
+	for _, key := range []string{"boom-1", "boom-2"} {
+		if _, err := nodes[0].Policies().Merge(mctx, "evil", &plugins.EntryView{Key: []byte(key), Value: []byte("v-" + key)}, nil); err != nil {
+			t.Logf("merge with the trapping policy: %v", err)
+		}
 	}
-	if len(nodes[0].Policies().Conflicts()) != 1 {
-		t.Fatalf("no conflict parked: %+v", nodes[0].Policies().Conflicts())
+	if len(nodes[0].Policies().Conflicts()) != 2 {
+		t.Fatalf("want 2 conflicts parked: %+v", nodes[0].Policies().Conflicts())
 	}
 
 	// Cross-node traffic for the chart and the per-peer counters.
@@ -171,13 +173,27 @@ func TestStatusPageInBrowser(t *testing.T) {
 	}
 	desktop := run(t, ctx, chromedp.FullScreenshot(100))
 
-	// The drop button removes the parked conflict (confirm answered yes).
+	// "take merging" writes the first parked entry into the map, "drop"
+	// discards the second (confirm answered yes). Clicked from the page's
+	// own script: the table is redrawn on every refresh, so a node found
+	// by a CSS query and then clicked may be gone in between ("Could not
+	// find node").
+	cs := nodes[0].Policies().Conflicts()
+	click := func(id uint64, action string) string {
+		return fmt.Sprintf(`document.querySelector('#conflicts tbody tr[data-conflict="%d"] button[data-action="%s"]').click()`, id, action)
+	}
 	if err := chromedp.Do(ctx,
 		chromedp.Evaluate[chromedp.Void](`window.confirm = () => true`),
-		// Clicked from the page's own script: the table is redrawn
-		// on every refresh, so a node found by a CSS query and then
-		// clicked may be gone in between ("Could not find node").
-		chromedp.Evaluate[chromedp.Void](`document.querySelector('#conflicts tbody button').click()`),
+		chromedp.Evaluate[chromedp.Void](click(cs[0].ID, "take_merging")),
+		chromedp.Poll[chromedp.Void](`document.querySelectorAll('#conflicts tbody tr').length === 1`),
+	); err != nil {
+		t.Fatalf("take the merging entry from the page: %v", err)
+	}
+	if e, ok, err := nodes[1].Cluster().Maps().Get(mctx, "evil", string(cs[0].Merging.Key)); err != nil || !ok || string(e.Value) != "v-"+string(cs[0].Merging.Key) {
+		t.Errorf("after take merging, map evil %s = %q %v %v", cs[0].Merging.Key, e.Value, ok, err)
+	}
+	if err := chromedp.Do(ctx,
+		chromedp.Evaluate[chromedp.Void](click(cs[1].ID, "drop")),
 		chromedp.Poll[chromedp.Void](`document.querySelectorAll('#conflicts tbody tr').length === 0`),
 	); err != nil {
 		t.Fatalf("drop the conflict from the page: %v", err)

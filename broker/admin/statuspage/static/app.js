@@ -150,6 +150,18 @@ async function dropConflict(id) {
   } catch (e) { showError("drop conflict " + id + ": " + e.message); }
 }
 
+async function resolveConflict(id, action) {
+  const what = action === "take_merging" ? "write its merging entry over the existing one" : "run it through the map's current policy again";
+  if (!confirm(`Resolve parked conflict ${id}: ${what}?`)) return;
+  try {
+    const r = await fetch("api/v1/policies/conflicts/" + encodeURIComponent(id), {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ action }),
+    });
+    if (!r.ok) throw new Error((await r.json().catch(() => ({}))).error || r.statusText);
+    poll();
+  } catch (e) { showError("resolve conflict " + id + ": " + e.message); }
+}
+
 async function renderConflicts(o) {
   document.getElementById("conflict-count").textContent = o.conflicts ? "(" + o.conflicts + ")" : "";
   document.getElementById("no-conflicts").hidden = o.conflicts > 0;
@@ -159,7 +171,10 @@ async function renderConflicts(o) {
   fill(tbody, list.slice(0, 100).map(c => el("tr", { "data-conflict": c.id },
     el("td", {}, c.id), el("td", {}, c.map), el("td", {}, c.policy), el("td", {}, c.kind),
     el("td", { title: c.reason }, String(c.reason || "").slice(0, 80)), el("td", {}, ago(c.time)),
-    el("td", {}, el("button", { onclick: () => dropConflict(c.id) }, "drop")))));
+    el("td", {},
+      el("button", { onclick: () => resolveConflict(c.id, "take_merging"), "data-action": "take_merging" }, "take merging"), " ",
+      el("button", { onclick: () => resolveConflict(c.id, "rerun"), "data-action": "rerun" }, "rerun"), " ",
+      el("button", { onclick: () => dropConflict(c.id), "data-action": "drop" }, "drop")))));
 }
 
 function sampleRates(o) {
