@@ -27,24 +27,8 @@ import (
 func benchCluster(b *testing.B, nw *clustertest.Network, count int, mutate func(*cluster.Config)) ([]*cluster.Node, string) {
 	b.Helper()
 	nodes, seed := startSeeded(b, nw, count, mutate)
-	benchWait(b, 60*time.Second, "the maps to settle", settled(nodes...))
+	waitFor(b, 60*time.Second, "the maps to settle", settled(nodes...))
 	return nodes, seed
-}
-
-// benchWait polls cond every 10 ms until it holds, for at most limit.
-func benchWait(b *testing.B, limit time.Duration, what string, cond func() (bool, string)) time.Duration {
-	b.Helper()
-	start := time.Now()
-	for {
-		ok, why := cond()
-		if ok {
-			return time.Since(start)
-		}
-		if time.Since(start) > limit {
-			b.Fatalf("%s: not after %v: %s", what, limit, why)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // load puts keys [from, to) of map name with a 64-byte value prefixed by
@@ -187,8 +171,8 @@ func BenchmarkMapMigration(b *testing.B) {
 			}
 			return owned, backups
 		}
-		settledAt := benchWait(b, 5*time.Minute, "the migration", settled(nodes[0], n2))
-		took := benchWait(b, 5*time.Minute, "the backup copies", func() (bool, string) {
+		settledAt := waitFor(b, 5*time.Minute, "the migration", settled(nodes[0], n2))
+		took := waitFor(b, 5*time.Minute, "the backup copies", func() (bool, string) {
 			owned, backups := copies()
 			return owned == entries && backups == entries, fmt.Sprintf("%v owned, %v backed up", owned, backups)
 		})
@@ -229,7 +213,7 @@ func BenchmarkMapMerge(b *testing.B) {
 			}
 		})
 		nw.Partition([]string{"n1", "n2"}, []string{"n3"})
-		benchWait(b, time.Minute, "both sides to settle", all(settled(nodes[0], nodes[1]), settled(nodes[2])))
+		waitFor(b, time.Minute, "both sides to settle", all(settled(nodes[0], nodes[1]), settled(nodes[2])))
 		var wg sync.WaitGroup
 		wg.Add(2)
 		go func() { defer wg.Done(); load(b, nodes[:2], "merge", "big", 0, entries, 32) }()
@@ -237,7 +221,7 @@ func BenchmarkMapMerge(b *testing.B) {
 		wg.Wait()
 		before := nodes[2].Maps().Progress()
 		nw.Heal()
-		took := benchWait(b, 5*time.Minute, "the merge", func() (bool, string) {
+		took := waitFor(b, 5*time.Minute, "the merge", func() (bool, string) {
 			p := nodes[2].Maps().Progress()
 			if p.Started.Equal(before.Started) || p.Finished.IsZero() {
 				return false, fmt.Sprintf("n3 merge %+v", p)

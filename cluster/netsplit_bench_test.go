@@ -281,6 +281,8 @@ func BenchmarkNetsplitSaturation(b *testing.B) {
 		}
 		splitSeen, notAlive := 0, 0
 		start := time.Now()
+		sample := time.NewTicker(50 * time.Millisecond)
+		defer sample.Stop()
 		for ctx.Err() == nil {
 			for _, n := range nodes {
 				if n.Split() {
@@ -292,7 +294,10 @@ func BenchmarkNetsplitSaturation(b *testing.B) {
 					}
 				}
 			}
-			time.Sleep(50 * time.Millisecond)
+			select { // the next sample
+			case <-ctx.Done():
+			case <-sample.C:
+			}
 		}
 		cancel()
 		wg.Wait()

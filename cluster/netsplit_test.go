@@ -104,7 +104,7 @@ func startNode(t testing.TB, nw *clustertest.Network, name, seed string, mutate 
 	return n, tr.Addr()
 }
 
-func waitFor(t *testing.T, d time.Duration, what string, cond func() (bool, string)) time.Duration {
+func waitFor(t testing.TB, d time.Duration, what string, cond func() (bool, string)) time.Duration {
 	t.Helper()
 	start := time.Now()
 	last := ""

@@ -318,23 +318,21 @@ func runScenario(t *testing.T, sc scenario, seed uint64) *env {
 // recreation).
 func (e *env) mapWrites() {
 	put := func(n *Node, key, value string) {
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			err := e.c.PutMap(n, "pt", key, value)
-			if err == nil {
-				return
-			}
-			if time.Now().After(deadline) {
-				e.t.Errorf("%s side: %v", value, err)
-				return
-			}
-			time.Sleep(200 * time.Millisecond)
+		var err error
+		if _, ok := until(30*time.Second, func() (bool, string) {
+			err = e.c.PutMap(n, "pt", key, value)
+			return err == nil, ""
+		}); !ok {
+			e.t.Errorf("%s side: %v", value, err)
 		}
 	}
 	for i := range 10 {
 		put(e.c.Nodes[0], fmt.Sprint("k", i), "small")
 	}
-	time.Sleep(10 * time.Millisecond) // later updates, by the clock latestupdate compares
+	// The big side's updates must be later by the clock latestupdate
+	// compares (milliseconds): wait until it has moved on.
+	last := time.Now().UnixMilli()
+	until(time.Second, func() (bool, string) { return time.Now().UnixMilli() > last+1, "" })
 	for i := 5; i < 15; i++ {
 		put(e.c.Nodes[2], fmt.Sprint("k", i), "big")
 	}
