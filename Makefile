@@ -76,10 +76,12 @@ policies:
 policies-check:
 	sh plugins/build-policies.sh check
 
-## cluster: a local 3-node cluster (examples/cluster/node{1,2,3}.yaml); Ctrl-C stops all three
+## cluster: a local 3-node cluster (examples/cluster/node{1,2,3}.yaml; CLUSTER_DIR=D uses D/node{1,2,3}.yaml, a copy you may edit while it runs; CLUSTER_FLAGS='--set log.level=debug' adds serve flags); Ctrl-C stops all three
+CLUSTER_DIR   ?= examples/cluster
+CLUSTER_FLAGS ?=
 cluster: build
 	@trap 'kill 0' INT TERM EXIT; \
-	for i in 1 2 3; do ./$(BIN) serve --config examples/cluster/node$$i.yaml & done; \
+	for i in 1 2 3; do ./$(BIN) serve --config $(CLUSTER_DIR)/node$$i.yaml $(CLUSTER_FLAGS) & done; \
 	echo "mendmq cluster: MQTT 127.0.0.1:1883/1884/1885, admin 127.0.0.1:8081/8082/8083 (Ctrl-C to stop)"; \
 	wait
 

@@ -39,6 +39,7 @@ func (b *Broker) mountAPI() {
 	b.admin.Handle("DELETE /api/v1/policies/conflicts/{id}", http.HandlerFunc(b.apiConflictDrop))
 	b.admin.Handle("POST /api/v1/policies/conflicts/{id}", http.HandlerFunc(b.apiConflictResolve))
 	b.mountMaps()
+	b.mountDebug()
 	statuspage.Mount(b.admin)
 }
 

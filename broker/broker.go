@@ -71,6 +71,7 @@ type Broker struct {
 	started    atomic.Bool
 	// The hot netsplit settings (applyNetsplitConfig).
 	readyzSplit  atomic.Bool
+	debug        atomic.Bool  // admin.debug (hot)
 	netsplitMode atomic.Value // string
 	stopping     atomic.Bool
 }
@@ -108,6 +109,7 @@ func New(cfg config.Config, log *slog.Logger) (*Broker, error) {
 	})
 	b := &Broker{cfg: cfg, log: log, baseLog: base, server: server, registry: prometheus.NewRegistry()}
 	b.readyzSplit.Store(cfg.Cluster.ReadyzDuringNetsplit)
+	b.debug.Store(cfg.Admin.Debug)
 	b.netsplitMode.Store(cfg.Cluster.NetsplitMode)
 	b.metrics = metrics.New(server.Info)
 	b.registry.MustRegister(b.metrics, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -334,8 +336,10 @@ func (b *Broker) Reconfigure(cfg config.Config) error {
 		return fmt.Errorf("apply merge policies: %w", err)
 	}
 	b.applyNetsplitConfig(cfg.Cluster)
+	b.applyDebug(cfg.Admin.Debug)
 	old, next := b.cfg, cfg
 	old.Plugins, next.Plugins = plugins.Config{}, plugins.Config{}
+	old.Admin.Debug, next.Admin.Debug = false, false
 	for _, c := range []*cluster.Config{&old.Cluster, &next.Cluster} {
 		c.Logger, c.Merger, c.MapConfig, c.Transport, c.DataNetwork = nil, nil, nil, nil, nil
 		c.NetsplitMode, c.ReadyzDuringNetsplit = "", false
@@ -343,7 +347,7 @@ func (b *Broker) Reconfigure(cfg config.Config) error {
 		c.AllowSubscribeDuringNetsplit, c.AllowUnsubscribeDuringNetsplit = false, false
 	}
 	if fmt.Sprintf("%+v", old) != fmt.Sprintf("%+v", next) {
-		b.log.Warn("configuration changed outside the merge policies and the netsplit settings; those changes take effect after a restart")
+		b.log.Warn("configuration changed outside the merge policies, the netsplit settings and admin.debug; those changes take effect after a restart")
 	}
 	b.log.Info("configuration reloaded")
 	return nil

@@ -33,6 +33,7 @@ import (
 
 	"github.com/mendmq/mendmq/cluster/dataplane"
 	"github.com/mendmq/mendmq/cluster/durable"
+	"github.com/mendmq/mendmq/cluster/faults"
 	"github.com/mendmq/mendmq/cluster/hlc"
 	"github.com/mendmq/mendmq/cluster/members"
 	"github.com/mendmq/mendmq/cluster/membership"
@@ -142,6 +143,10 @@ type Node struct {
 	// clock stamps CONNECTs (registry) and observes peers' stamps
 	// (sessions); see package hlc.
 	clock *hlc.Clock
+	// cuts is the debug partition switch (admin.debug): it sits in the
+	// gossip transport and the data plane, and forwards while nothing is
+	// cut.
+	cuts *faults.Switch
 
 	// leaveMu serializes Leave with the graceful leave of Stop.
 	leaveMu sync.Mutex
@@ -198,9 +203,12 @@ func New(name string, cfg Config, broker Broker) (*Node, error) {
 	if cfg.DataNetwork != nil {
 		dc.Network = cfg.DataNetwork
 	}
+	n.cuts = faults.New(name, n.memberAddrs)
+	dc.Refuse = n.cuts.Refuse
 	if n.dp, err = dataplane.New(dc, n.mux); err != nil {
 		return nil, fmt.Errorf("create data plane: %w", err)
 	}
+	n.cuts.OnChange(n.dp.Reset)
 
 	merger := cfg.Merger
 	if merger == nil {
@@ -306,6 +314,7 @@ func (n *Node) Start() error {
 	mc.GossipInterval, mc.PushPullInterval = n.cfg.GossipInterval, n.cfg.PushPullInterval
 	mc.ReconnectInterval, mc.ReconnectTimeout = n.cfg.ReconnectInterval, n.cfg.ReconnectTimeout
 	mc.Transport, mc.Logger = n.cfg.Transport, n.baseLog
+	mc.WrapTransport = n.cuts.Transport
 	mc.Meta = membership.NodeMeta{DataAddr: n.dataAdvertise(""), Proto: protoVersion}
 	mc.Admit = func(m membership.Member) error {
 		if m.Meta.Proto != protoVersion {

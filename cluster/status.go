@@ -53,6 +53,9 @@ type Status struct {
 	ReplicationLagMS int64 `json:"replication_lag_ms"`
 	// Netsplit is the node's netsplit state.
 	Netsplit NetsplitStatus `json:"netsplit"`
+	// DebugCut names the members whose links this node's debug partition
+	// switch cuts (admin.debug; DebugCut).
+	DebugCut []string `json:"debug_cut,omitempty"`
 }
 
 // Status returns the node's view of the cluster.
@@ -60,7 +63,7 @@ func (n *Node) Status() Status {
 	rs := n.router.Stats()
 	st := Status{Node: n.name, Subscriptions: n.sessions.Index().NodeCounts(), Forwarded: rs.Forwarded.Load(), Received: rs.Received.Load(),
 		ReplicationLagMS: n.repl.LastLag().Milliseconds(), Sessions: n.repl.Len(sessions.Table), Retained: n.retained.Len(),
-		Netsplit: n.Netsplit()}
+		Netsplit: n.Netsplit(), DebugCut: n.cuts.Members()}
 	if n.ml == nil {
 		return st
 	}

@@ -137,6 +137,12 @@ type AdminConfig struct {
 	// TLS is admin.tls: HTTPS for the admin server, and with
 	// client_ca_file mutual TLS.
 	TLS AdminTLSConfig `koanf:"tls"`
+	// Debug is admin.debug: enables the development endpoints under
+	// /api/v1/debug, today the partition switch that makes this node
+	// drop its cluster traffic to and from named members (`mendmq ctl
+	// debug partition n3`, `... heal`). Never in production. Changes by
+	// hot reload; turning it off heals every cut. Default false.
+	Debug bool `koanf:"debug"`
 }
 
 // AdminTLSConfig is admin.tls. Default: all empty (plain HTTP).

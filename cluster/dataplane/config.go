@@ -65,6 +65,13 @@ type Config struct {
 	// Network replaces plain TCP (tests). Default TCPNetwork.
 	Network Network
 
+	// Refuse, if set, is asked before each dial to a peer and for the
+	// name each inbound dialer claims; an error refuses the link (the
+	// dial fails, the inbound handshake is rejected with the error's
+	// text). The admin debug partition switch (cluster/faults) uses it;
+	// call Plane.Reset when its answer for a peer changes.
+	Refuse func(peer string) error
+
 	// MaxFrameSize bounds a frame body (the payload, plus 8 bytes for
 	// calls and replies). Larger incoming frames close the connection;
 	// larger outgoing ones are refused with ErrFrameTooLarge. Key

@@ -249,6 +249,33 @@ func (pl *Plane) RemovePeer(name string) {
 	}
 }
 
+// Reset closes the connections to and from peer and wakes its dial
+// loop, so a change of Config.Refuse's answer for it takes effect at
+// once: a refused peer loses its links now, a peer no longer refused is
+// dialled now instead of after the backoff.
+func (pl *Plane) Reset(peer string) {
+	pl.mu.RLock()
+	p := pl.peers[peer]
+	pl.mu.RUnlock()
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	out, in := p.out, p.in
+	p.mu.Unlock()
+	err := errors.New("link reset")
+	if out != nil {
+		out.close(err)
+	}
+	if in != nil {
+		in.close(err)
+	}
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
 // lookup returns a peer that Send may use.
 func (pl *Plane) lookup(name string) (*peer, error) {
 	pl.mu.RLock()
@@ -520,14 +547,21 @@ func (pl *Plane) acceptHandshake(raw net.Conn) (string, net.Conn, *bufio.Reader,
 	ir := &idleReader{nc: nc}
 	br := bufio.NewReaderSize(ir, pl.cfg.BufferSize)
 	var checkDialer func(string) error
+	if pl.cfg.Refuse != nil {
+		checkDialer = pl.cfg.Refuse
+	}
 	if tc, ok := nc.(*tls.Conn); ok {
 		// A client certificate must name the node the handshake claims
 		// to be, as the dialer checks the server's (ServerName): a
 		// certificate of the cluster's CA does not make its holder any
 		// node it likes.
+		refuse := pl.cfg.Refuse
 		checkDialer = func(name string) error {
 			if certs := tc.ConnectionState().PeerCertificates; len(certs) > 0 && certs[0].VerifyHostname(name) != nil {
 				return fmt.Errorf("TLS client certificate does not name node %q", name)
+			}
+			if refuse != nil {
+				return refuse(name)
 			}
 			return nil
 		}
@@ -545,6 +579,11 @@ func (pl *Plane) acceptHandshake(raw net.Conn) (string, net.Conn, *bufio.Reader,
 
 // dial connects and authenticates to p at addr.
 func (pl *Plane) dial(p *peer, addr string) (*conn, error) {
+	if pl.cfg.Refuse != nil {
+		if err := pl.cfg.Refuse(p.name); err != nil {
+			return nil, fmt.Errorf("dial %s: %w", addr, err)
+		}
+	}
 	ctx, cancel := context.WithTimeout(p.ctx, pl.cfg.DialTimeout)
 	raw, err := pl.nw.Dial(ctx, addr)
 	cancel()

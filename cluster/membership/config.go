@@ -138,6 +138,12 @@ type Config struct {
 	// Default nil (memberlist.NetTransport on BindAddr).
 	Transport memberlist.Transport
 
+	// WrapTransport, if set, wraps the transport memberlist uses
+	// (Transport, or a memberlist.NetTransport bound to BindAddr that
+	// membership then creates itself), e.g. with the debug partition
+	// switch of cluster/faults. Default nil.
+	WrapTransport func(memberlist.NodeAwareTransport) memberlist.NodeAwareTransport
+
 	// Logger receives membership's and memberlist's logs. Default
 	// slog.Default().
 	Logger *slog.Logger

@@ -31,6 +31,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -156,6 +157,9 @@ func (m *Membership) Start() error {
 	}()
 	ml, err := memberlist.Create(mc)
 	if err != nil {
+		if m.cfg.WrapTransport != nil && m.cfg.Transport == nil {
+			_ = mc.Transport.Shutdown() // bound by memberlistConfig
+		}
 		m.stopLoops()
 		return fmt.Errorf("membership: start gossip on %s: %w", m.cfg.BindAddr, err)
 	}
@@ -242,7 +246,43 @@ func (m *Membership) memberlistConfig() (*memberlist.Config, error) {
 	mc.Ping = d
 	m.bridge.onSuspect = d.localSuspect // before memberlist starts logging
 	mc.Logger = log.New(m.bridge, "", 0)
+	if c.WrapTransport != nil {
+		t, err := nodeAware(mc)
+		if err != nil {
+			return nil, err
+		}
+		mc.Transport = c.WrapTransport(t)
+	}
 	return mc, nil
+}
+
+// nodeAware returns mc's transport, or binds the memberlist.NetTransport
+// memberlist would have created (retrying a kernel-chosen port a few
+// times, as memberlist does), so that it can be wrapped.
+func nodeAware(mc *memberlist.Config) (memberlist.NodeAwareTransport, error) {
+	if mc.Transport != nil {
+		t, ok := mc.Transport.(memberlist.NodeAwareTransport)
+		if !ok {
+			return nil, fmt.Errorf("membership: the configured transport %T is not a memberlist.NodeAwareTransport and cannot be wrapped", mc.Transport)
+		}
+		return t, nil
+	}
+	nc := &memberlist.NetTransportConfig{BindAddrs: []string{mc.BindAddr}, BindPort: mc.BindPort, Logger: mc.Logger}
+	tries := 1
+	if mc.BindPort == 0 {
+		tries = 10
+	}
+	var err error
+	for range tries {
+		var nt *memberlist.NetTransport
+		if nt, err = memberlist.NewNetTransport(nc); err == nil {
+			return nt, nil
+		}
+		if !strings.Contains(err.Error(), "address already in use") {
+			break
+		}
+	}
+	return nil, fmt.Errorf("membership: bind gossip transport on %s: %w", net.JoinHostPort(mc.BindAddr, fmt.Sprint(mc.BindPort)), err)
 }
 
 // Join contacts the given "host[:port]" addresses (host names resolve

@@ -57,6 +57,10 @@ const ctlUsageText = `usage: mendmq ctl [connection flags] <command> [flags] [ar
   map del MAP KEY                delete it
   map stats [MAP]                every map (or one) per member: entries, bytes,
                                  partitions, migrations, the last merge
+  debug partition [MEMBER...]    (admin.debug: true only) cut this node's cluster
+                                 links to and from MEMBERs; cut a node from all
+                                 others to split the cluster. No MEMBER: show
+  debug heal [MEMBER...]         restore them (all when none is named)
 
 Connection flags (before or after the command):
   --admin URL        admin API: http(s)://host:port or host:port ($MENDMQ_ADMIN,
@@ -153,7 +157,7 @@ func (x *ctlRun) dispatch(rest []string) error {
 	cmd := rest[0]
 	if len(rest) > 1 && !strings.HasPrefix(rest[1], "-") {
 		switch cmd {
-		case "cluster", "sessions", "subscriptions", "retained", "policy", "map":
+		case "cluster", "sessions", "subscriptions", "retained", "policy", "map", "debug":
 			cmd += " " + rest[1]
 			rest = rest[1:]
 		}
@@ -204,6 +208,10 @@ func (x *ctlRun) dispatch(rest []string) error {
 		return x.mapDel(args)
 	case "map stats":
 		return x.mapStats(args)
+	case "debug partition":
+		return x.debugPartition(args)
+	case "debug heal":
+		return x.debugHeal(args)
 	}
 	return usageError{errShowUsage}
 }
@@ -325,6 +333,9 @@ func (x *ctlRun) clusterStatus(args []string) error {
 	st := out.Status
 	fmt.Fprintf(x.stdout, "node %s: %d sessions, %d retained in the replicated tables\n", st.Node, st.Sessions, st.Retained)
 	fmt.Fprintln(x.stdout, netsplitLine(st.Netsplit))
+	if len(st.DebugCut) > 0 {
+		fmt.Fprintf(x.stdout, "debug partition: this node cuts its links to %s (mendmq ctl debug heal)\n", strings.Join(st.DebugCut, ", "))
+	}
 	printMembers(x.stdout, st)
 	return nil
 }

@@ -111,7 +111,19 @@ func startNode(t *testing.T, yaml string, env ...string) *proc {
 // if it is still running.
 func (p *proc) launch(t *testing.T, path string, env ...string) {
 	t.Helper()
-	p.cmd = exec.Command(binPath, "serve", "--config", path)
+	p.start(t, []string{"serve", "--config", path}, env)
+}
+
+// launchArgs starts the binary with args; the test's cleanup kills it if
+// it is still running.
+func (p *proc) launchArgs(t *testing.T, args ...string) {
+	t.Helper()
+	p.start(t, args, nil)
+}
+
+func (p *proc) start(t *testing.T, args, env []string) {
+	t.Helper()
+	p.cmd = exec.Command(binPath, args...)
 	p.cmd.Env = append(os.Environ(), env...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {
