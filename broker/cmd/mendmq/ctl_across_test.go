@@ -261,6 +261,7 @@ func TestCtlAcrossCluster(t *testing.T) {
 		} {
 			start := time.Now()
 			code, out, errOut := on(n3, args...)
+			t.Logf("ctl %v to n1, cut off: exit %d in %v", args, code, time.Since(start).Round(time.Millisecond))
 			if code != exitServer || !strings.Contains(errOut, "504") || !strings.Contains(errOut, "n1") || time.Since(start) > 3*time.Second {
 				t.Errorf("ctl %v to n1, cut off: exit %d after %v\n%s%s\nwant exit 1 at once, 504 naming n1", args, code, time.Since(start), out, errOut)
 			}
@@ -275,6 +276,7 @@ func TestCtlAcrossCluster(t *testing.T) {
 		})
 		start := time.Now()
 		code, out, errOut = on(n1, "sessions", "show", "far-1")
+		t.Logf("sessions show far-1 on n1, cut off from n2: exit %d in %v", code, time.Since(start).Round(time.Millisecond))
 		if code != exitServer || !strings.Contains(errOut, "504") || !strings.Contains(errOut, "n2") || time.Since(start) > 3*time.Second {
 			t.Errorf("sessions show far-1 on n1, cut off from n2: exit %d after %v\n%s%s\nwant exit 1 at once, 504 naming n2", code, time.Since(start), out, errOut)
 		}
