@@ -3,7 +3,6 @@ package broker
 import (
 	"errors"
 	"net/http"
-	"strconv"
 	"time"
 
 	"github.com/mendmq/mendmq/broker/admin"
@@ -33,11 +32,7 @@ func (b *Broker) mountAPI() {
 		admin.WriteJSON(w, http.StatusOK, b.policies.List())
 	}))
 	b.admin.Handle("POST /api/v1/policies/reload", http.HandlerFunc(b.apiPoliciesReload))
-	b.admin.Handle("GET /api/v1/policies/conflicts", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		admin.WriteJSON(w, http.StatusOK, b.policies.Conflicts())
-	}))
-	b.admin.Handle("DELETE /api/v1/policies/conflicts/{id}", http.HandlerFunc(b.apiConflictDrop))
-	b.admin.Handle("POST /api/v1/policies/conflicts/{id}", http.HandlerFunc(b.apiConflictResolve))
+	b.mountConflicts()
 	b.mountMaps()
 	b.mountDebug()
 	statuspage.Mount(b.admin)
@@ -58,22 +53,6 @@ func (b *Broker) apiPoliciesReload(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		admin.WriteError(w, http.StatusUnprocessableEntity, err)
-		return
-	}
-	admin.WriteJSON(w, http.StatusOK, map[string]any{"ok": true})
-}
-
-func (b *Broker) apiConflictDrop(w http.ResponseWriter, r *http.Request) {
-	if !admin.NoBody(w, r) {
-		return
-	}
-	id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
-	if err != nil {
-		admin.WriteError(w, http.StatusBadRequest, errors.New("conflict id must be a number"))
-		return
-	}
-	if err := b.policies.DropConflict(id); err != nil {
-		admin.WriteError(w, http.StatusNotFound, err)
 		return
 	}
 	admin.WriteJSON(w, http.StatusOK, map[string]any{"ok": true})

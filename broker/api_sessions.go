@@ -19,9 +19,9 @@ import (
 // Sessions and subscriptions of the admin API. They read this node's mochi
 // state: the cluster's session table places every client id on a node
 // (SessionNode), but offers no listing yet, so a list covers this node's
-// sessions ("scope": "node") and a question about a session on another
-// node is answered 409 with that node's name. When the cluster exposes a
-// listing, the same answer can carry "scope": "cluster".
+// sessions ("scope": "node"). One session on another node is fetched from
+// that node (show, kick). When the cluster exposes a listing, the same
+// answer can carry "scope": "cluster".
 
 // Limits of a listing: default and maximum "limit".
 const (
@@ -50,6 +50,9 @@ type SessionInfo struct {
 	Queued        int                `json:"queued"`
 	Subscriptions int                `json:"subscriptions"`
 	Subs          []SubscriptionInfo `json:"subs,omitempty"` // show only
+	// Via is the node that answered the request when another one (Node)
+	// holds the session and was asked for it (show only).
+	Via string `json:"via,omitempty"`
 }
 
 // SessionList is the answer of GET /api/v1/sessions.
@@ -174,24 +177,8 @@ func (b *Broker) apiSessions(w http.ResponseWriter, r *http.Request) {
 	admin.WriteJSON(w, http.StatusOK, out)
 }
 
-// errElsewhere answers for a client whose session lives on another node.
-func (b *Broker) sessionElsewhere(w http.ResponseWriter, clientID string) bool {
-	if b.node == nil {
-		return false
-	}
-	node, ok := b.node.SessionNode(clientID)
-	if !ok || node == b.cfg.Node.Name {
-		return false
-	}
-	admin.WriteJSON(w, http.StatusConflict, map[string]string{
-		"error": fmt.Sprintf("client %q has its session on node %s; ask %s's admin API", clientID, node, node),
-		"node":  node,
-	})
-	return true
-}
-
 // apiSessionShow answers one session with its subscriptions:
-// ?client_id=ID.
+// ?client_id=ID, wherever in the cluster it lives (showElsewhere).
 func (b *Broker) apiSessionShow(w http.ResponseWriter, r *http.Request) {
 	q, ok := admin.Query(w, r, "client_id")
 	if !ok {
@@ -204,9 +191,7 @@ func (b *Broker) apiSessionShow(w http.ResponseWriter, r *http.Request) {
 	}
 	cl, ok := b.server.Clients.Get(id)
 	if !ok || (b.chook != nil && !b.chook.Session.LocalSession(id)) {
-		if !b.sessionElsewhere(w, id) {
-			admin.WriteError(w, http.StatusNotFound, fmt.Errorf("no session for client %q", id))
-		}
+		b.showElsewhere(w, r, id)
 		return
 	}
 	admin.WriteJSON(w, http.StatusOK, b.sessionInfo(cl, true))

@@ -297,6 +297,9 @@ func (b *Broker) addCluster() error {
 		return err
 	}
 	b.node = node
+	if err := b.registerPeerCalls(); err != nil {
+		return err
+	}
 	if d := node.Durable(); d != nil {
 		// Parked conflicts survive a restart in the cluster's file.
 		n, err := b.policies.SetConflictStore(conflictStore{d.Conflicts(), b.log})
@@ -304,7 +307,7 @@ func (b *Broker) addCluster() error {
 			return fmt.Errorf("cluster storage %s: %w", cc.StoragePath, err)
 		}
 		if n > 0 {
-			b.log.Warn("parked merge conflicts restored; resolve them with POST /api/v1/policies/conflicts/{id} (mendmq ctl policy resolve)", "conflicts", n)
+			b.log.Warn("parked merge conflicts restored; resolve them with POST /api/v1/policies/conflicts/{node}/{id} (mendmq ctl policy conflicts resolve NODE/ID ACTION)", "conflicts", n)
 		}
 	}
 	b.chook.SetCluster(node)

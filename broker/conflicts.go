@@ -8,10 +8,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"strconv"
 	"time"
 
-	"github.com/mendmq/mendmq/broker/admin"
 	"github.com/mendmq/mendmq/cluster"
 	"github.com/mendmq/mendmq/cluster/durable"
 	"github.com/mendmq/mendmq/cluster/merge"
@@ -73,8 +71,8 @@ func (s conflictStore) LoadConflicts() ([]plugins.Conflict, uint64, error) {
 	return out, next, err
 }
 
-// Conflict resolutions: POST /api/v1/policies/conflicts/{id} with
-// {"action": ...}.
+// Conflict resolutions: POST /api/v1/policies/conflicts/[{node}/]{id}
+// with {"action": ...}.
 const (
 	// ResolveTakeMerging writes the merging entry over the existing one.
 	ResolveTakeMerging = "take_merging"
@@ -85,8 +83,11 @@ const (
 	ResolveRerun = "rerun"
 )
 
-// ConflictResolution is the answer of POST /api/v1/policies/conflicts/{id}.
+// ConflictResolution is the answer of POST
+// /api/v1/policies/conflicts/[{node}/]{id}.
 type ConflictResolution struct {
+	// Node held the conflict and resolved it.
+	Node   string `json:"node"`
 	ID     uint64 `json:"id"`
 	Map    string `json:"map"`
 	Key    string `json:"key"`
@@ -98,62 +99,65 @@ type ConflictResolution struct {
 	Outcome string `json:"outcome"`
 }
 
-// apiConflictResolve resolves a parked conflict. The conflict is removed
-// only once its resolution is written, so a failure loses nothing.
-func (b *Broker) apiConflictResolve(w http.ResponseWriter, r *http.Request) {
-	id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
-	if err != nil {
-		admin.WriteError(w, http.StatusBadRequest, errors.New("conflict id must be a number"))
-		return
-	}
-	var req struct {
-		Action string `json:"action"`
-	}
-	if !admin.DecodeJSON(w, r, &req) {
-		return
-	}
-	switch req.Action {
+// validAction checks a resolution's action.
+func validAction(action string) error {
+	switch action {
 	case ResolveTakeMerging, ResolveKeepExisting, ResolveRerun:
-	default:
-		admin.WriteError(w, http.StatusBadRequest, fmt.Errorf("action %q: use %s, %s or %s", req.Action, ResolveTakeMerging, ResolveKeepExisting, ResolveRerun))
-		return
+		return nil
 	}
+	return fmt.Errorf("action %q: use %s, %s or %s", action, ResolveTakeMerging, ResolveKeepExisting, ResolveRerun)
+}
+
+// resolveConflict resolves this node's parked conflict id with action
+// (checked by validAction), for by (who asked: the admin API's client, or
+// a peer on an operator's behalf). The conflict is removed only once its
+// resolution is written, so a failure loses nothing. On failure it
+// returns the HTTP status that says why.
+func (b *Broker) resolveConflict(ctx context.Context, id uint64, action, by string) (ConflictResolution, int, error) {
 	c, ok := b.policies.Conflict(id)
 	if !ok {
-		admin.WriteError(w, http.StatusNotFound, fmt.Errorf("%w: %d", plugins.ErrNoConflict, id))
-		return
+		return ConflictResolution{}, http.StatusNotFound, fmt.Errorf("%w: %d on node %s", plugins.ErrNoConflict, id, b.cfg.Node.Name)
 	}
-	res := ConflictResolution{ID: id, Map: c.Map, Key: string(c.Merging.Key), Action: req.Action}
-	if req.Action == ResolveKeepExisting {
+	res := ConflictResolution{Node: b.cfg.Node.Name, ID: id, Map: c.Map, Key: string(c.Merging.Key), Action: action}
+	if action == ResolveKeepExisting {
 		if err := b.policies.DropConflict(id); err != nil {
-			admin.WriteError(w, http.StatusInternalServerError, err)
-			return
+			return ConflictResolution{}, http.StatusInternalServerError, err
 		}
 		res.Outcome = "kept"
-		b.log.Info("parked conflict resolved", "id", id, "map", c.Map, "key", res.Key, "action", req.Action)
-		admin.WriteJSON(w, http.StatusOK, res)
-		return
+		b.log.Info("parked conflict resolved", "id", id, "map", c.Map, "key", res.Key, "action", action, "by", by)
+		return res, http.StatusOK, nil
 	}
 	if b.node == nil {
-		admin.WriteError(w, http.StatusConflict, errNoCluster)
-		return
+		return ConflictResolution{}, http.StatusConflict, errNoCluster
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
-	defer cancel()
-	err = b.policies.ResolveConflict(id, func(c plugins.Conflict) error {
+	err := b.policies.ResolveConflict(id, func(c plugins.Conflict) error {
 		var err error
-		res.Outcome, err = b.resolve(ctx, c, req.Action)
+		res.Outcome, err = b.resolve(ctx, c, action)
 		return err
 	})
 	switch {
 	case errors.Is(err, plugins.ErrNoConflict):
-		admin.WriteError(w, http.StatusNotFound, err)
+		return ConflictResolution{}, http.StatusNotFound, err
 	case err != nil:
-		admin.WriteError(w, http.StatusServiceUnavailable, err)
-	default:
-		b.log.Info("parked conflict resolved", "id", id, "map", c.Map, "key", res.Key, "action", req.Action, "outcome", res.Outcome)
-		admin.WriteJSON(w, http.StatusOK, res)
+		return ConflictResolution{}, http.StatusServiceUnavailable, err
 	}
+	b.log.Info("parked conflict resolved", "id", id, "map", c.Map, "key", res.Key, "action", action, "outcome", res.Outcome, "by", by)
+	return res, http.StatusOK, nil
+}
+
+// dropConflict discards this node's parked conflict id for by.
+func (b *Broker) dropConflict(id uint64, by string) (int, error) {
+	c, ok := b.policies.Conflict(id)
+	if err := b.policies.DropConflict(id); err != nil {
+		if errors.Is(err, plugins.ErrNoConflict) {
+			return http.StatusNotFound, fmt.Errorf("%w on node %s", err, b.cfg.Node.Name)
+		}
+		return http.StatusInternalServerError, err
+	}
+	if ok {
+		b.log.Info("parked conflict dropped", "id", id, "map", c.Map, "key", string(c.Merging.Key), "by", by)
+	}
+	return http.StatusOK, nil
 }
 
 // resolve applies action (take_merging or rerun) to conflict c.

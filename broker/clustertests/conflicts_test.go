@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mendmq/mendmq/broker"
 	"github.com/mendmq/mendmq/broker/brokertest"
 	"github.com/mendmq/mendmq/broker/config"
 	"github.com/mendmq/mendmq/cluster/partition"
@@ -31,16 +32,27 @@ func post(t *testing.T, n *brokertest.Node, path, body string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
-// conflictsOf lists node n's parked conflicts.
-func conflictsOf(t *testing.T, n *brokertest.Node) []plugins.Conflict {
+// conflictList lists the parked conflicts through node n: its own
+// (scope "node") or the cluster's ("cluster").
+func conflictList(t *testing.T, n *brokertest.Node, scope string) broker.ConflictList {
 	t.Helper()
-	code, body := n.Get("/api/v1/policies/conflicts")
+	code, body := n.Get("/api/v1/policies/conflicts?scope=" + scope)
 	if code != http.StatusOK {
 		t.Fatalf("GET conflicts: %d %s", code, body)
 	}
-	var cs []plugins.Conflict
-	if err := json.Unmarshal([]byte(body), &cs); err != nil {
+	var l broker.ConflictList
+	if err := json.Unmarshal([]byte(body), &l); err != nil {
 		t.Fatalf("GET conflicts: %v: %s", err, body)
+	}
+	return l
+}
+
+// conflictsOf lists node n's parked conflicts.
+func conflictsOf(t *testing.T, n *brokertest.Node) []plugins.Conflict {
+	t.Helper()
+	var cs []plugins.Conflict
+	for _, c := range conflictList(t, n, "node").Conflicts {
+		cs = append(cs, c.Conflict)
 	}
 	return cs
 }
@@ -121,6 +133,14 @@ func TestParkedMapConflict(t *testing.T) {
 	if owner == "" || parked.Map != "evil" || string(parked.Merging.Key) != "boom-1" || string(parked.Merging.Value) != "small" ||
 		parked.Existing == nil || string(parked.Existing.Value) != "big" || parked.Kind != plugins.FailureTrap {
 		t.Fatalf("parked conflict on %q: %+v", owner, parked)
+	}
+
+	// Every other node lists it, as the owner's.
+	for _, n := range c.names {
+		l := conflictList(t, c.node(n), "cluster")
+		if len(l.Conflicts) != 1 || l.Conflicts[0].Node != owner || l.Conflicts[0].Ref != fmt.Sprintf("%s/%d", owner, parked.ID) || len(l.Unreachable) != 0 {
+			t.Fatalf("%s lists %+v, unreachable %+v; want %s's conflict %d", n, l.Conflicts, l.Unreachable, owner, parked.ID)
+		}
 	}
 
 	// The owner restarts: the conflict is still there, same id.

@@ -6,7 +6,8 @@
 //
 // It shows the members with state, reachability and per-peer traffic, a
 // chart of message rates, this node's counters, the merge policies with
-// their calls and failures, and the parked conflicts (with a drop button).
+// their calls and failures, and the parked conflicts of every node (with
+// resolve and drop buttons; the nodes that could not be asked are named).
 // It has places for the netsplit banner (overview "netsplit") and the map
 // table (overview "maps"), rendered once the API fills them.
 package statuspage

@@ -88,9 +88,10 @@ func startCluster(t *testing.T, n int, mutate func(name string, cfg *config.Conf
 // MENDMQ_UPDATE_SCREENSHOT=1).
 func TestStatusPageInBrowser(t *testing.T) {
 	exe := browser(t)
-	// n1 has a policy that fails on demand, to park a conflict.
+	// n2 has a policy that fails on demand, to park conflicts; the page
+	// is n1's, which lists and resolves them on n2.
 	nodes := startCluster(t, 3, func(name string, cfg *config.Config) {
-		if name == "n1" {
+		if name == "n2" {
 			cfg.Plugins.Policies["trap"] = plugins.PolicyConfig{Module: filepath.Join("..", "..", "..", "plugins", "testdata", "hostile", "trap.wasm")}
 			cfg.Plugins.Maps["evil"] = plugins.MapConfig{MergePolicy: "trap"}
 			cfg.Plugins.MapsInUse = plugins.AnyMap // "evil" is merged only by this test's direct calls
@@ -99,12 +100,12 @@ func TestStatusPageInBrowser(t *testing.T) {
 	mctx, mcancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer mcancel()
 	for _, key := range []string{"boom-1", "boom-2"} {
-		if _, err := nodes[0].Policies().Merge(mctx, "evil", &plugins.EntryView{Key: []byte(key), Value: []byte("v-" + key)}, nil); err != nil {
+		if _, err := nodes[1].Policies().Merge(mctx, "evil", &plugins.EntryView{Key: []byte(key), Value: []byte("v-" + key)}, nil); err != nil {
 			t.Logf("merge with the trapping policy: %v", err)
 		}
 	}
-	if len(nodes[0].Policies().Conflicts()) != 2 {
-		t.Fatalf("want 2 conflicts parked: %+v", nodes[0].Policies().Conflicts())
+	if len(nodes[1].Policies().Conflicts()) != 2 {
+		t.Fatalf("want 2 conflicts parked: %+v", nodes[1].Policies().Conflicts())
 	}
 
 	// Cross-node traffic for the chart and the per-peer counters.
@@ -168,8 +169,8 @@ func TestStatusPageInBrowser(t *testing.T) {
 	if e := run(t, ctx, chromedp.Evaluate[string](`document.getElementById('error').hidden ? "" : document.getElementById('error').textContent`)); e != "" {
 		t.Errorf("the page shows an error: %s", e)
 	}
-	if c := run(t, ctx, chromedp.Text(chromedp.CSS(`#conflicts tbody`))); !strings.Contains(c, "evil") || !strings.Contains(c, "trap") {
-		t.Errorf("conflicts table: %q, want the parked conflict of map evil, policy trap", c)
+	if c := run(t, ctx, chromedp.Text(chromedp.CSS(`#conflicts tbody`))); !strings.Contains(c, "evil") || !strings.Contains(c, "trap") || !strings.Contains(c, "n2/") {
+		t.Errorf("conflicts table: %q, want n2's parked conflicts of map evil, policy trap", c)
 	}
 	desktop := run(t, ctx, chromedp.FullScreenshot(100))
 
@@ -178,9 +179,9 @@ func TestStatusPageInBrowser(t *testing.T) {
 	// own script: the table is redrawn on every refresh, so a node found
 	// by a CSS query and then clicked may be gone in between ("Could not
 	// find node").
-	cs := nodes[0].Policies().Conflicts()
+	cs := nodes[1].Policies().Conflicts()
 	click := func(id uint64, action string) string {
-		return fmt.Sprintf(`document.querySelector('#conflicts tbody tr[data-conflict="%d"] button[data-action="%s"]').click()`, id, action)
+		return fmt.Sprintf(`document.querySelector('#conflicts tbody tr[data-conflict="n2/%d"] button[data-action="%s"]').click()`, id, action)
 	}
 	if err := chromedp.Do(ctx,
 		chromedp.Evaluate[chromedp.Void](`window.confirm = () => true`),
@@ -198,8 +199,8 @@ func TestStatusPageInBrowser(t *testing.T) {
 	); err != nil {
 		t.Fatalf("drop the conflict from the page: %v", err)
 	}
-	if cs := nodes[0].Policies().Conflicts(); len(cs) != 0 {
-		t.Errorf("after the page's drop, %d conflicts parked", len(cs))
+	if cs := nodes[1].Policies().Conflicts(); len(cs) != 0 {
+		t.Errorf("after the page's drop, %d conflicts parked on n2", len(cs))
 	}
 
 	// Phone width: the page itself must not scroll sideways (wide tables

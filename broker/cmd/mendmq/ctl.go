@@ -37,7 +37,8 @@ const ctlUsageText = `usage: mendmq ctl [connection flags] <command> [flags] [ar
                                  (takes effect on every node)
   sessions list [--prefix P] [--state connected|disconnected] [--node N] [--limit N]
                                  this node's sessions
-  sessions show CLIENT_ID        one session with its subscriptions and queue
+  sessions show CLIENT_ID        one session with its subscriptions and queue,
+                                 from whichever node holds it
   sessions kick CLIENT_ID        disconnect a client (v5: DISCONNECT 0x98), on
                                  whichever node holds its session
   subscriptions list [--client-prefix P] [--filter-prefix F] [--matches TOPIC] [--limit N]
@@ -47,11 +48,16 @@ const ctlUsageText = `usage: mendmq ctl [connection flags] <command> [flags] [ar
                                  retained publish does
   policy list                    merge policies (name, maps, sha256, load time)
   policy reload                  re-read the config and modules; error if refused
-  policy conflicts               parked conflicts
-  policy drop ID                 drop a parked conflict
-  policy resolve ID ACTION       resolve one: take_merging (write the parked entry),
+  policy conflicts [list] [--scope cluster|node] [--limit N]
+                                 parked conflicts of every node (NODE/ID each);
+                                 nodes that could not be asked are named on stderr
+  policy conflicts resolve REF ACTION   resolve one, on the node that holds it:
+                                 take_merging (write the parked entry),
                                  keep_existing (drop it) or rerun (through the
-                                 map's current policy, at the key's owner)
+                                 map's current policy, at the key's owner);
+                                 REF is NODE/ID, or ID on the node asked
+  policy conflicts drop REF      drop a parked conflict (the existing entry stays)
+  policy resolve REF ACTION, policy drop REF    the same, shorter
   map get MAP KEY                an entry of a partitioned map, with its metadata
   map put MAP KEY VALUE [--ttl D]    write it (--b64: VALUE is base64)
   map del MAP KEY                delete it
@@ -475,8 +481,12 @@ func (x *ctlRun) sessionsShow(args []string) error {
 		return err
 	}
 	tw := x.table()
+	node := s.Node
+	if s.Via != "" {
+		node += " (asked through " + s.Via + ")"
+	}
 	fmt.Fprintf(tw, "client\t%s\nnode\t%s\nconnected\t%v\nprotocol\t%d\nusername\t%s\nremote\t%s\nlistener\t%s\nclean\t%v\nexpiry interval\t%ds\nqueued\t%d\n",
-		s.ClientID, s.Node, s.Connected, s.Protocol, dash(s.Username), dash(s.Remote), dash(s.Listener), s.Clean, s.ExpiryInterval, s.Queued)
+		s.ClientID, node, s.Connected, s.Protocol, dash(s.Username), dash(s.Remote), dash(s.Listener), s.Clean, s.ExpiryInterval, s.Queued)
 	if s.DisconnectedAt != nil {
 		fmt.Fprintf(tw, "disconnected at\t%s\n", s.DisconnectedAt.Local().Format(time.DateTime))
 	}
@@ -647,48 +657,5 @@ func (x *ctlRun) policyReload(args []string) error {
 		return err
 	}
 	fmt.Fprintln(x.stdout, "policies reloaded")
-	return nil
-}
-
-func (x *ctlRun) policyConflicts(args []string) error {
-	if _, err := x.sub("policy conflicts", args, 0, nil); err != nil {
-		return err
-	}
-	var cs []plugins.Conflict
-	if printed, err := x.get("/api/v1/policies/conflicts", &cs); err != nil || printed {
-		return err
-	}
-	tw := x.table()
-	fmt.Fprintln(tw, "ID\tMAP\tPOLICY\tKIND\tPARKED\tKEY\tREASON")
-	for _, c := range cs {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%q\t%s\n", c.ID, c.Map, c.Policy, c.Kind, c.Time.Local().Format(time.DateTime), c.Merging.Key, c.Reason)
-	}
-	_ = tw.Flush()
-	return nil
-}
-
-func (x *ctlRun) policyResolve(args []string) error {
-	pos, err := x.sub("policy resolve", args, 2, nil)
-	if err != nil {
-		return err
-	}
-	var res broker.ConflictResolution
-	body := map[string]string{"action": pos[1]}
-	if printed, err := x.send(http.MethodPost, "/api/v1/policies/conflicts/"+url.PathEscape(pos[0]), body, &res); err != nil || printed {
-		return err
-	}
-	fmt.Fprintf(x.stdout, "conflict %d (map %s, key %q) resolved: %s, %s\n", res.ID, res.Map, res.Key, res.Action, res.Outcome)
-	return nil
-}
-
-func (x *ctlRun) policyDrop(args []string) error {
-	pos, err := x.sub("policy drop", args, 1, nil)
-	if err != nil {
-		return err
-	}
-	if printed, err := x.send(http.MethodDelete, "/api/v1/policies/conflicts/"+url.PathEscape(pos[0]), nil, nil); err != nil || printed {
-		return err
-	}
-	fmt.Fprintf(x.stdout, "conflict %s dropped\n", pos[0])
 	return nil
 }

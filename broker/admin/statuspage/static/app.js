@@ -141,40 +141,49 @@ function renderPolicies(o) {
     el("td", { class: "num" + (p.failures ? " no" : "") }, num(p.failures)))));
 }
 
-async function dropConflict(id) {
-  if (!confirm(`Drop parked conflict ${id}? Its merging entry is discarded.`)) return;
-  try {
-    const r = await fetch("api/v1/policies/conflicts/" + encodeURIComponent(id), { method: "DELETE" });
-    if (!r.ok) throw new Error((await r.json().catch(() => ({}))).error || r.statusText);
-    poll();
-  } catch (e) { showError("drop conflict " + id + ": " + e.message); }
+// A conflict's address on any node: its node, then its id there.
+function conflictURL(c) {
+  return "api/v1/policies/conflicts/" + encodeURIComponent(c.node) + "/" + encodeURIComponent(c.id);
 }
 
-async function resolveConflict(id, action) {
-  const what = action === "take_merging" ? "write its merging entry over the existing one" : "run it through the map's current policy again";
-  if (!confirm(`Resolve parked conflict ${id}: ${what}?`)) return;
+async function dropConflict(c) {
+  if (!confirm(`Drop parked conflict ${c.ref}? Its merging entry is discarded.`)) return;
   try {
-    const r = await fetch("api/v1/policies/conflicts/" + encodeURIComponent(id), {
+    const r = await fetch(conflictURL(c), { method: "DELETE" });
+    if (!r.ok) throw new Error((await r.json().catch(() => ({}))).error || r.statusText);
+    poll();
+  } catch (e) { showError("drop conflict " + c.ref + ": " + e.message); }
+}
+
+async function resolveConflict(c, action) {
+  const what = action === "take_merging" ? "write its merging entry over the existing one" : "run it through the map's current policy again";
+  if (!confirm(`Resolve parked conflict ${c.ref}: ${what}?`)) return;
+  try {
+    const r = await fetch(conflictURL(c), {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ action }),
     });
     if (!r.ok) throw new Error((await r.json().catch(() => ({}))).error || r.statusText);
     poll();
-  } catch (e) { showError("resolve conflict " + id + ": " + e.message); }
+  } catch (e) { showError("resolve conflict " + c.ref + ": " + e.message); }
 }
 
-async function renderConflicts(o) {
-  document.getElementById("conflict-count").textContent = o.conflicts ? "(" + o.conflicts + ")" : "";
-  document.getElementById("no-conflicts").hidden = o.conflicts > 0;
-  const tbody = document.querySelector("#conflicts tbody");
-  if (!o.conflicts) { fill(tbody, []); return; }
-  const list = await getJSON("api/v1/policies/conflicts");
-  fill(tbody, list.slice(0, 100).map(c => el("tr", { "data-conflict": c.id },
-    el("td", {}, c.id), el("td", {}, c.map), el("td", {}, c.policy), el("td", {}, c.kind),
+// The conflicts of every node (this node asks the others); the nodes it
+// could not ask are named under the table.
+async function renderConflicts() {
+  const l = await getJSON("api/v1/policies/conflicts?limit=100");
+  const total = Object.values(l.parked || {}).reduce((a, b) => a + b, 0);
+  document.getElementById("conflict-count").textContent = total ? "(" + total + ")" : "";
+  document.getElementById("no-conflicts").hidden = total > 0;
+  const partial = document.getElementById("conflicts-partial");
+  partial.hidden = !(l.unreachable || []).length;
+  partial.textContent = partial.hidden ? "" : "Not listed: the conflicts of " + l.unreachable.map(u => u.node).join(", ") + " (could not be asked).";
+  fill(document.querySelector("#conflicts tbody"), (l.conflicts || []).slice(0, 100).map(c => el("tr", { "data-conflict": c.ref },
+    el("td", {}, c.ref), el("td", {}, c.map), el("td", {}, c.policy), el("td", {}, c.kind),
     el("td", { title: c.reason }, String(c.reason || "").slice(0, 80)), el("td", {}, ago(c.time)),
     el("td", {},
-      el("button", { onclick: () => resolveConflict(c.id, "take_merging"), "data-action": "take_merging" }, "take merging"), " ",
-      el("button", { onclick: () => resolveConflict(c.id, "rerun"), "data-action": "rerun" }, "rerun"), " ",
-      el("button", { onclick: () => dropConflict(c.id), "data-action": "drop" }, "drop")))));
+      el("button", { onclick: () => resolveConflict(c, "take_merging"), "data-action": "take_merging" }, "take merging"), " ",
+      el("button", { onclick: () => resolveConflict(c, "rerun"), "data-action": "rerun" }, "rerun"), " ",
+      el("button", { onclick: () => dropConflict(c), "data-action": "drop" }, "drop")))));
 }
 
 function sampleRates(o) {
@@ -226,7 +235,7 @@ async function poll() {
     showError("");
     renderNode(o); renderNetsplit(o); renderMembers(o); renderMaps(o); renderPolicies(o);
     sampleRates(o); drawRates();
-    await renderConflicts(o);
+    await renderConflicts();
     document.body.dataset.loaded = "true";
   } catch (e) {
     showError("cannot read this node's API: " + e.message);
