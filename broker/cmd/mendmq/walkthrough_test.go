@@ -3,6 +3,7 @@ package main
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -205,7 +206,110 @@ retained:
 		}
 	}
 	if t.Failed() {
-		t.Logf("node logs:\n%s", logs())
+		t.Fatalf("node logs:\n%s", logs())
+	}
+
+	// 7. A policy that leaves the decision to an operator: every merge
+	// it sees is parked; the operator resolves it from any node.
+	run(t, dir, binPath, "policy", "new", "needsop", "--lang", "c", "--sdk", sdk)
+	src := filepath.Join(dir, "needsop", "policy.c")
+	code, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stub := "    (void)map_name;\n"
+	if !strings.Contains(string(code), stub) {
+		t.Fatalf("the C scaffold changed; sdk/README.md's step 7 edits the line %q:\n%s", stub, code)
+	}
+	code = []byte(strings.Replace(string(code), stub, stub+`    return mendmq_fail("an operator decides");`+"\n", 1))
+	if err := os.WriteFile(src, code, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	run(t, filepath.Join(dir, "needsop"), "make")
+	for i := range procs {
+		path := filepath.Join(cdir, fmt.Sprintf("node%d.yaml", i+1))
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := strings.Replace(string(raw), "  orders: {merge_policy: mygo}", "  orders: {merge_policy: needsop}", 1)
+		cfg = strings.Replace(cfg, "policies:\n", fmt.Sprintf("policies:\n  needsop: {module: %q}\n", filepath.Join(dir, "needsop", "needsop.wasm")), 1)
+		if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	until(t, 60*time.Second, "needsop loaded for orders on every node", logs, func() (bool, string) {
+		for i := range procs {
+			if _, out := ctlOut(i, "policy list"); !regexp.MustCompile(`needsop\s+yes\s+orders`).MatchString(out) {
+				return false, out
+			}
+		}
+		return true, ""
+	})
+	if code, out := ctlOut(2, "debug", "partition", "node1", "node2"); code != 0 {
+		t.Fatalf("ctl debug partition: exit %d\n%s", code, out)
+	}
+	until(t, 20*time.Second, "the second split", logs, func() (bool, string) {
+		for _, i := range []int{0, 2} {
+			if _, out := ctlOut(i, "cluster status"); !strings.Contains(out, "netsplit: SPLIT") || strings.Count(out, " dead ") == 0 {
+				return false, out
+			}
+		}
+		return true, ""
+	})
+	for _, w := range []struct {
+		node int
+		val  string
+	}{{0, "k2-node1"}, {2, "k2-node3"}} {
+		until(t, 20*time.Second, "a map write on node"+fmt.Sprint(w.node+1), logs, func() (bool, string) {
+			code, out := ctlOut(w.node, "map", "put", "orders", "k2", w.val)
+			return code == 0, out
+		})
+	}
+	if code, out := ctlOut(2, "debug", "heal"); code != 0 {
+		t.Fatalf("ctl debug heal: exit %d\n%s", code, out)
+	}
+	var ref string
+	until(t, 30*time.Second, "the parked conflict, listed from node2", logs, func() (bool, string) {
+		code, out, errOut := runCtlArgs("--admin", admins[1], "--json", "policy", "conflicts")
+		if code != 0 {
+			return false, out + errOut
+		}
+		var page struct {
+			Conflicts []struct {
+				Ref     string `json:"ref"`
+				Map     string `json:"map"`
+				Policy  string `json:"policy"`
+				Merging struct {
+					Key   []byte `json:"key"`
+					Value []byte `json:"value"`
+				} `json:"merging"`
+			} `json:"conflicts"`
+		}
+		if err := json.Unmarshal([]byte(out), &page); err != nil {
+			return false, fmt.Sprintf("%v: %s", err, out)
+		}
+		for _, c := range page.Conflicts {
+			if c.Map == "orders" && string(c.Merging.Key) == "k2" && c.Policy == "needsop" && string(c.Merging.Value) == "k2-node3" {
+				ref = c.Ref
+				return true, ""
+			}
+		}
+		return false, out
+	})
+	if code, out := ctlOut(1, "policy", "conflicts", "resolve", ref, "take_merging"); code != 0 {
+		t.Fatalf("ctl policy conflicts resolve %s take_merging: exit %d\n%s", ref, code, out)
+	}
+	until(t, 20*time.Second, "every node to hold the entry the operator took", logs, func() (bool, string) {
+		for i := range procs {
+			if _, out := ctlOut(i, "map", "get", "orders", "k2"); !regexp.MustCompile(`value\s+k2-node3`).MatchString(out) {
+				return false, fmt.Sprintf("node%d: %s", i+1, out)
+			}
+		}
+		return true, ""
+	})
+	if _, out := ctlOut(1, "policy", "conflicts"); strings.Contains(out, ref+" ") {
+		t.Errorf("conflict %s still listed after its resolution:\n%s", ref, out)
 	}
 	t.Logf("walkthrough done in %v", time.Since(began).Round(time.Millisecond))
 }
