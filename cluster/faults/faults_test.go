@@ -77,6 +77,9 @@ type fakeTransport struct {
 	dialed  []string
 	packets chan *memberlist.Packet
 	streams chan net.Conn
+	// listeners, if set, stand for NetTransport's listener goroutines,
+	// which Shutdown waits for.
+	listeners *sync.WaitGroup
 }
 
 func newFake() *fakeTransport {
@@ -107,7 +110,12 @@ func (f *fakeTransport) DialAddressTimeout(a memberlist.Address, _ time.Duration
 	return c, nil
 }
 func (f *fakeTransport) StreamCh() <-chan net.Conn { return f.streams }
-func (f *fakeTransport) Shutdown() error           { return nil }
+func (f *fakeTransport) Shutdown() error {
+	if f.listeners != nil {
+		f.listeners.Wait()
+	}
+	return nil
+}
 
 func TestTransport(t *testing.T) {
 	s := members("n1")
@@ -196,5 +204,41 @@ func TestTransport(t *testing.T) {
 	a.Close()
 	if !deliver(udp("127.0.0.1:7002")) {
 		t.Error("packet from n2 dropped after the heal")
+	}
+}
+
+// TestShutdownWithPacketsInFlight: memberlist stops reading before it
+// shuts the transport down, and NetTransport's listeners block on an
+// unbuffered send until someone reads; the wrapper must drain them so
+// Shutdown returns (it hung a node's Stop for good before).
+func TestShutdownWithPacketsInFlight(t *testing.T) {
+	s := members("n1")
+	f := newFake()
+	f.listeners = &sync.WaitGroup{}
+	tr := s.Transport(f)
+	for range 3 { // one read by the forwarder, the others waiting behind it
+		f.listeners.Add(2)
+		go func() {
+			defer f.listeners.Done()
+			f.packets <- &memberlist.Packet{Buf: []byte("x")}
+		}()
+		go func() {
+			defer f.listeners.Done()
+			a, _ := net.Pipe()
+			f.streams <- a
+		}()
+	}
+	done := make(chan error, 1)
+	go func() { done <- tr.Shutdown() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Shutdown hung with packets in flight and nobody reading")
+	}
+	if err := tr.Shutdown(); err != nil { // twice is fine
+		t.Fatal(err)
 	}
 }

@@ -19,6 +19,7 @@ func (s *Switch) Transport(inner memberlist.NodeAwareTransport) memberlist.NodeA
 		packets: make(chan *memberlist.Packet),
 		streams: make(chan net.Conn),
 		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
 	}
 	t.wg.Add(2)
 	go t.forwardPackets()
@@ -32,8 +33,14 @@ type transport struct {
 	packets chan *memberlist.Packet
 	streams chan net.Conn
 
+	// stop is closed when Shutdown starts: from then on the forwarders
+	// drop what they read instead of waiting for memberlist (which no
+	// longer reads), so the inner transport's listeners, blocked on an
+	// unbuffered send, can finish. done is closed once the inner
+	// transport is shut down: the forwarders return.
 	stopOnce sync.Once
 	stop     chan struct{}
+	done     chan struct{}
 	wg       sync.WaitGroup
 }
 
@@ -50,10 +57,9 @@ func (t *transport) forwardPackets() {
 			}
 			select {
 			case t.packets <- p:
-			case <-t.stop:
-				return
+			case <-t.stop: // shutting down: drop it
 			}
-		case <-t.stop:
+		case <-t.done:
 			return
 		}
 	}
@@ -76,11 +82,10 @@ func (t *transport) forwardStreams() {
 			}
 			select {
 			case t.streams <- c:
-			case <-t.stop:
+			case <-t.stop: // shutting down
 				_ = c.Close()
-				return
 			}
-		case <-t.stop:
+		case <-t.done:
 			return
 		}
 	}
@@ -130,8 +135,12 @@ func (t *transport) StreamCh() <-chan net.Conn { return t.streams }
 
 // Shutdown implements memberlist.Transport.
 func (t *transport) Shutdown() error {
-	t.stopOnce.Do(func() { close(t.stop) })
-	err := t.inner.Shutdown()
-	t.wg.Wait()
+	var err error
+	t.stopOnce.Do(func() {
+		close(t.stop)
+		err = t.inner.Shutdown()
+		close(t.done)
+		t.wg.Wait()
+	})
 	return err
 }
