@@ -305,6 +305,8 @@ func (b *Broker) addCluster() error {
 			b.log.Warn("parked merge conflicts restored; resolve them with POST /api/v1/policies/conflicts/{id} (mendmq ctl policy resolve)", "conflicts", n)
 		}
 	}
+	// Merge policies may read the MapStore copy of a key they merge.
+	b.policies.SetStoreReader(mapStoreReader{node.Maps()})
 	b.chook.SetCluster(node)
 	b.gate.SetState(node)
 	for _, h := range b.chook.List() {
