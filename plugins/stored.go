@@ -56,29 +56,24 @@ func (r *Registry) SetStoreReader(s StoreReader) {
 }
 
 // storedEntry is the wasmhost.StoreLookup of every policy of r.
-func (r *Registry) storedEntry(ctx context.Context, mapName string, key []byte) (*EntryView, bool, error) {
-	if strings.HasPrefix(mapName, "$") { // $retained, $smoke: no map, no store
-		return nil, false, wasmhost.ErrNoStore
-	}
-	if !r.mapStored(mapName) {
-		return nil, false, wasmhost.ErrNoStore
+func (r *Registry) storedEntry(ctx context.Context, mapName string, key []byte) (EntryView, bool, error) {
+	if strings.HasPrefix(mapName, "$") || !r.mapStored(mapName) { // $retained, $smoke: no map, no store
+		return EntryView{}, false, wasmhost.ErrNoStore
 	}
 	h := r.store.Load()
 	if h == nil {
-		return nil, false, wasmhost.ErrNoStore
+		return EntryView{}, false, wasmhost.ErrNoStore
 	}
 	e, found, err := h.r.StoredEntry(ctx, mapName, key)
 	switch {
 	case errors.Is(err, ErrNoMapStore):
-		return nil, false, wasmhost.ErrNoStore
+		return EntryView{}, false, wasmhost.ErrNoStore
 	case err != nil:
 		r.logger.Warn("a policy could not read the map store; it may park the entry",
 			"map", mapName, "key", string(clip(key)), "err", err)
-		return nil, false, fmt.Errorf("read map %s key %q from the map store: %w", mapName, clip(key), err)
-	case !found:
-		return nil, false, nil
+		return EntryView{}, false, fmt.Errorf("read map %s key %q from the map store: %w", mapName, clip(key), err)
 	}
-	return &e, true, nil
+	return e, found, nil
 }
 
 // mapStored reports whether map mapName has a map_store mode in the

@@ -53,7 +53,7 @@ var ErrNoStore = errors.New("no map store")
 // deadline passed or its caller gave up), and a slow lookup should return
 // then: the guest cannot be stopped while the host function runs. It must
 // not retain key.
-type StoreLookup func(ctx context.Context, mapName string, key []byte) (*abi.EntryView, bool, error)
+type StoreLookup func(ctx context.Context, mapName string, key []byte) (abi.EntryView, bool, error)
 
 // callState is what the host function may see of the running merge call.
 type callState struct {
@@ -179,12 +179,12 @@ func (c *callState) lookup(ctx context.Context, fn StoreLookup, key []byte) {
 		c.lastStatus = StoredNoStore
 	case err != nil:
 		c.lastStatus = StoredError
-	case !found || e == nil:
+	case !found:
 		c.lastStatus = StoredNotFound
 	default:
 		// The entry as the guest gets it: the key asked for, whatever the
 		// lookup returned in Key.
-		view := *e
+		view := e
 		view.Key = c.lastKey
 		if abi.EntrySize(&view) > MaxStoredEntry {
 			c.lastStatus = StoredTooLarge

@@ -20,6 +20,19 @@
 #include "mendmq_policy.h"
 #include "mendmq_stored.h"
 
+/* same compares 8 bytes per step: the host checks for a stopped call at the
+ * head of every loop iteration (a call out of the module), so a loop per
+ * byte would cost more than the rest of the merge. */
+static int same(mendmq_str a, mendmq_str b) {
+    if (a.len != b.len) return 0;
+    uint32_t i = 0;
+    for (; i + 8 <= a.len; i += 8)
+        if (mendmq_load_u64(a.ptr + i) != mendmq_load_u64(b.ptr + i)) return 0;
+    for (; i < a.len; i++)
+        if (a.ptr[i] != b.ptr[i]) return 0;
+    return 1;
+}
+
 static mendmq_result merge(const mendmq_str map_name, const mendmq_entry *merging,
                            const mendmq_entry *existing) {
     (void)map_name;
@@ -31,8 +44,8 @@ static mendmq_result merge(const mendmq_str map_name, const mendmq_entry *mergin
         return mendmq_keep_existing();
     }
     if (st != MENDMQ_STORED_OK) return mendmq_fail(mendmq_stored_status_text(st));
-    if (existing != 0 && mendmq_str_eq(stored.value, existing->value)) return mendmq_keep_existing();
-    if (mendmq_str_eq(stored.value, merging->value)) return mendmq_take_merging();
+    if (existing != 0 && same(stored.value, existing->value)) return mendmq_keep_existing();
+    if (same(stored.value, merging->value)) return mendmq_take_merging();
     int64_t v = stored.version > merging->version ? stored.version : merging->version;
     if (existing != 0 && existing->version > v) v = existing->version;
     stored.version = v + 1;
