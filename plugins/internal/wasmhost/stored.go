@@ -58,9 +58,13 @@ type StoreLookup func(ctx context.Context, mapName string, key []byte) (abi.Entr
 // callState is what the host function may see of the running merge call.
 type callState struct {
 	mapName string
-	items   []abi.Item
-	next    int  // where the search for the asked key starts
-	valid   bool // a merge call runs
+	// keys are the call's merging keys. Only they are kept, not the items:
+	// keeping the caller's items slice would move it to the heap for every
+	// module (escape analysis does not see the usesStored test), one
+	// allocation per Registry.Merge.
+	keys  [][]byte
+	next  int  // where the search for the asked key starts
+	valid bool // a merge call runs
 	// The last answer, kept for the rest of the call so that a guest
 	// asking again with a larger buffer gets the same entry.
 	have       bool
@@ -153,10 +157,10 @@ func (in *Instance) storedEntry(mem api.Memory, keyPtr, keyLen, bufPtr, bufCap u
 // merges reports whether key is the merging key of an item of the call.
 // Guests ask in item order, so the search starts after the last match.
 func (c *callState) merges(key []byte) bool {
-	n := len(c.items)
+	n := len(c.keys)
 	for i := range n {
 		j := (c.next + i) % n
-		if bytes.Equal(c.items[j].Merging.Key, key) {
+		if bytes.Equal(c.keys[j], key) {
 			c.next = j
 			return true
 		}
@@ -198,14 +202,19 @@ func (c *callState) lookup(ctx context.Context, fn StoreLookup, key []byte) {
 // beginStored opens the call's state for the host function.
 func (in *Instance) beginStored(mapName string, items []abi.Item) {
 	c := &in.state
-	c.mapName, c.items, c.next, c.valid, c.have = mapName, items, 0, true, false
+	c.keys = c.keys[:0]
+	for i := range items {
+		c.keys = append(c.keys, items[i].Merging.Key)
+	}
+	c.mapName, c.next, c.valid, c.have = mapName, 0, true, false
 }
 
 // endStored closes it: the host function answers StoredDenied until the
 // next call, and nothing of the caller's stays reachable.
 func (in *Instance) endStored() {
 	c := &in.state
-	c.items, c.valid, c.have = nil, false, false
+	clear(c.keys) // keep nothing of the caller's
+	c.keys, c.valid, c.have = c.keys[:0], false, false
 	if cap(c.lastEnc) > 64<<10 {
 		c.lastEnc = nil // do not keep a large entry's buffer per instance
 	}
