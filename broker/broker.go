@@ -310,6 +310,8 @@ func (b *Broker) addCluster() error {
 			b.log.Warn("parked merge conflicts restored; resolve them with POST /api/v1/policies/conflicts/{node}/{id} (mendmq ctl policy conflicts resolve NODE/ID ACTION)", "conflicts", n)
 		}
 	}
+	// Merge policies may read the MapStore copy of a key they merge.
+	b.policies.SetStoreReader(mapStoreReader{node.Maps()})
 	b.chook.SetCluster(node)
 	b.gate.SetState(node)
 	for _, h := range b.chook.List() {

@@ -416,3 +416,48 @@ func TestMapMinClusterSize(t *testing.T) {
 		t.Errorf("put on n3 after the heal: %v", err)
 	}
 }
+
+// TestMapStored: Maps.Stored reads an entry as the owner's MapStore holds
+// it — with the time it was stored, before and after a later write — and
+// reports a key not stored, a map without a store mode (its writes are not
+// stored), and a node without a storage file (ErrNoStore).
+func TestMapStored(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	nw := clustertest.New(t, clustertest.Config{})
+	nodes := startNodes(t, nw, 1, func(c *cluster.Config) {
+		c.StoragePath = filepath.Join(dir, "n1.cluster")
+		c.MapConfig = func(name string) pmap.MapConfig {
+			if name == "db" {
+				return pmap.MapConfig{BackupCount: 1, MapStore: pmap.StoreWriteThrough}
+			}
+			return pmap.MapConfig{BackupCount: 1}
+		}
+	})
+	waitFor(t, 10*time.Second, "the maps to settle", settled(nodes...))
+	m, ctx := nodes[0].Maps(), mapCtx(t)
+	for i, v := range []string{"first", "second"} {
+		put, err := m.Put(ctx, "db", "k", []byte(v), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e, ok, err := m.Stored("db", "k")
+		if err != nil || !ok || string(e.Value) != v || e.Version != int64(i) || e.LastStoredTime == 0 ||
+			e.LastStoredTime != put.LastStoredTime || e.LastUpdateTime != put.LastUpdateTime {
+			t.Fatalf("after put %q (%+v): stored %+v %v %v", v, put, e, ok, err)
+		}
+	}
+	if _, err := m.Put(ctx, "plain", "k", []byte("v"), 0); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range [][2]string{{"db", "missing"}, {"plain", "k"}} {
+		if e, ok, err := m.Stored(k[0], k[1]); ok || err != nil {
+			t.Errorf("%s/%s: stored %+v %v %v, want not stored", k[0], k[1], e, ok, err)
+		}
+	}
+
+	bare := startNodes(t, clustertest.New(t, clustertest.Config{}), 1, nil)
+	if _, _, err := bare[0].Maps().Stored("db", "k"); !errors.Is(err, pmap.ErrNoStore) {
+		t.Fatalf("node without storage: %v, want ErrNoStore", err)
+	}
+}

@@ -586,3 +586,5 @@ func (s mapStore) Write(ops []pmap.StoreOp) error {
 }
 
 func (s mapStore) ForEach(fn func(key, value []byte) error) error { return s.kv.ForEach(fn) }
+
+func (s mapStore) Get(key []byte) ([]byte, error) { return s.kv.Get(key) }

@@ -223,3 +223,40 @@ func BenchmarkObserve(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkFromStore: the C fromstore example (it imports
+// mendmq.stored_entry_v1) merging batches of 256 with the stored copy read
+// from an in-memory StoreReader for every entry ("stored"), and on a map
+// without a store ("nostore": the host answers without a reader). Compare
+// with BenchmarkLatestUpdate/c/batch256, which does not read the store.
+func BenchmarkFromStore(b *testing.B) {
+	cfg := DefaultConfig()
+	cfg.MapsInUse = AnyMap
+	cfg.Host.WatchModules = false
+	cfg.Host.CompilationCacheDir = testCacheDir
+	through := "write-through"
+	cfg.Policies["fromstore"] = PolicyConfig{Module: repoPath("examples/policies/c/fromstore/fromstore.wasm")}
+	cfg.Maps["stored"] = MapConfig{MergePolicy: "fromstore", MapStore: &through}
+	cfg.Maps["nostore"] = MapConfig{MergePolicy: "fromstore"}
+	r, err := New(cfg, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = r.Close() })
+	items := benchEntries(256)
+	store := &fakeStore{entries: map[string]EntryView{}}
+	for _, it := range items {
+		store.entries["stored/"+string(it.Merging.Key)] = *it.Existing // the store agrees with existing
+	}
+	r.SetStoreReader(store)
+	for _, m := range []string{"stored", "nostore"} {
+		b.Run(m+"/batch256", func(b *testing.B) {
+			for b.Loop() {
+				if _, err := r.MergeBatch(context.Background(), m, items); err != nil {
+					b.Fatal(err)
+				}
+			}
+			reportMerges(b, len(items))
+		})
+	}
+}

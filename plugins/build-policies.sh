@@ -6,8 +6,9 @@
 #             plus SHA256SUMS (of the uncompressed .wasm) and GOVERSION. These are checked in
 #             and embedded in the mendmq binary.
 #   c         C examples examples/policies/c/<name>/<name>.c -> <name>.wasm (checked in).
-#   hostile   Test modules plugins/testdata/hostile/*.wasm from hostile.c (checked in).
-#   examples  Go example examples/policies/jsonmerge -> jsonmerge.wasm (not checked in).
+#   hostile   Test modules plugins/testdata/hostile/*.wasm from hostile.c and
+#             plugins/testdata/stored/probe.wasm from probe.c (checked in).
+#   examples  Go examples examples/policies/{jsonmerge,fromstore} -> <name>.wasm (not checked in).
 #   check     Rebuild the built-ins into a temporary directory and compare with SHA256SUMS.
 #   all       builtins c hostile examples (the default).
 #
@@ -94,11 +95,15 @@ build_hostile() {
 		c_wasm "$h/hostile.c" "$h/$m.wasm" "-DHOSTILE_$(echo "$m" | tr '[:lower:]' '[:upper:]')"
 		echo "built $h/$m.wasm"
 	done
+	c_wasm plugins/testdata/stored/probe.c plugins/testdata/stored/probe.wasm
+	echo "built plugins/testdata/stored/probe.wasm"
 }
 
 build_examples() {
-	go_wasm examples/policies/jsonmerge examples/policies/jsonmerge/jsonmerge.wasm
-	echo "built examples/policies/jsonmerge/jsonmerge.wasm"
+	for n in jsonmerge fromstore; do
+		go_wasm "examples/policies/$n" "examples/policies/$n/$n.wasm"
+		echo "built examples/policies/$n/$n.wasm"
+	done
 }
 
 [ $# -eq 0 ] && set -- all

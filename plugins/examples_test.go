@@ -82,7 +82,7 @@ func TestExampleCounterC(t *testing.T) {
 func TestCModulesReproducible(t *testing.T) {
 	type mod struct{ src, wasm, define, fix string }
 	var mods []mod
-	for _, name := range []string{"counter", "latestupdate"} {
+	for _, name := range []string{"counter", "latestupdate", "fromstore"} {
 		dir := "examples/policies/c/" + name + "/"
 		mods = append(mods, mod{dir + name + ".c", dir + name + ".wasm", "", "c"})
 	}
@@ -90,6 +90,7 @@ func TestCModulesReproducible(t *testing.T) {
 		mods = append(mods, mod{"plugins/testdata/hostile/hostile.c", "plugins/testdata/hostile/" + mode + ".wasm",
 			"-DHOSTILE_" + strings.ToUpper(mode), "hostile"})
 	}
+	mods = append(mods, mod{"plugins/testdata/stored/probe.c", "plugins/testdata/stored/probe.wasm", "", "hostile"})
 	for _, m := range mods {
 		out := filepath.Join(t.TempDir(), "out.wasm")
 		var extra []string

@@ -133,7 +133,7 @@ func poolSize(h HostConfig) int {
 
 // loadPolicy compiles, instantiates and self-tests a module, and returns it
 // with a pool seeded with the tested instance.
-func loadPolicy(ctx context.Context, name, source, sum string, bin []byte, h HostConfig) (*policy, error) {
+func loadPolicy(ctx context.Context, name, source, sum string, bin []byte, h HostConfig, stored wasmhost.StoreLookup) (*policy, error) {
 	start := time.Now()
 	cache, err := sharedCache(h.CompilationCacheDir)
 	if err != nil {
@@ -144,6 +144,7 @@ func loadPolicy(ctx context.Context, name, source, sum string, bin []byte, h Hos
 		Cache:            cache,
 		MemoryLimitPages: h.MemoryLimitMiB * 16, // 16 pages of 64 KiB per MiB
 		CallTimeout:      h.CallTimeout,
+		Stored:           stored,
 	})
 	unlock()
 	if err != nil {

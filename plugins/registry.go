@@ -74,8 +74,11 @@ const (
 type Registry struct {
 	logger    *slog.Logger
 	conflicts *conflictStore
-	metrics   *metrics
-	now       func() time.Time
+	// store reads the MapStore for policies importing
+	// mendmq.stored_entry_v1 (SetStoreReader); nil: none.
+	store   atomic.Pointer[storeHolder]
+	metrics *metrics
+	now     func() time.Time
 
 	// cur is the live policy set; merges pin it with a reference count, so
 	// a swap never pulls an instance from under a running merge.
@@ -124,6 +127,7 @@ type policySet struct {
 	retained  *policy
 	modFiles  []string // module files to watch
 	appliedAt time.Time
+	cfg       Config // what the set was built from (read-only)
 }
 
 func (s *policySet) tryRef() bool {
@@ -320,7 +324,7 @@ func (r *Registry) build(cfg Config) (_ *policySet, err error) {
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			j.p, j.err = loadPolicy(ctx, j.name, j.source, j.sum, j.bin, cfg.Host)
+			j.p, j.err = loadPolicy(ctx, j.name, j.source, j.sum, j.bin, cfg.Host, r.storedEntry)
 		}()
 	}
 	wg.Wait()
@@ -340,7 +344,8 @@ func (r *Registry) build(cfg Config) (_ *policySet, err error) {
 		p.pool.OnDiscard = func() { r.metrics.discarded.WithLabelValues(name).Inc() }
 		next.policies[name] = p // released by the deferred cleanup on error
 		r.logger.Info("merge policy loaded", "policy", name, "source", j.source, "sha256", j.sum,
-			"bytes", len(j.bin), "batch", p.pool.Module().HasBatch(), "took", p.loadDur)
+			"bytes", len(j.bin), "batch", p.pool.Module().HasBatch(), "reads_map_store", p.pool.Module().UsesStored(),
+			"took", p.loadDur)
 	}
 	if loadErr != nil {
 		return nil, loadErr
@@ -352,6 +357,7 @@ func (r *Registry) build(cfg Config) (_ *policySet, err error) {
 	}
 	next.def = next.policies[cfg.Maps[DefaultMap].MergePolicy]
 	next.retained = next.policies[cfg.Retained.MergePolicy]
+	next.cfg = cfg.clone()
 	next.refs.Store(1)
 	return next, nil
 }

@@ -83,6 +83,19 @@ func (k *KV) Write(pairs []KVPair) error {
 	})
 }
 
+// Get returns a copy of key's value, or nil when the bucket has no such
+// key.
+func (k *KV) Get(key []byte) ([]byte, error) {
+	var out []byte
+	err := k.db.View(func(tx *bbolt.Tx) error {
+		if v := tx.Bucket(k.bucket).Get(key); v != nil {
+			out = append(make([]byte, 0, len(v)), v...) // v lives as long as the transaction
+		}
+		return nil
+	})
+	return out, err
+}
+
 // ForEach calls fn with every pair, in key order; fn may keep copies only.
 func (k *KV) ForEach(fn func(key, value []byte) error) error {
 	return k.db.View(func(tx *bbolt.Tx) error { return tx.Bucket(k.bucket).ForEach(fn) })

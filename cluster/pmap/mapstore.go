@@ -2,6 +2,8 @@ package pmap
 
 import (
 	"bytes"
+	"errors"
+	"fmt"
 	"time"
 
 	"github.com/mendmq/mendmq/cluster/internal/wire"
@@ -35,6 +37,44 @@ type MapStore interface {
 	Write(ops []StoreOp) error
 	// ForEach calls fn with every stored key and value.
 	ForEach(fn func(key, value []byte) error) error
+	// Get returns key's value (the caller's to keep), nil when absent.
+	Get(key []byte) ([]byte, error)
+}
+
+// ErrNoStore: this node keeps no MapStore (no storage file).
+var ErrNoStore = errors.New("pmap: no map store on this node")
+
+// Stored returns the entry of key in map name as this node's MapStore
+// holds it (LastStoredTime: when it was written there), and whether it
+// holds one; ErrNoStore when the node has no store. It reads the storage
+// only — no lock, no map operation — so a merge policy may call it from
+// inside a merge (plugins' stored_entry_v1). It does not check the map's
+// map_store mode: a map whose store was switched off may still have
+// entries there, and callers that care check the mode themselves.
+func (m *Maps) Stored(name, key string) (Entry, bool, error) {
+	if m.cfg.Store == nil {
+		return Entry{}, false, ErrNoStore
+	}
+	v, err := m.cfg.Store.Get(storeKey(name, key))
+	if err != nil {
+		return Entry{}, false, fmt.Errorf("read map %s key %q from the map store: %w", name, key, err)
+	}
+	if v == nil {
+		return Entry{}, false, nil
+	}
+	e, err := decodeStored(v)
+	if err != nil {
+		return Entry{}, false, fmt.Errorf("map %s key %q: unreadable map store entry: %w", name, key, err)
+	}
+	return e, true, nil
+}
+
+// stamped returns e as it is written to the store at now: with now as its
+// LastStoredTime, so the stored copy (reloaded after a restart, read by a
+// policy) says when it was stored.
+func stamped(e Entry, now int64) *Entry {
+	e.LastStoredTime = now
+	return &e
 }
 
 // storeKey is an entry's key in the store: the map, NUL, the key.
@@ -73,13 +113,14 @@ func (m *Maps) stored(name string) string {
 func (m *Maps) persist(items []Item) {
 	var ops []StoreOp
 	var through []Item
+	now := m.now()
 	for _, it := range items {
 		switch m.stored(it.Map) {
 		case StoreWriteThrough:
 			through = append(through, it)
 			op := StoreOp{Key: storeKey(it.Map, it.Key)}
 			if !it.Deleted {
-				op.Value = appendEntry(nil, &it.Entry)
+				op.Value = appendEntry(nil, stamped(it.Entry, now))
 			}
 			ops = append(ops, op)
 		case StoreWriteBehind:
@@ -108,7 +149,6 @@ func (m *Maps) persist(items []Item) {
 		return
 	}
 	m.stats.Stored.Add(uint64(len(ops)))
-	now := m.now()
 	m.mu.Lock()
 	for _, it := range through {
 		if !it.Deleted {
@@ -140,7 +180,7 @@ func (m *Maps) flush() {
 		op := StoreOp{Key: storeKey(k[0], k[1])}
 		var seq uint64
 		if e, ok := m.store.Get(k[0], k[1], now, false); ok {
-			op.Value, seq = appendEntry(nil, &e), e.Seq
+			op.Value, seq = appendEntry(nil, stamped(e, now)), e.Seq
 		}
 		ops, seqs, keys = append(ops, op), append(seqs, seq), append(keys, k)
 	}
@@ -180,13 +220,14 @@ func (m *Maps) flush() {
 // as owner, or handed over. items are the partition's entries.
 func (m *Maps) storePartition(items []Item, took bool) {
 	var ops []StoreOp
+	now := m.now()
 	for _, it := range items {
 		if m.stored(it.Map) == StoreNone {
 			continue
 		}
 		op := StoreOp{Key: storeKey(it.Map, it.Key)}
 		if took {
-			op.Value = appendEntry(nil, &it.Entry)
+			op.Value = appendEntry(nil, stamped(it.Entry, now))
 		}
 		ops = append(ops, op)
 	}

@@ -24,6 +24,7 @@ import (
 //	     "map": "$retained",                 // optional, per case
 //	     "merging":  {"key": "k", "value": "old", "last_update_time": 1},
 //	     "existing": {"key": "k", "value": "new", "last_update_time": 2},   // omit: key absent
+//	     "stored": {"key": "k", "value": "db"},  // the MapStore copy (null: stored nothing; omit: no store)
 //	     "want": {"verdict": "keep_existing", "value": "new"}}
 //	  ]
 //	}
@@ -39,7 +40,11 @@ type Case struct {
 	Map      string          `json:"map"`
 	Merging  json.RawMessage `json:"merging"`
 	Existing json.RawMessage `json:"existing"`
-	Want     Want            `json:"want"`
+	// Stored is what a policy reading the MapStore (sdk/ABI.md §9) is
+	// told for the merging key: an entry (the store holds it), null (the
+	// map has a store without the key) or omitted (the map has no store).
+	Stored json.RawMessage `json:"stored"`
+	Want   Want            `json:"want"`
 }
 
 // Want is a case's expectation. Verdict is required: keep_existing,
@@ -65,6 +70,7 @@ type parsedCase struct {
 	name              string
 	mapName           string
 	merging, existing *plugins.EntryView
+	stored            storedAnswer
 	want              Want
 	wantValue         []byte // nil: not checked
 	wantEntry         *plugins.EntryView
@@ -112,6 +118,11 @@ func loadCases(path, defaultMap string) ([]parsedCase, error) {
 				return nil, fmt.Errorf("%s: %w", where, err)
 			}
 		}
+		if len(c.Stored) > 0 {
+			if p.stored, err = parseStored(string(c.Stored)); err != nil {
+				return nil, fmt.Errorf("%s: %w", where, err)
+			}
+		}
 		known := false
 		for _, v := range verdicts {
 			known = known || v == c.Want.Verdict
@@ -145,8 +156,9 @@ func loadCases(path, defaultMap string) ([]parsedCase, error) {
 // runCases runs every case through r and prints one line per case, a
 // readable difference under each failing one, and a summary. It returns
 // the number of failures.
-func runCases(r *plugins.Registry, cases []parsedCase, stdout io.Writer) (failed int, err error) {
+func runCases(r *plugins.Registry, store *cliStore, cases []parsedCase, stdout io.Writer) (failed int, err error) {
 	for _, c := range cases {
+		store.answer = c.stored
 		res, err := r.Merge(context.Background(), c.mapName, c.merging, c.existing)
 		if err != nil {
 			return failed, fmt.Errorf("case %q: %w", c.name, err)
@@ -249,4 +261,41 @@ func showBytes(b []byte) string {
 		return strconv.Quote(string(b))
 	}
 	return "base64:" + base64.StdEncoding.EncodeToString(b)
+}
+
+// storedAnswer is what the MapStore holds for the key under test.
+type storedAnswer struct {
+	store bool               // the map has a store
+	entry *plugins.EntryView // what it holds for the key; nil: nothing
+}
+
+// parseStored reads --stored or a case's "stored": an entry, or null for
+// a store without the key.
+func parseStored(s string) (storedAnswer, error) {
+	if strings.TrimSpace(s) == "null" {
+		return storedAnswer{store: true}, nil
+	}
+	e, err := parseEntry("stored", s)
+	if err != nil {
+		return storedAnswer{}, err
+	}
+	return storedAnswer{store: true, entry: e}, nil
+}
+
+// cliStore is the MapStore `policy test` shows a policy: the answer of the
+// merge under way (merges run one at a time).
+type cliStore struct{ answer storedAnswer }
+
+var _ plugins.StoreReader = (*cliStore)(nil)
+
+func (s *cliStore) StoredEntry(_ context.Context, _ string, key []byte) (plugins.EntryView, bool, error) {
+	switch {
+	case !s.answer.store:
+		return plugins.EntryView{}, false, plugins.ErrNoMapStore
+	case s.answer.entry == nil:
+		return plugins.EntryView{}, false, nil
+	}
+	e := *s.answer.entry
+	e.Key = key
+	return e, true, nil
 }

@@ -38,12 +38,16 @@ const usage = `usage: mendmq policy <command> [flags]
             --module FILE.wasm | --builtin NAME   the policy
             --cases FILE        run the cases in FILE (JSON: {"map": M,
                                 "cases": [{"name", "map", "merging", "existing",
-                                "want": {"verdict", "value" | "value_b64",
+                                "stored", "want": {"verdict", "value" | "value_b64",
                                 "entry", "reason"}}]}); one line per case, a
                                 diff for each mismatch, exit 1 if any fails
             --map NAME          map name passed to the policy (default "test")
             --merging JSON      the merging entry (required without --cases)
             --existing JSON     the existing entry (omit: key absent)
+            --stored JSON       what a policy reading the MapStore (sdk/ABI.md
+                                §9) finds for the key: an entry, or null for
+                                none (omit: the map has no store); in a
+                                cases file, a case's "stored"
             --timeout D         per-call deadline (default 5s)
             --memory-mib N      memory cap (default 64)
             --cache-dir DIR     compiled-module cache (default: user cache dir;
@@ -187,6 +191,7 @@ func runTest(args []string, stdout, stderr io.Writer) int {
 	mapName := fs.String("map", "test", "map name passed to the policy")
 	merging := fs.String("merging", "", "merging entry (JSON)")
 	existing := fs.String("existing", "", "existing entry (JSON); omit when the key is absent")
+	stored := fs.String("stored", "", "the MapStore copy of the key (JSON entry, or null: none); omit: no store")
 	timeout := fs.Duration("timeout", 5*time.Second, "per-call deadline")
 	memory := fs.Uint("memory-mib", 64, "memory cap in MiB")
 	cacheDir := fs.String("cache-dir", defaultCacheDir(), `compiled-module cache directory ("" disables)`)
@@ -203,10 +208,11 @@ func runTest(args []string, stdout, stderr io.Writer) int {
 		m, e  *plugins.EntryView
 		cases []parsedCase
 		err   error
+		store cliStore
 	)
 	if *casesFile != "" {
-		if *existing != "" {
-			fmt.Fprintln(stderr, "mendmq policy test: --existing goes with --merging; cases carry their own entries")
+		if *existing != "" || *stored != "" {
+			fmt.Fprintln(stderr, "mendmq policy test: --existing and --stored go with --merging; cases carry their own entries")
 			return 2
 		}
 		if cases, err = loadCases(*casesFile, *mapName); err != nil {
@@ -224,6 +230,12 @@ func runTest(args []string, stdout, stderr io.Writer) int {
 				return 2
 			}
 		}
+		if *stored != "" {
+			if store.answer, err = parseStored(*stored); err != nil {
+				fmt.Fprintln(stderr, "mendmq policy test:", err)
+				return 2
+			}
+		}
 	}
 
 	cfg := plugins.DefaultConfig()
@@ -233,8 +245,10 @@ func runTest(args []string, stdout, stderr io.Writer) int {
 		cfg.Policies[name] = plugins.PolicyConfig{Module: *module}
 	}
 	// Every map (and $retained) uses the policy under test, so nothing
-	// else is loaded.
-	cfg.Maps[plugins.DefaultMap] = plugins.MapConfig{MergePolicy: name}
+	// else is loaded. Every map has a store mode, so that store answers
+	// what --stored (or the case) says: no store, nothing, an entry.
+	through := "write-through"
+	cfg.Maps[plugins.DefaultMap] = plugins.MapConfig{MergePolicy: name, MapStore: &through}
 	cfg.Retained.MergePolicy = name
 	cfg.Host.WatchModules = false
 	cfg.Host.PoolSize = 1
@@ -247,9 +261,10 @@ func runTest(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer r.Close()
+	r.SetStoreReader(&store)
 
 	if cases != nil {
-		failed, err := runCases(r, cases, stdout)
+		failed, err := runCases(r, &store, cases, stdout)
 		if err != nil {
 			fmt.Fprintln(stderr, "mendmq policy test:", err)
 			return 1

@@ -137,3 +137,52 @@ func TestTextOrB64(t *testing.T) {
 		}
 	}
 }
+
+// TestPolicyTestStored: --stored and a case's "stored" give a policy that
+// reads the MapStore (examples/policies/c/fromstore) its answer: an entry
+// (it wins), null (nothing stored: latestupdate) or nothing (no store:
+// latestupdate).
+func TestPolicyTestStored(t *testing.T) {
+	fromstore := filepath.Join("..", "..", "examples", "policies", "c", "fromstore", "fromstore.wasm")
+	merging := `{"key":"k","value":"new","version":3,"last_update_time":5}`
+	existing := `{"key":"k","value":"old","version":4,"last_update_time":7}`
+	for _, c := range []struct {
+		name    string
+		stored  []string
+		verdict string
+		value   string
+	}{
+		{"stored entry wins", []string{"--stored", `{"key":"ignored","value":"db","version":9,"last_stored_time":6}`}, "put", "db"},
+		{"nothing stored", []string{"--stored", "null"}, "keep_existing", ""},
+		{"no store", nil, "keep_existing", ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			args := append([]string{"test", "--cache-dir", cacheDir, "--module", fromstore, "--map", "orders",
+				"--merging", merging, "--existing", existing}, c.stored...)
+			code, stdout, stderr := run(t, args...)
+			var o Output
+			if err := json.Unmarshal([]byte(stdout), &o); code != 0 || err != nil {
+				t.Fatalf("exit %d, %v; stdout %s stderr %s", code, err, stdout, stderr)
+			}
+			if o.Verdict != c.verdict || (c.value != "" && (o.Entry == nil || *o.Entry.Value != c.value || o.Entry.Key == nil ||
+				*o.Entry.Key != "k" || o.Entry.Version != 10 || o.Entry.LastStoredTime != 6)) {
+				t.Fatalf("output %s, want %s %q (key k, version 10)", stdout, c.verdict, c.value)
+			}
+		})
+	}
+	file := writeCases(t, `{"map": "orders", "cases": [
+	  {"name": "stored", "merging": {"key": "k", "value": "new"}, "stored": {"key": "k", "value": "db"},
+	   "want": {"verdict": "put", "value": "db"}},
+	  {"name": "stored nothing", "merging": {"key": "k", "value": "new"}, "stored": null,
+	   "want": {"verdict": "take_merging", "value": "new"}},
+	  {"name": "no store", "merging": {"key": "k", "value": "new"}, "existing": {"key": "k", "value": "old", "last_update_time": 9},
+	   "want": {"verdict": "keep_existing", "value": "old"}}]}`)
+	if code, stdout, stderr := run(t, "test", "--cache-dir", cacheDir, "--module", fromstore, "--cases", file); code != 0 ||
+		!strings.Contains(stdout, "3 passed, 0 failed") {
+		t.Fatalf("exit %d\n%s%s", code, stdout, stderr)
+	}
+	if code, _, stderr := run(t, "test", "--builtin", "discard", "--cases", file, "--stored", "null"); code != 2 ||
+		!strings.Contains(stderr, "--stored go with --merging") {
+		t.Fatalf("--stored with --cases: exit %d, %s", code, stderr)
+	}
+}

@@ -153,6 +153,18 @@ func putEntry(dst []byte, off uint64, e *EntryView) uint64 {
 	return end
 }
 
+// EntrySize is e's encoded size: header, key and value, padded to 8.
+func EntrySize(e *EntryView) uint64 { return entrySize(e) }
+
+// AppendEntry appends e's encoding (sdk/ABI.md §4: header, key, value,
+// zero padding) to dst: the stored entry handed to a guest (§9).
+func AppendEntry(dst []byte, e *EntryView) []byte {
+	start := uint64(len(dst))
+	dst = append(dst, make([]byte, entrySize(e))...)
+	putEntry(dst, start, e)
+	return dst
+}
+
 // AppendRequest appends an encoded request to dst (tests and tools; the hot
 // path encodes in place with EncodeRequest).
 func AppendRequest(dst []byte, mapName string, items []Item) ([]byte, error) {
@@ -319,9 +331,7 @@ func AppendResults(dst []byte, results []Decoded) []byte {
 		case Put:
 			dst = le.AppendUint32(dst, uint32(Put))
 			dst = le.AppendUint32(dst, 0)
-			start := uint64(len(dst))
-			dst = append(dst, make([]byte, entrySize(r.Entry))...)
-			putEntry(dst, start, r.Entry)
+			dst = AppendEntry(dst, r.Entry)
 		case Fail:
 			reason := r.Reason[:min(len(r.Reason), MaxReasonLen)]
 			dst = le.AppendUint32(dst, uint32(Fail))

@@ -36,6 +36,11 @@ type Instance struct {
 	inPtr, inCap uint32
 	stack        [2]uint64
 	results      []abi.Decoded // reused by Merge
+	// usesStored: the module imports the stored-entry function, which
+	// stored answers and state scopes to the running merge call.
+	usesStored bool
+	stored     StoreLookup
+	state      callState
 }
 
 // Merge runs items through the policy and returns one result per item; the
@@ -115,7 +120,15 @@ func (in *Instance) guestCall(ctx context.Context, fn api.Function, size int, it
 	}
 	abi.EncodeRequest(buf, mapName, items)
 	in.stack[0], in.stack[1] = uint64(in.inPtr), uint64(size)
-	err = fn.CallWithStack(in.ctx, in.stack[:])
+	if in.usesStored {
+		// The host function answers during this call only (not during
+		// mendmq_alloc above), for its map and keys.
+		in.beginStored(mapName, items)
+		err = fn.CallWithStack(in.ctx, in.stack[:])
+		in.endStored()
+	} else {
+		err = fn.CallWithStack(in.ctx, in.stack[:])
+	}
 	// Under WithCloseOnContextDone wazero starts a goroutine per call that
 	// waits for the call's context or its end. A caller that never blocks
 	// (a heal loop, a benchmark) otherwise piles up thousands of them

@@ -65,6 +65,10 @@ type Options struct {
 	// InitTimeout bounds instantiation (a Go guest's runtime start takes
 	// milliseconds; a hostile start function must not hang the host).
 	InitTimeout time.Duration
+	// Stored answers the stored-entry import (stored.go) for a module that
+	// imports it; nil answers StoredNoStore. Modules without the import
+	// never reach it.
+	Stored StoreLookup
 }
 
 // Module is a compiled, checked policy module with its own wazero runtime
@@ -74,11 +78,13 @@ type Module struct {
 	rt       wazero.Runtime
 	compiled wazero.CompiledModule
 	hasBatch bool
-	start    []string
-	opts     Options
-	wd       *watchdog
-	closeMu  sync.Mutex
-	closed   bool
+	// usesStored: the module imports mendmq.stored_entry_v1.
+	usesStored bool
+	start      []string
+	opts       Options
+	wd         *watchdog
+	closeMu    sync.Mutex
+	closed     bool
 }
 
 // Compile compiles bin and checks its imports and exports against ABI
@@ -111,6 +117,9 @@ func Compile(ctx context.Context, bin []byte, o Options) (_ *Module, err error) 
 	if err != nil {
 		return nil, err
 	}
+	if m.usesStored, err = importsStored(compiled); err != nil {
+		return nil, err
+	}
 	if err := m.checkExports(); err != nil {
 		return nil, err
 	}
@@ -123,17 +132,27 @@ func Compile(ctx context.Context, bin []byte, o Options) (_ *Module, err error) 
 			return nil, fmt.Errorf("link WASI: %w", err)
 		}
 	}
+	if m.usesStored {
+		if err := linkStored(ctx, rt); err != nil {
+			return nil, err
+		}
+	}
 	return m, nil
 }
 
-// checkImports allows functions from wasi_snapshot_preview1 only.
+// checkImports allows functions from wasi_snapshot_preview1 and the
+// stored-entry function (checked by importsStored) only.
 func checkImports(c wazero.CompiledModule) (needWASI bool, err error) {
 	for _, f := range c.ImportedFunctions() {
 		mod, name, _ := f.Import()
-		if mod != wasiModule {
-			return false, fmt.Errorf("module imports %s.%s: only %s functions are provided", mod, name, wasiModule)
+		switch mod {
+		case wasiModule:
+			needWASI = true
+		case HostModule:
+		default:
+			return false, fmt.Errorf("module imports %s.%s: only %s functions and %s.%s are provided",
+				mod, name, wasiModule, HostModule, ImportStoredEntry)
 		}
-		needWASI = true
 	}
 	for _, m := range c.ImportedMemories() {
 		mod, name, _ := m.Import()
@@ -203,6 +222,9 @@ func signature(params, results []api.ValueType) string {
 // HasBatch reports whether the module exports merge_batch.
 func (m *Module) HasBatch() bool { return m.hasBatch }
 
+// UsesStored reports whether the module imports mendmq.stored_entry_v1.
+func (m *Module) UsesStored() bool { return m.usesStored }
+
 // Close releases the runtime and every instance still open in it. Callers
 // close a module only once no instance is in use (Pool does this).
 func (m *Module) Close(ctx context.Context) error {
@@ -245,6 +267,9 @@ func (m *Module) Instantiate(ctx context.Context) (*Instance, error) {
 	}
 	if m.hasBatch {
 		in.batch = mod.ExportedFunction(ExportMergeBatch)
+	}
+	if m.usesStored {
+		in.usesStored, in.stored, in.ctx.inst = true, m.opts.Stored, in
 	}
 	if in.mem == nil {
 		_ = mod.Close(ctx)

@@ -44,6 +44,9 @@ type callCtx struct {
 	done chan struct{}
 	err  atomic.Pointer[error]
 	once sync.Once
+	// inst is the instance, for a module importing the stored-entry host
+	// function (which finds it through Value); nil otherwise.
+	inst *Instance
 }
 
 func newCallCtx() *callCtx { return &callCtx{done: make(chan struct{})} }
@@ -63,8 +66,14 @@ func (c *callCtx) Err() error {
 	return nil
 }
 
-// Value implements context.Context; guest calls carry no values.
-func (c *callCtx) Value(any) any { return nil }
+// Value implements context.Context: the only value is the instance, for
+// the stored-entry host function (stored.go).
+func (c *callCtx) Value(key any) any {
+	if _, ok := key.(instanceKey); ok && c.inst != nil {
+		return c.inst
+	}
+	return nil
+}
 
 func (c *callCtx) end(err error) {
 	c.once.Do(func() {
