@@ -362,6 +362,94 @@ func TestMapStoreSurvivesFullRestart(t *testing.T) {
 	run(false)
 }
 
+// TestMapStoreAcrossSplit: with a write-through store, each side of a
+// split stores the partitions it took over (a promoted backup's entries
+// go to its node's store, not only the lost owner's), and after the heal
+// the merging node keeps no stored copy of what it merged into other
+// owners — a stale copy would come back, unmerged, in a partition it
+// recreates or at a restart. At the end each entry is stored by its
+// owner only, with the value the cluster serves.
+func TestMapStoreAcrossSplit(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	nw := clustertest.New(t, clustertest.Config{})
+	started := 0
+	nodes := startNodes(t, nw, 3, func(c *cluster.Config) {
+		c.MapConfig = func(string) pmap.MapConfig {
+			return pmap.MapConfig{BackupCount: 1, MapStore: pmap.StoreWriteThrough}
+		}
+		started++ // startNodes starts the nodes one after another
+		c.StoragePath = filepath.Join(dir, fmt.Sprintf("n%d.cluster", started))
+	})
+	waitFor(t, 10*time.Second, "the maps to settle", settled(nodes...))
+	ctx := mapCtx(t)
+	const keys = 60
+	for i := range keys {
+		if _, err := nodes[i%3].Maps().Put(ctx, "s", fmt.Sprint("k", i), []byte("before"), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// storedBy checks that, on every node of side, each entry it serves
+	// is in its owner's store with the value served, and in no other
+	// member's store.
+	storedBy := func(side []*cluster.Node) func() (bool, string) {
+		return func() (bool, string) {
+			for i := range keys {
+				k := fmt.Sprint("k", i)
+				gctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				e, ok, err := side[0].Maps().Get(gctx, "s", k)
+				cancel()
+				if err != nil {
+					return false, fmt.Sprintf("get %s: %v", k, err)
+				}
+				owner := side[0].Maps().Table().Owner(partition.Of([]byte(k), partition.DefaultCount))
+				for _, n := range side {
+					st, found, err := n.Maps().Stored("s", k)
+					if err != nil {
+						return false, err.Error()
+					}
+					switch {
+					case n.Name() == owner && ok && (!found || string(st.Value) != string(e.Value)):
+						return false, fmt.Sprintf("%s owns %s = %q but stores %q (found %v)", n.Name(), k, e.Value, st.Value, found)
+					case n.Name() != owner && found:
+						return false, fmt.Sprintf("%s stores %s = %q but %s owns it", n.Name(), k, st.Value, owner)
+					}
+				}
+			}
+			return true, ""
+		}
+	}
+	waitFor(t, 10*time.Second, "every entry stored by its owner", storedBy(nodes))
+
+	nw.Partition([]string{"n1", "n2"}, []string{"n3"})
+	waitFor(t, 15*time.Second, "both sides to settle", all(settled(nodes[0], nodes[1]), settled(nodes[2])))
+	// n3 alone owns every partition it kept (its own, the promoted
+	// backups, the recreated ones): it stores all it serves.
+	waitFor(t, 10*time.Second, "n3 to store what it took over", storedBy(nodes[2:]))
+	waitFor(t, 10*time.Second, "n1 and n2 to store what they took over", storedBy(nodes[:2]))
+	for i := range 10 {
+		if _, err := nodes[2].Maps().Put(mapCtx(t), "s", fmt.Sprint("k", i), []byte("small"), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nw.Heal()
+	waitFor(t, 20*time.Second, "the merge", func() (bool, string) {
+		if ok, why := settled(nodes...)(); !ok {
+			return false, why
+		}
+		if p := nodes[2].Maps().Progress(); p.Finished.IsZero() || p.Done == 0 {
+			return false, fmt.Sprintf("n3 has not merged: %+v", p)
+		}
+		return true, ""
+	})
+	waitFor(t, 10*time.Second, "each entry stored by its owner only, after the merge", storedBy(nodes))
+	for _, n := range nodes {
+		if e, _, _ := n.Maps().Get(mapCtx(t), "s", "k3"); string(e.Value) != "small" {
+			t.Errorf("%s: k3 = %q, want the small side's later write", n.Name(), e.Value)
+		}
+	}
+}
+
 // TestMapMinClusterSize: Hazelcast's split-brain protection. With
 // min_cluster_size 2, the single node cut off from a 3-node cluster
 // refuses writes (and, with read_quorum, reads) of that map, while the

@@ -156,6 +156,10 @@ type Maps struct {
 	gone     map[string]time.Time   // members missing from the view since, still in the table
 	dirty    map[[2]string]struct{} // (map, key) waiting for the MapStore
 	flushing int                    // dirty entries flush is writing
+	// disowned[p]: since when this node no longer owns partition p,
+	// which it stored as owner (unstoreDisowned deletes that copy once
+	// the new owner had time to store it).
+	disowned map[partition.ID]time.Time
 
 	stats Stats
 }

@@ -15,7 +15,11 @@ import (
 // the entry's owner — at once (write-through: before the write is
 // answered) or within a second (write-behind: the entry is dirty until
 // then). A node stores the entries of the partitions it owns: it stores a
-// partition it takes over and deletes what it hands over. A partition that
+// partition it takes over (pulled, or promoted from its backup copy when
+// the owner was lost), deletes what it hands over (a few seconds after,
+// when it stays a backup: unstoreDisowned), and, merging into the bigger
+// side of a healed split, deletes each entry once its owner there took
+// it (unstoreMerged). A partition that
 // has no copy left on this side of a split is reloaded from the store
 // instead of recreated empty, and a node that restarts loads its stored
 // entries and merges them into the cluster through the map's policy when
@@ -237,6 +241,132 @@ func (m *Maps) storePartition(items []Item, took bool) {
 	if err := m.cfg.Store.Write(ops); err != nil {
 		m.stats.StoreFailures.Add(uint64(len(ops)))
 		m.log.Error("map store write of a migrated partition failed", "entries", len(ops), "error", err)
+	}
+}
+
+// storePromoted marks the entries of partitions a backup here took over
+// (their owner was lost) dirty in the maps with a store, so the flusher
+// writes them to this node's store as they are then: until now the lost
+// owner's store held them, and a restart of this side would have come
+// back without them. (Dirty, not written at once: the flusher reads each
+// entry when it writes, so a write that lands meanwhile is not
+// overwritten by this older copy.)
+func (m *Maps) storePromoted(ps []partition.ID) {
+	if m.cfg.Store == nil || len(ps) == 0 {
+		return
+	}
+	m.mu.Lock()
+	var items []Item
+	for _, p := range ps {
+		if m.table.Role(p, m.cfg.Node) == partition.Owner {
+			items = append(items, m.store.Copy(p)...)
+		}
+	}
+	m.mu.Unlock()
+	var keys [][2]string
+	for _, it := range items {
+		if m.stored(it.Map) != StoreNone {
+			keys = append(keys, [2]string{it.Map, it.Key})
+		}
+	}
+	if len(keys) == 0 {
+		return
+	}
+	m.mu.Lock()
+	if m.dirty == nil {
+		m.dirty = map[[2]string]struct{}{}
+	}
+	for _, k := range keys {
+		m.dirty[k] = struct{}{}
+	}
+	m.mu.Unlock()
+}
+
+// unstoreMerged deletes from this node's store the entries it merged
+// into their owners on the bigger side after a split: the owner stores
+// the outcome, and a stale copy left here would come back without the
+// policy deciding (in a partition recreated here, or at a restart, which
+// merges the stored entries into the cluster again). An entry whose
+// partition this node owns again by now is left: its copy here is the
+// stored one. The write is made under the lock so that no pull installs
+// and stores the partition in between.
+func (m *Maps) unstoreMerged(items []Item) {
+	if m.cfg.Store == nil || len(items) == 0 {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var ops []StoreOp
+	for _, it := range items {
+		if m.table.Role(m.store.Partition(it.Key), m.cfg.Node) != partition.Owner {
+			ops = append(ops, StoreOp{Key: storeKey(it.Map, it.Key)})
+		}
+	}
+	if len(ops) == 0 {
+		return
+	}
+	if err := m.cfg.Store.Write(ops); err != nil {
+		m.stats.StoreFailures.Add(uint64(len(ops)))
+		m.log.Error("map store: deleting merged entries failed; they may merge again after a restart", "entries", len(ops), "error", err)
+	}
+}
+
+// disownGrace is how long a former owner keeps its stored copy of a
+// partition after handing it over: the new owner pulls and stores it
+// within that time, normally well under a second.
+const disownGrace = 5 * time.Second
+
+// unstoreDisowned deletes from this node's store the entries of
+// partitions it stored as owner and no longer owns (a join moved them,
+// or it became their backup) once disownGrace has passed: their new
+// owner stores them and keeps them current, and a stale copy left here
+// would come back without the policy deciding, in a partition recreated
+// here or at a restart.
+func (m *Maps) unstoreDisowned() {
+	if m.cfg.Store == nil {
+		return
+	}
+	now := time.Now()
+	m.mu.Lock()
+	due := map[partition.ID]bool{}
+	for p, since := range m.disowned {
+		if now.Sub(since) >= disownGrace {
+			due[p] = true
+			delete(m.disowned, p)
+		}
+	}
+	m.mu.Unlock()
+	if len(due) == 0 {
+		return
+	}
+	var keys [][]byte
+	err := m.cfg.Store.ForEach(func(k, _ []byte) error {
+		if _, key, ok := parseStoreKey(k); ok && due[m.store.Partition(key)] {
+			keys = append(keys, bytes.Clone(k))
+		}
+		return nil
+	})
+	if err != nil {
+		m.log.Error("map store: read it to delete the partitions handed over", "error", err)
+		return
+	}
+	// Under the lock: a partition this node owns again by now keeps its
+	// copy, and no pull installs and stores it in between.
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var ops []StoreOp
+	for _, k := range keys {
+		_, key, _ := parseStoreKey(k)
+		if m.table.Role(m.store.Partition(key), m.cfg.Node) != partition.Owner {
+			ops = append(ops, StoreOp{Key: k})
+		}
+	}
+	if len(ops) == 0 {
+		return
+	}
+	if err := m.cfg.Store.Write(ops); err != nil {
+		m.stats.StoreFailures.Add(uint64(len(ops)))
+		m.log.Error("map store: deleting the entries of partitions handed over failed", "entries", len(ops), "error", err)
 	}
 }
 

@@ -189,6 +189,9 @@ func (m *Maps) sendMerges(ctx context.Context) MergeProgress {
 						rmu.Unlock()
 						return
 					}
+					if d.owner != m.cfg.Node {
+						m.unstoreMerged(batch)
+					}
 					m.mu.Lock()
 					m.progress.Done += len(batch)
 					m.mu.Unlock()

@@ -55,6 +55,7 @@ func (m *Maps) Run(ctx context.Context, split func() bool) {
 				m.expire()
 				m.flush()
 				m.dropUnowned()
+				m.unstoreDisowned()
 				lastExpire = now
 			}
 		}
@@ -71,6 +72,9 @@ type work struct {
 	members             int
 	pulls               []*pull
 	pushes, backupPulls []partition.ID
+	// promoted are the partitions a backup here took over: their entries
+	// go to this node's MapStore (the lost owner's held them).
+	promoted []partition.ID
 }
 
 // planLocked makes next the table: promotions at once; the pulls and
@@ -100,6 +104,14 @@ func (m *Maps) planLocked(next, prev partition.Table, wiped bool) work {
 		}
 		if now != partition.Owner {
 			m.pulls[p] = nil // a pull under way stops: not wanted any more
+			if was == partition.Owner && m.cfg.Store != nil {
+				if m.disowned == nil {
+					m.disowned = map[partition.ID]time.Time{}
+				}
+				m.disowned[p] = time.Now()
+			}
+		} else {
+			delete(m.disowned, p)
 		}
 		switch now {
 		case partition.Owner:
@@ -117,6 +129,7 @@ func (m *Maps) planLocked(next, prev partition.Table, wiped bool) work {
 				m.store.Floor(p, m.seqFloor())
 				m.stats.Promotions.Add(1)
 				w.pushes = append(w.pushes, p)
+				w.promoted = append(w.promoted, p)
 			case prev.Owner(p) == self && !wiped && m.state[p] == stActive && m.full[p]:
 				w.pushes = append(w.pushes, p)
 			default:
@@ -170,6 +183,7 @@ func (m *Maps) start(ctx context.Context, w work) {
 	if len(w.pulls) > 0 || len(w.pushes) > 0 {
 		m.log.Info("map partitions rebalanced", "members", w.members, "pulls", len(w.pulls), "backup_rewrites", len(w.pushes))
 	}
+	m.storePromoted(w.promoted)
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
