@@ -187,7 +187,7 @@ func TestWithholdSkipsTheWrite(t *testing.T) {
 	rec := &recorder{provides: []byte{mqtt.OnPacketEncode},
 		onEncode: func(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 			if pk.FixedHeader.Type == packets.Publish && string(pk.Payload) == "withheld" {
-				mochix.Withhold(&pk)
+				mochix.Withhold(cl, &pk)
 			}
 			return pk
 		}}
