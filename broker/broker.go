@@ -231,6 +231,9 @@ func (b *Broker) addHooks() error {
 	if err := b.server.AddHook(b.quirks.SendQuota(), nil); err != nil {
 		return fmt.Errorf("add send quota hook: %w", err)
 	}
+	if err := b.server.AddHook(quirks.NewReceiveQuota(b.server, b.cfg.MQTT.ReceiveMaximum), nil); err != nil {
+		return fmt.Errorf("add receive quota hook: %w", err)
+	}
 	if err := b.server.AddHook(quirks.NewAcks(), nil); err != nil {
 		return fmt.Errorf("add ack hook: %w", err)
 	}

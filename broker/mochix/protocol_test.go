@@ -279,3 +279,48 @@ func TestSkipPacketIDs(t *testing.T) {
 		t.Errorf("counter read %d (want 0 for a new client), next id %d (want 501)", seen, pk.PacketID)
 	}
 }
+
+// TestReceiveQuotaCountsWrong pins what broker/quirks.ReceiveQuota counts
+// instead of mochi: with a server Receive Maximum of 2 and two QoS 2
+// PUBLISHes of the client not completed, mochi disconnects the client
+// (0x93) for a QoS 0 PUBLISH, and a subscriber that has sent PUBREC for two
+// of the server's QoS 2 deliveries for its first QoS 1 PUBLISH.
+func TestReceiveQuotaCountsWrong(t *testing.T) {
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.ReceiveMaximum = 2
+	srv, addr := startServerWith(t, caps)
+	for _, tc := range []struct {
+		name string
+		run  func(c *brokertest.RawClient)
+	}{
+		{"QoS 0 at the maximum", func(c *brokertest.RawClient) {
+			for id := uint16(1); id <= 2; id++ {
+				c.Publish(id, "q/a", 2, "x")
+				c.Expect(packets.Pubrec)
+			}
+			c.Publish(0, "q/a", 0, "x")
+		}},
+		{"PUBRECs of a subscriber", func(c *brokertest.RawClient) {
+			c.Subscribe(9, 2, "q/in")
+			for range 2 {
+				if err := srv.Publish("q/in", []byte("in"), false, 2); err != nil {
+					t.Fatal(err)
+				}
+				pk := c.DecodePublish(c.Expect(packets.Publish))
+				c.Write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrec}, PacketID: pk.PacketID})
+				c.Expect(packets.Pubrel)
+			}
+			c.Publish(1, "q/a", 1, "x")
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, _ := brokertest.DialRawClient(t, addr, 5, "rq", brokertest.RawOptions{})
+			tc.run(c)
+			c.Write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
+			if p := c.Read(); p.Type != packets.Disconnect || len(p.Body) == 0 || p.Body[0] != packets.ErrReceiveMaximum.Code {
+				t.Errorf("got packet type %d %x, not DISCONNECT 0x93: mochi counts its receive quota right here; "+
+					"broker/quirks.ReceiveQuota may go", p.Type, p.Body)
+			}
+		})
+	}
+}

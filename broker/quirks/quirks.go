@@ -24,13 +24,13 @@ import (
 // GetAll, which takes it again. A publisher goroutine asking for the write
 // lock (Inflight.Set) between the two freezes that client's read loop, the
 // publisher and mochi's event loop for good (the same class of bug as
-// upstream mochi-mqtt/server#488). The quota is only set for MQTT 5
-// clients that send Receive Maximum, and mochi only takes that path while
-// it is positive, so the hook sets it to zero once the session is set up.
-// Cost: the broker does not hold back QoS 1/2 deliveries beyond the
-// client's Receive Maximum (mqtt.max_inflight still bounds what is stored
-// per client). Clients that announce a small Receive Maximum may see more
-// in flight than they asked for.
+// upstream mochi-mqtt/server#488; pinned in broker/mochix
+// TestSendQuotaDeadlocks). The quota is only set for MQTT 5 clients that
+// send Receive Maximum, and mochi only takes that path while it is
+// positive, so the hook sets it to zero before the client is listed and
+// again once its session is set up (a takeover's clone sets it anew;
+// SendQuota's split clears it at the CONNACK). Receive Maximum is enforced
+// by SendQuota instead, in the hooks, without blocking anything.
 //
 // Publish before CONNACK, twice after it (mochi v2.7.9): a connecting
 // client is listed (Clients.Add) and subscribed before its CONNACK is
@@ -169,7 +169,8 @@ func (h *Hook) Provides(b byte) bool {
 }
 
 // OnSessionEstablish runs before mochi lists the connecting client: from
-// here until its session is established, publishes to it wait.
+// here until its session is established, publishes to it wait. It also
+// switches mochi's send quota off (see Hook).
 //
 // It also drops what the hook still tracks for closed clients: mochi
 // calls no hook when the CONNACK or the resend fails (a takeover closed
@@ -397,7 +398,9 @@ func (h *Hook) orphan(old *mqtt.Client, pk packets.Packet) {
 
 // OnSessionEstablished runs after mochi set the client's quotas,
 // inherited any previous session, sent the CONNACK and resent the
-// session's queue, before the client's first packet is read.
+// session's queue, before the client's first packet is read. The messages
+// SendQuota split off the queue at the CONNACK count as carried over: it
+// queues them again itself.
 func (h *Hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	mochix.DisableSendQuota(cl)
 	h.dropGate(cl)
@@ -461,7 +464,7 @@ func (h *Hook) adopt(st *settled, orphans []orphan) {
 // Queue queues pk, a QoS 1/2 PUBLISH, for cl's session the way mochi
 // queues a delivery: under a free packet id of cl, into its queue and the
 // storage hook, and written out if cl is connected (before its CONNACK the
-// hook holds the write, see Hook). If a reconnect took cl's session over
+// hook holds the write, see Hook; SendQuota may hold it for a slot). If a reconnect took cl's session over
 // (mochi cloned its queue already), pk follows the session to the client
 // that holds it, like a message mochi itself queued for the taken-over
 // client. The only error is packet ids exhausted (pk is dropped).

@@ -60,15 +60,17 @@ import (
 // carried over: splitOff). Write-loop copies of the messages taken out
 // are skipped when they come (they wait in the list already). A
 // connection that fails between the CONNACK and its session being
-// established calls no hook: the next connection to start puts the
-// messages back into that session's queue before its takeover clones it.
+// established calls no hook, and one that a reconnect takes over then
+// must hand its whole queue to the clone: the next connection to start
+// (OnSessionEstablish, before mochi's takeover) puts the messages back
+// into such a connection's queue.
 //
 // What remains: a delivery mochi queues in the instant between its Set
 // and this hook's OnQosPublish may still be caught by the snapshot; the
 // resend then writes it, one over the quota (it is put back in the queue
 // under its id, so it completes normally). A client that lowers its
 // Receive Maximum across a reconnect gets the messages beyond the new
-// value that went out before under new packet ids.
+// value that went out before again later, without DUP.
 type SendQuota struct {
 	mqtt.HookBase
 	h *Hook
