@@ -376,6 +376,43 @@ func Ephemeral(cl *mqtt.Client) bool {
 // returns. Call it in OnWill.
 func ClearWillDelay(cl *mqtt.Client) { cl.Properties.Will.WillDelayInterval = 0 }
 
+// willsOffsets locate mochi's table of delayed wills: the offset of
+// Server.loop (a pointer, set by mqtt.New) and of loop.willDelayed (a
+// *packets.Packets, also set by mqtt.New) in the loop; ok is false if
+// mochi's Server has no such fields.
+var loopOffset, willsOffset, willsOK = func() (uintptr, uintptr, bool) {
+	lf, ok := reflect.TypeFor[mqtt.Server]().FieldByName("loop")
+	if !ok || lf.Type.Kind() != reflect.Pointer {
+		return 0, 0, false
+	}
+	wf, ok := lf.Type.Elem().FieldByName("willDelayed")
+	if !ok || wf.Type != reflect.TypeFor[*packets.Packets]() {
+		return 0, 0, false
+	}
+	return lf.Offset, wf.Offset, true
+}()
+
+// CancelDelayedWill drops the delayed will of client id that mochi holds
+// (a client that lost its connection with a Will Delay Interval, its
+// session kept): mochi drops it when the client connects here again, not
+// when it connects on another node. It reports whether there was one.
+func CancelDelayedWill(srv *mqtt.Server, id string) bool {
+	if !willsOK {
+		return false
+	}
+	loop := *(*unsafe.Pointer)(unsafe.Add(unsafe.Pointer(srv), loopOffset))
+	if loop == nil {
+		return false
+	}
+	wills := *(**packets.Packets)(unsafe.Add(loop, willsOffset))
+	if wills == nil {
+		return false
+	}
+	_, ok := wills.Get(id)
+	wills.Delete(id)
+	return ok
+}
+
 // Retained messages.
 
 // SetRetained makes pk the retained message of its topic (an empty
