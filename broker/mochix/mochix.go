@@ -1,8 +1,10 @@
 // Package mochix is the one place where mendmq reaches into the mochi MQTT
 // server (v2.7.9) past its hook API: the fields of a packet it borrows as
 // a side channel, a client's message queue (mochi calls it inflight) and
-// the server counters that go with it, the client and topic indexes, and
-// the packet type that makes mochi skip a write.
+// the server counters that go with it, the client and topic indexes, the
+// packet type that makes mochi skip a write, and three unexported fields
+// reached by their offsets (a client's write buffer and packet id
+// counter, the server's table of delayed wills).
 //
 // Everything here relies on how that mochi version behaves, not on a
 // documented contract. mochix_test.go pins each behaviour against the
