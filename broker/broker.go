@@ -221,13 +221,20 @@ func (b *Broker) addHooks() error {
 		b.store = h
 	}
 	// The resend order hook swaps the packets of a resend: Hook must see
-	// them as they go out.
-	if err := b.server.AddHook(quirks.NewResendOrder(), nil); err != nil {
+	// them as they go out. The send quota must see only what Hook lets
+	// through.
+	b.quirks = quirks.New(b.server, store)
+	if err := b.server.AddHook(b.quirks.ResendOrder(), nil); err != nil {
 		return fmt.Errorf("add resend order hook: %w", err)
 	}
-	b.quirks = quirks.New(b.server, store)
 	if err := b.server.AddHook(b.quirks, nil); err != nil {
 		return fmt.Errorf("add quirks hook: %w", err)
+	}
+	if err := b.server.AddHook(b.quirks.SendQuota(), nil); err != nil {
+		return fmt.Errorf("add send quota hook: %w", err)
+	}
+	if err := b.server.AddHook(quirks.NewReceiveQuota(b.server, b.cfg.MQTT.ReceiveMaximum), nil); err != nil {
+		return fmt.Errorf("add receive quota hook: %w", err)
 	}
 	if err := b.server.AddHook(quirks.NewAcks(), nil); err != nil {
 		return fmt.Errorf("add ack hook: %w", err)

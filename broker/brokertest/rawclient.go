@@ -31,6 +31,8 @@ type RawOptions struct {
 	KeepAlive uint16
 	// NoKeepAlive sends keep-alive 0 (no keep-alive).
 	NoKeepAlive bool
+	// ReceiveMaximum is the v5 Receive Maximum (0: not sent).
+	ReceiveMaximum uint16
 }
 
 // DialRawClient connects clientID to addr (host:port) with protocol
@@ -52,6 +54,7 @@ func DialRawClient(t testing.TB, addr string, v byte, clientID string, o RawOpti
 		pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = o.SessionExpiry, true
 	}
 	pk.Properties.TopicAliasMaximum = o.TopicAliasMaximum
+	pk.Properties.ReceiveMaximum = o.ReceiveMaximum
 	c.Write(pk)
 	return c, c.Read()
 }

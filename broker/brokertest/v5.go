@@ -28,6 +28,8 @@ type V5Options struct {
 	SessionExpiry uint32
 	// KeepAlive in seconds; 0 means 30.
 	KeepAlive uint16
+	// ReceiveMaximum is the Receive Maximum sent in CONNECT (0: not sent).
+	ReceiveMaximum uint16
 	// Will, if set, is the last will (with WillProperties, optional).
 	Will           *paho.WillMessage
 	WillProperties *paho.WillProperties
@@ -104,9 +106,16 @@ func ConnectV5(t testing.TB, url, clientID string, o V5Options) (*V5, error) {
 		WillMessage:    o.Will,
 		WillProperties: o.WillProperties,
 	}
+	if o.SessionExpiry > 0 || o.ReceiveMaximum > 0 {
+		cp.Properties = &paho.ConnectProperties{}
+	}
 	if o.SessionExpiry > 0 {
 		exp := o.SessionExpiry
-		cp.Properties = &paho.ConnectProperties{SessionExpiryInterval: &exp}
+		cp.Properties.SessionExpiryInterval = &exp
+	}
+	if o.ReceiveMaximum > 0 {
+		rm := o.ReceiveMaximum
+		cp.Properties.ReceiveMaximum = &rm
 	}
 	ca, err := c.Client.Connect(ctx, cp)
 	if err != nil {

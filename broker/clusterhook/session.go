@@ -162,8 +162,15 @@ func (s *SessionHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 // TakeoverSession implements cluster.Broker: disconnect the local session
 // of clientID (v5 reason 0x8E session taken over) and, with handoff, export
 // it and keep catching its messages (HandoffHook); without, discard it.
+// A delayed will of the client held here is dropped.
 func (s *SessionHook) TakeoverSession(clientID, newNode string, handoff bool) ([]byte, error) {
 	srv := s.sh.srv
+	// The client connected again, on newNode: a will it left here with a
+	// delay is not to be published [MQTT-3.1.3-9] (mochi drops it only
+	// for a reconnect on this node).
+	if mochix.CancelDelayedWill(srv, clientID) {
+		s.sh.log.Info("delayed will dropped: its client reconnected on another node", "client", clientID, "new_node", newNode)
+	}
 	cl, ok := mochix.Client(srv, clientID)
 	if !ok {
 		return nil, nil

@@ -31,6 +31,7 @@ func TestCluster(t *testing.T) {
 		{"LiveTakeoverUnderLoad", testLiveTakeoverUnderLoad},
 		{"WillAcrossNodes", testWill},
 		{"DelayedWillOfEndedSession", testDelayedWillOfEndedSession},
+		{"DelayedWillAcrossNodes", testDelayedWillAcrossNodes},
 		{"BadInput", testBadInput},
 	} {
 		t.Run(s.name, func(t *testing.T) { s.run(t, c.with(t)) })

@@ -107,7 +107,10 @@ type MQTTConfig struct {
 	// messages per client. Default 8192.
 	MaxInflight uint16 `koanf:"max_inflight"`
 	// ReceiveMaximum is mqtt.receive_maximum: concurrent inbound QoS1/2
-	// messages per client (v5 Receive Maximum). Default 1024.
+	// messages per client (v5 Receive Maximum, announced in CONNACK): a
+	// client that starts one more while that many of its QoS 2 messages
+	// are not completed is disconnected (v5: DISCONNECT 0x93). Default
+	// 1024.
 	ReceiveMaximum uint16 `koanf:"receive_maximum"`
 	// MaxSessionExpiry is mqtt.max_session_expiry: the longest a
 	// disconnected persistent session is kept, capping what clients ask

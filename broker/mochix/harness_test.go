@@ -55,6 +55,7 @@ type recorder struct {
 	onWill       func(cl *mqtt.Client, w mqtt.Will) (mqtt.Will, error)
 	onRetain     func(cl *mqtt.Client, pk packets.Packet)
 	established  func(cl *mqtt.Client)
+	onProcessed  func(cl *mqtt.Client, pk packets.Packet)
 }
 
 func (r *recorder) ID() string { return "recorder" }
@@ -109,6 +110,12 @@ func (r *recorder) OnRetainMessage(cl *mqtt.Client, pk packets.Packet, n int64) 
 func (r *recorder) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	if r.established != nil {
 		r.established(cl)
+	}
+}
+
+func (r *recorder) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, err error) {
+	if r.onProcessed != nil {
+		r.onProcessed(cl, pk)
 	}
 }
 

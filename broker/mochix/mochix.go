@@ -1,8 +1,10 @@
 // Package mochix is the one place where mendmq reaches into the mochi MQTT
 // server (v2.7.9) past its hook API: the fields of a packet it borrows as
 // a side channel, a client's message queue (mochi calls it inflight) and
-// the server counters that go with it, the client and topic indexes, and
-// the packet type that makes mochi skip a write.
+// the server counters that go with it, the client and topic indexes, the
+// packet type that makes mochi skip a write, and three unexported fields
+// reached by their offsets (a client's write buffer and packet id
+// counter, the server's table of delayed wills).
 //
 // Everything here relies on how that mochi version behaves, not on a
 // documented contract. mochix_test.go pins each behaviour against the
@@ -14,10 +16,14 @@
 package mochix
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"sync/atomic"
+	"unsafe"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -84,9 +90,55 @@ func InGroups(pk packets.Packet, filter string) bool {
 // is ignored: a PUBLISH from a client's write loop, or one written by this
 // program. Do not withhold a CONNACK, SUBACK, UNSUBACK or a resend at
 // connect (mochi ends the connection or the resend on that error).
+//
+// A withheld write also skips mochi's flush. While a client's write loop
+// has more packets queued, mochi appends each write (the write loop's, and
+// those of other goroutines: CONNACK, acks, PINGRESP) to a buffer that the
+// write made with an empty queue flushes. If that last write is withheld,
+// what the buffer holds waits for the client's next write, possibly for
+// good (a CONNACK, seen in broker/quirks' tests). So Withhold flushes the
+// buffer itself, as mochi would have (flushOutbuf, under the client's
+// write lock), through the buffer's field offset (outbufOffset).
 
-// Withhold makes mochi skip writing pk (call it in OnPacketEncode).
-func Withhold(pk *packets.Packet) { pk.FixedHeader.Type = packets.Reserved }
+// Withhold makes mochi skip writing pk to cl (call it in OnPacketEncode)
+// and writes out what mochi buffered for cl.
+func Withhold(cl *mqtt.Client, pk *packets.Packet) {
+	pk.FixedHeader.Type = packets.Reserved
+	_ = Flush(cl) // a write error shows in the client's next read or write
+}
+
+// outbufOffset is the offset of Client.Net.outbuf (a *bytes.Buffer) in
+// mochi's Client, 0 if mochi's Client has no such field.
+var outbufOffset = func() uintptr {
+	ct := reflect.TypeFor[mqtt.Client]()
+	nf, ok := ct.FieldByName("Net")
+	if !ok {
+		return 0
+	}
+	of, ok := nf.Type.FieldByName("outbuf")
+	if !ok || of.Type != reflect.TypeFor[*bytes.Buffer]() {
+		return 0
+	}
+	return nf.Offset + of.Offset
+}()
+
+// Flush writes out the packets mochi buffered for cl (see Withhold).
+func Flush(cl *mqtt.Client) error {
+	if outbufOffset == 0 {
+		return nil
+	}
+	cl.Lock()
+	defer cl.Unlock()
+	buf := (**bytes.Buffer)(unsafe.Add(unsafe.Pointer(cl), outbufOffset))
+	if *buf == nil || cl.Net.Conn == nil {
+		return nil
+	}
+	if _, err := (*buf).WriteTo(cl.Net.Conn); err != nil {
+		return fmt.Errorf("flush writes to client %s: %w", cl.ID, err)
+	}
+	*buf = nil
+	return nil
+}
 
 // Client queues.
 
@@ -106,6 +158,9 @@ var (
 // Queued returns the client's queue: outbound QoS 1/2 messages not yet
 // acknowledged and the PUBREC/PUBREL state of QoS 2 exchanges.
 func Queued(cl *mqtt.Client) []packets.Packet { return cl.State.Inflight.GetAll(false) }
+
+// QueuedAt returns the entry of cl's queue under packet id id.
+func QueuedAt(cl *mqtt.Client, id uint16) (packets.Packet, bool) { return cl.State.Inflight.Get(id) }
 
 // QueueLen is len(Queued(cl)).
 func QueueLen(cl *mqtt.Client) int { return cl.State.Inflight.Len() }
@@ -149,6 +204,51 @@ func Enqueue(srv *mqtt.Server, cl *mqtt.Client, pk packets.Packet) (packets.Pack
 	return pk, nil
 }
 
+// Requeue puts pk back into cl's queue under its own packet id, counted
+// in the server's inflight count, if that id is free; it reports whether
+// it did.
+func Requeue(srv *mqtt.Server, cl *mqtt.Client, pk packets.Packet) bool {
+	if _, taken := cl.State.Inflight.Get(pk.PacketID); taken {
+		return false
+	}
+	if cl.State.Inflight.Set(pk) {
+		atomic.AddInt64(&srv.Info.Inflight, 1)
+	}
+	return true
+}
+
+// packetIDOffset is the offset of Client.State.packetID (a uint32, the
+// last packet id NextPacketID handed out) in mochi's Client, 0 if there is
+// no such field.
+var packetIDOffset = func() uintptr {
+	sf, ok := reflect.TypeFor[mqtt.Client]().FieldByName("State")
+	if !ok {
+		return 0
+	}
+	pf, ok := sf.Type.FieldByName("packetID")
+	if !ok || pf.Type.Kind() != reflect.Uint32 {
+		return 0
+	}
+	return sf.Offset + pf.Offset
+}()
+
+// SkipPacketIDs moves cl's packet id counter (the last id mochi's
+// NextPacketID handed out; it hands out the next free one after it) to
+// move(last), atomically with respect to NextPacketID. A client that took
+// a session over starts from 0, and would soon reuse the ids of messages
+// taken out of its queue for a while (broker/quirks.SendQuota). It
+// reports whether mochi's Client has the counter.
+func SkipPacketIDs(cl *mqtt.Client, move func(last uint16) uint16) bool {
+	if packetIDOffset == 0 {
+		return false
+	}
+	cl.Lock() // NextPacketID's lock
+	defer cl.Unlock()
+	p := (*uint32)(unsafe.Add(unsafe.Pointer(cl), packetIDOffset))
+	atomic.StoreUint32(p, uint32(move(uint16(atomic.LoadUint32(p)))))
+	return true
+}
+
 // Restore puts pk into cl's queue under its own packet id, as mochi
 // restores a stored session (not counted in the server's inflight count,
 // as mochi does not count those). For a client that is not listed yet.
@@ -166,7 +266,10 @@ func ClearQueue(cl *mqtt.Client) []uint16 {
 }
 
 // DisableSendQuota stops mochi's flow control of QoS 1/2 deliveries to cl
-// (MQTT 5 Receive Maximum); see broker/quirks.
+// (MQTT 5 Receive Maximum), which can deadlock (pinned in
+// TestSendQuotaDeadlocks); broker/quirks.SendQuota enforces Receive
+// Maximum instead. mochi sets the quota when it parses the CONNECT and
+// again when a takeover clones the session's queue.
 func DisableSendQuota(cl *mqtt.Client) { cl.State.Inflight.ResetSendQuota(0) }
 
 // Sessions and the client index.
@@ -274,6 +377,43 @@ func Ephemeral(cl *mqtt.Client) bool {
 // from the client when it publishes the will, not from the will OnWill
 // returns. Call it in OnWill.
 func ClearWillDelay(cl *mqtt.Client) { cl.Properties.Will.WillDelayInterval = 0 }
+
+// willsOffsets locate mochi's table of delayed wills: the offset of
+// Server.loop (a pointer, set by mqtt.New) and of loop.willDelayed (a
+// *packets.Packets, also set by mqtt.New) in the loop; ok is false if
+// mochi's Server has no such fields.
+var loopOffset, willsOffset, willsOK = func() (uintptr, uintptr, bool) {
+	lf, ok := reflect.TypeFor[mqtt.Server]().FieldByName("loop")
+	if !ok || lf.Type.Kind() != reflect.Pointer {
+		return 0, 0, false
+	}
+	wf, ok := lf.Type.Elem().FieldByName("willDelayed")
+	if !ok || wf.Type != reflect.TypeFor[*packets.Packets]() {
+		return 0, 0, false
+	}
+	return lf.Offset, wf.Offset, true
+}()
+
+// CancelDelayedWill drops the delayed will of client id that mochi holds
+// (a client that lost its connection with a Will Delay Interval, its
+// session kept): mochi drops it when the client connects here again, not
+// when it connects on another node. It reports whether there was one.
+func CancelDelayedWill(srv *mqtt.Server, id string) bool {
+	if !willsOK {
+		return false
+	}
+	loop := *(*unsafe.Pointer)(unsafe.Add(unsafe.Pointer(srv), loopOffset))
+	if loop == nil {
+		return false
+	}
+	wills := *(**packets.Packets)(unsafe.Add(loop, willsOffset))
+	if wills == nil {
+		return false
+	}
+	_, ok := wills.Get(id)
+	wills.Delete(id)
+	return ok
+}
 
 // Retained messages.
 

@@ -187,7 +187,7 @@ func TestWithholdSkipsTheWrite(t *testing.T) {
 	rec := &recorder{provides: []byte{mqtt.OnPacketEncode},
 		onEncode: func(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 			if pk.FixedHeader.Type == packets.Publish && string(pk.Payload) == "withheld" {
-				mochix.Withhold(&pk)
+				mochix.Withhold(cl, &pk)
 			}
 			return pk
 		}}
@@ -502,5 +502,41 @@ func TestDisconnectListener(t *testing.T) {
 	got, _ := brokertest.WaitClosedByPeer(t, c.Conn, brokertest.Timeout)
 	if len(got) != 1 || got[0].Type != packets.Disconnect || len(got[0].Body) < 1 || got[0].Body[0] != 0x8B {
 		t.Fatalf("before the close the client got %v, want DISCONNECT 0x8B", got)
+	}
+}
+
+// TestCancelDelayedWill pins the table CancelDelayedWill reaches into: a
+// client that loses its connection with a will delay, its session kept,
+// leaves its will in mochi's table of delayed wills under its id.
+func TestCancelDelayedWill(t *testing.T) {
+	srv, addr := startServer(t)
+	c, _ := brokertest.DialRawClient(t, addr, 5, "dw", brokertest.RawOptions{})
+	_ = c.Conn.Close()
+	brokertest.Eventually(t, "the client to be disconnected", func() bool {
+		cl, ok := mochix.Client(srv, "dw")
+		return !ok || cl.Closed()
+	})
+	if mochix.CancelDelayedWill(srv, "dw") {
+		t.Fatal("a client without a will has a delayed will")
+	}
+	w := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect},
+		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Keepalive: 30, ClientIdentifier: "dw2",
+			WillFlag: true, WillTopic: "dw/w", WillPayload: []byte("gone"),
+			WillProperties: packets.Properties{WillDelayInterval: 600}},
+		Properties: packets.Properties{SessionExpiryInterval: 600, SessionExpiryIntervalFlag: true}}
+	wc := &brokertest.RawClient{T: t, Conn: brokertest.DialRaw(t, addr), Version: 5}
+	wc.Write(w)
+	wc.Expect(packets.Connack)
+	_ = wc.Conn.Close()
+	brokertest.Eventually(t, "the will to be delayed", func() bool {
+		cl, ok := mochix.Client(srv, "dw2")
+		return ok && cl.Closed()
+	})
+	if !mochix.CancelDelayedWill(srv, "dw2") {
+		t.Fatal("no delayed will in mochi's table (Server.loop.willDelayed) for a client that left one: " +
+			"mochix.CancelDelayedWill reaches nothing; delayed wills are no longer cancelled across nodes")
+	}
+	if mochix.CancelDelayedWill(srv, "dw2") {
+		t.Error("the delayed will is still there after CancelDelayedWill")
 	}
 }

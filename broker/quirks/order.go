@@ -9,6 +9,8 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/mendmq/mendmq/broker/mochix"
 )
 
 // ResendOrder makes mochi resend a resumed session's queued PUBLISHes in
@@ -34,6 +36,7 @@ import (
 // is established, with the remaining messages still queued.
 type ResendOrder struct {
 	mqtt.HookBase
+	quota *SendQuota // nil: no Receive Maximum applied to the resend
 
 	mu      sync.Mutex
 	resends map[*mqtt.Client]*resend
@@ -48,7 +51,8 @@ type resend struct {
 
 var _ mqtt.Hook = (*ResendOrder)(nil)
 
-// NewResendOrder returns the resend-order hook.
+// NewResendOrder returns the resend-order hook, without a send quota
+// (Hook.ResendOrder returns one with Hook's).
 func NewResendOrder() *ResendOrder {
 	return &ResendOrder{resends: map[*mqtt.Client]*resend{}}
 }
@@ -104,14 +108,24 @@ func (o *ResendOrder) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets
 }
 
 // start lists cl's queued PUBLISHes in publish order, if there is
-// anything to reorder. It also forgets resends of closed clients: mochi
-// calls no hook when a CONNACK or a resend write fails.
+// anything to reorder or a send quota to apply (which may take some out
+// of the queue: see SendQuota). It also forgets resends of closed
+// clients: mochi calls no hook when a CONNACK or a resend write fails.
 func (o *ResendOrder) start(cl *mqtt.Client) {
 	var pubs []packets.Packet
-	for _, pk := range cl.State.Inflight.GetAll(false) {
-		if pk.FixedHeader.Type == packets.Publish {
+	var pubrels []uint16
+	for _, pk := range mochix.Queued(cl) {
+		switch pk.FixedHeader.Type {
+		case packets.Publish:
 			pubs = append(pubs, pk)
+		case packets.Pubrel:
+			pubrels = append(pubrels, pk.PacketID)
 		}
+	}
+	PublishOrder(pubs)
+	limited := false
+	if o.quota != nil {
+		pubs, limited = o.quota.split(cl, pubs, pubrels)
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -120,10 +134,9 @@ func (o *ResendOrder) start(cl *mqtt.Client) {
 			o.forget(c)
 		}
 	}
-	if len(pubs) < 2 {
+	if len(pubs) < 2 && !limited {
 		return
 	}
-	PublishOrder(pubs)
 	r := &resend{pending: pubs, listed: make(map[uint16]struct{}, len(pubs))}
 	for _, pk := range pubs {
 		r.listed[pk.PacketID] = struct{}{}

@@ -24,13 +24,13 @@ import (
 // GetAll, which takes it again. A publisher goroutine asking for the write
 // lock (Inflight.Set) between the two freezes that client's read loop, the
 // publisher and mochi's event loop for good (the same class of bug as
-// upstream mochi-mqtt/server#488). The quota is only set for MQTT 5
-// clients that send Receive Maximum, and mochi only takes that path while
-// it is positive, so the hook sets it to zero once the session is set up.
-// Cost: the broker does not hold back QoS 1/2 deliveries beyond the
-// client's Receive Maximum (mqtt.max_inflight still bounds what is stored
-// per client). Clients that announce a small Receive Maximum may see more
-// in flight than they asked for.
+// upstream mochi-mqtt/server#488; pinned in broker/mochix
+// TestSendQuotaDeadlocks). The quota is only set for MQTT 5 clients that
+// send Receive Maximum, and mochi only takes that path while it is
+// positive, so the hook sets it to zero before the client is listed and
+// again once its session is set up (a takeover's clone sets it anew;
+// SendQuota's split clears it at the CONNACK). Receive Maximum is enforced
+// by SendQuota instead, in the hooks, without blocking anything.
 //
 // Publish before CONNACK, twice after it (mochi v2.7.9): a connecting
 // client is listed (Clients.Add) and subscribed before its CONNACK is
@@ -64,6 +64,8 @@ type Hook struct {
 	mqtt.HookBase
 	srv   *mqtt.Server
 	store Store
+	quota *SendQuota
+	order *ResendOrder
 
 	gateMu sync.Mutex
 	gates  map[*mqtt.Client]*gate
@@ -97,6 +99,9 @@ type pending struct {
 type settled struct {
 	cl     *mqtt.Client
 	cloned map[uint16]packets.Packet
+	// split holds the part of the clone SendQuota took out of the queue
+	// at the CONNACK (it queues them again itself), by their old ids.
+	split map[uint16]packets.Packet
 
 	// adopted holds the orphans queued here so far, by the client they
 	// were queued for and their id there: one message can be reported
@@ -137,9 +142,20 @@ type Store interface {
 
 // New returns the hook for srv; store may be nil (no storage).
 func New(srv *mqtt.Server, store Store) *Hook {
-	return &Hook{srv: srv, store: store, gates: map[*mqtt.Client]*gate{}, orphans: map[string][]orphan{},
+	h := &Hook{srv: srv, store: store, gates: map[*mqtt.Client]*gate{}, orphans: map[string][]orphan{},
 		settled: map[string]*settled{}, resent: map[*mqtt.Client]map[uint16]*pending{}}
+	h.quota = newSendQuota(h)
+	h.order = &ResendOrder{resends: map[*mqtt.Client]*resend{}, quota: h.quota}
+	return h
 }
+
+// SendQuota returns the hook that enforces clients' Receive Maximum with
+// this Hook; add it right after Hook.
+func (h *Hook) SendQuota() *SendQuota { return h.quota }
+
+// ResendOrder returns the resend-order hook that also applies SendQuota to
+// the resend at reconnect; add it before Hook.
+func (h *Hook) ResendOrder() *ResendOrder { return h.order }
 
 // ID names the hook.
 func (h *Hook) ID() string { return "mendmq-quirks" }
@@ -153,13 +169,15 @@ func (h *Hook) Provides(b byte) bool {
 }
 
 // OnSessionEstablish runs before mochi lists the connecting client: from
-// here until its session is established, publishes to it wait.
+// here until its session is established, publishes to it wait. It also
+// switches mochi's send quota off (see Hook).
 //
 // It also drops what the hook still tracks for closed clients: mochi
 // calls no hook when the CONNACK or the resend fails (a takeover closed
 // the connection meanwhile), and such entries would keep those clients
 // in memory and the fast paths off.
 func (h *Hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
+	mochix.DisableSendQuota(cl)
 	h.gateMu.Lock()
 	for c, g := range h.gates {
 		if c.Closed() {
@@ -242,7 +260,7 @@ func (h *Hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet
 		}
 	}
 	if pk.FixedHeader.Qos > 0 && !pk.FixedHeader.Dup && h.wasResent(cl, pk) {
-		mochix.Withhold(&pk) // a write-loop copy: its write error is ignored
+		mochix.Withhold(cl, &pk) // a write-loop copy: its write error is ignored
 	}
 	return pk
 }
@@ -380,11 +398,18 @@ func (h *Hook) orphan(old *mqtt.Client, pk packets.Packet) {
 
 // OnSessionEstablished runs after mochi set the client's quotas,
 // inherited any previous session, sent the CONNACK and resent the
-// session's queue, before the client's first packet is read.
+// session's queue, before the client's first packet is read. The messages
+// SendQuota split off the queue at the CONNACK count as carried over: it
+// queues them again itself.
 func (h *Hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	mochix.DisableSendQuota(cl)
 	h.dropGate(cl)
-	st := &settled{cl: cl, cloned: map[uint16]packets.Packet{}, adopted: map[orphanKey]packets.Packet{}}
+	st := &settled{cl: cl, cloned: map[uint16]packets.Packet{}, split: map[uint16]packets.Packet{},
+		adopted: map[orphanKey]packets.Packet{}}
+	// Split-off first: SendQuota queues them back before it forgets them.
+	for _, p := range h.quota.splitOff(cl) {
+		st.split[p.PacketID] = p
+	}
 	for _, p := range mochix.Queued(cl) {
 		if p.FixedHeader.Type == packets.Publish {
 			st.cloned[p.PacketID] = p
@@ -416,6 +441,9 @@ func (h *Hook) adopt(st *settled, orphans []orphan) {
 		if c, ok := st.cloned[o.PacketID]; ok && c.Created == o.Created && samePublish(c, o) {
 			continue // carried over by the clone
 		}
+		if c, ok := st.split[o.PacketID]; ok && c.Created == o.Created && samePublish(c, o) {
+			continue // carried over by the clone, queued again by SendQuota
+		}
 		k := orphanKey{from: or.from, id: o.PacketID}
 		st.mu.Lock()
 		d, seen := st.adopted[k]
@@ -436,25 +464,59 @@ func (h *Hook) adopt(st *settled, orphans []orphan) {
 // Queue queues pk, a QoS 1/2 PUBLISH, for cl's session the way mochi
 // queues a delivery: under a free packet id of cl, into its queue and the
 // storage hook, and written out if cl is connected (before its CONNACK the
-// hook holds the write, see Hook). If a reconnect took cl's session over
+// hook holds the write, see Hook; SendQuota may hold it for a slot). If a reconnect took cl's session over
 // (mochi cloned its queue already), pk follows the session to the client
 // that holds it, like a message mochi itself queued for the taken-over
 // client. The only error is packet ids exhausted (pk is dropped).
 func (h *Hook) Queue(cl *mqtt.Client, pk packets.Packet) error {
+	q, ok, err := h.enqueue(cl, pk)
+	if !ok {
+		return err
+	}
+	_ = cl.WritePacket(q)
+	return nil
+}
+
+// requeue puts pk back into cl's queue under its own packet id, as enqueue
+// does under a new one (which it falls back to if the id is taken).
+func (h *Hook) requeue(cl *mqtt.Client, pk packets.Packet) (packets.Packet, bool, error) {
+	pk.FixedHeader.Dup = false
+	if !mochix.Requeue(h.srv, cl, pk) {
+		if o, ok := mochix.QueuedAt(cl, pk.PacketID); ok && o.Created == pk.Created && samePublish(o, pk) {
+			return pk, true, nil // back already
+		}
+		return h.enqueue(cl, pk)
+	}
+	if cl.IsTakenOver() {
+		// As mochix.Enqueue: the takeover's clone did not carry it.
+		if mochix.Dequeue(h.srv, cl, pk.PacketID) {
+			h.orphan(cl, pk)
+		}
+		return pk, false, nil // (else mochi's clear reported it: an orphan already)
+	}
+	if h.store != nil {
+		h.store.OnQosPublish(cl, pk, pk.Created, 0)
+	}
+	return pk, true, nil
+}
+
+// enqueue is Queue without the write: ok reports whether pk (returned
+// with its packet id) is in cl's queue; if not, err says why, or it
+// followed the session to a newer connection.
+func (h *Hook) enqueue(cl *mqtt.Client, pk packets.Packet) (packets.Packet, bool, error) {
 	pk.FixedHeader.Dup = false
 	q, err := mochix.Enqueue(h.srv, cl, pk)
 	switch {
 	case errors.Is(err, mochix.ErrTakenOver):
 		h.orphan(cl, q)
-		return nil
+		return q, false, nil
 	case errors.Is(err, mochix.ErrCleared):
-		return nil // mochi's clear reported it (OnQosDropped): an orphan already
+		return q, false, nil // mochi's clear reported it (OnQosDropped): an orphan already
 	case err != nil:
-		return err
+		return q, false, err
 	}
 	if h.store != nil {
 		h.store.OnQosPublish(cl, q, q.Created, 0)
 	}
-	_ = cl.WritePacket(q)
-	return nil
+	return q, true, nil
 }

@@ -23,8 +23,16 @@ import (
 // wrote publishes before the CONNACK (the client failed to connect).
 // With reconnects this close together, the next takeover often starts
 // while the hook is still re-queuing the previous one's messages.
+//
+// With a Receive Maximum, each resend after a CONNACK is cut to it and the
+// rest of the queue waits in broker/quirks.SendQuota, which also sees
+// messages queued while the resend runs.
 func TestResumeUnderLoad(t *testing.T) {
-	resumeUnderLoad(t, 4, 250, 20, 10*time.Millisecond)
+	for _, rm := range []uint16{0, 4} {
+		t.Run(fmt.Sprintf("receive maximum %d", rm), func(t *testing.T) {
+			resumeUnderLoad(t, 4, 250, 20, 10*time.Millisecond, rm)
+		})
+	}
 }
 
 // resumeStressEnv names the environment variable that runs
@@ -32,7 +40,8 @@ func TestResumeUnderLoad(t *testing.T) {
 const resumeStressEnv = "MENDMQ_RESUME_STRESS"
 
 // TestResumeUnderLoadStress is TestResumeUnderLoad with the load set by
-// $MENDMQ_RESUME_STRESS, e.g. "8,250,40,2ms", to loop under CPU
+// $MENDMQ_RESUME_STRESS, e.g. "8,250,40,2ms" (a fifth field sets the
+// subscriber's Receive Maximum: "8,250,40,2ms,4"), to loop under CPU
 // contention (go test -run Stress -count 100 with busy loops running):
 // the session takeover races show only when goroutines get preempted.
 func TestResumeUnderLoadStress(t *testing.T) {
@@ -42,6 +51,14 @@ func TestResumeUnderLoadStress(t *testing.T) {
 	}
 	var pubs, total, hops int
 	var pause string
+	var rm uint16
+	f := strings.Split(v, ",")
+	if len(f) == 5 {
+		if _, err := fmt.Sscanf(f[4], "%d", &rm); err != nil {
+			t.Fatalf("%s=%q: %v", resumeStressEnv, v, err)
+		}
+		v = strings.Join(f[:4], ",")
+	}
 	if _, err := fmt.Sscanf(strings.ReplaceAll(v, ",", " "), "%d %d %d %s", &pubs, &total, &hops, &pause); err != nil {
 		t.Fatalf("%s=%q: %v", resumeStressEnv, v, err)
 	}
@@ -49,16 +66,17 @@ func TestResumeUnderLoadStress(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%s=%q: %v", resumeStressEnv, v, err)
 	}
-	resumeUnderLoad(t, pubs, total, hops, d)
+	resumeUnderLoad(t, pubs, total, hops, d, rm)
 }
 
 // resumeUnderLoad runs pubs publishers of total QoS 2 messages each while
-// the subscriber reconnects hops times, pause apart.
-func resumeUnderLoad(t *testing.T, pubs, total, hops int, pause time.Duration) {
+// the subscriber (Receive Maximum rm, 0: not sent) reconnects hops times,
+// pause apart.
+func resumeUnderLoad(t *testing.T, pubs, total, hops int, pause time.Duration, rm uint16) {
 	nd := brokertest.Start(t, brokertest.Config())
 	url := nd.URL(0)
 	const id = "resumer"
-	opts := brokertest.V5Options{KeepSession: true, SessionExpiry: 300}
+	opts := brokertest.V5Options{KeepSession: true, SessionExpiry: 300, ReceiveMaximum: rm}
 
 	first := brokertest.MustV5(t, url, id, opts)
 	first.MustSub("rs/#", 2)
@@ -147,20 +165,29 @@ func resumeUnderLoad(t *testing.T, pubs, total, hops int, pause time.Duration) {
 		}
 		return out
 	}
-	deadline := time.After(brokertest.Timeout)
+	// A small Receive Maximum delivers the backlog a few messages per
+	// round trip: wait for as long as messages keep coming (bounded).
+	quiet := time.NewTimer(brokertest.Timeout)
+	defer quiet.Stop()
+	end := time.After(12 * brokertest.Timeout)
 	for len(missing()) > 0 {
 		select {
 		case m := <-last.Msgs():
 			got[len(got)-1][string(m.Payload)]++
 			note(len(got)-1, m)
-		case <-deadline:
+			quiet.Reset(brokertest.Timeout)
+		case <-quiet.C:
 			miss := missing()
 			t.Fatalf("%d of %d acknowledged messages never reached the client: %v", len(miss), len(acked), miss[:min(len(miss), 20)])
+		case <-end:
+			miss := missing()
+			t.Fatalf("%d of %d acknowledged messages still missing after %v: %v", len(miss), len(acked), 12*brokertest.Timeout, miss[:min(len(miss), 20)])
 		}
 	}
 	brokertest.MustV5(t, url, "rs-end").MustPub("rs/end", 1, false, "end")
 	for _, m := range last.Until("rs/end") {
 		got[len(got)-1][string(m.Payload)]++
+		note(len(got)-1, m)
 	}
 	for i := range got {
 		for p, n := range got[i] {
