@@ -73,6 +73,9 @@ type Cluster interface {
 	// cluster's resolved one again (through ApplyRetained, serialized
 	// with replication).
 	ReapplyRetained(topic string)
+	// ReadRetained counts a read of topic's retained message (hits and
+	// last access time for the $retained merge policy); it must be cheap.
+	ReadRetained(topic string, now time.Time)
 	// PutSessionSync writes the record and waits until every alive peer
 	// applied it.
 	PutSessionSync(ctx context.Context, clientID string, rec routes.SessionRecord) error
