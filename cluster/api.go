@@ -75,6 +75,14 @@ func (n *Node) RetainedReads(topic string) (hits int64, last time.Time, ok bool)
 	return n.retained.Reads(topic)
 }
 
+// Tables returns a fingerprint of each replicated table (sessions "sub",
+// retained messages "ret", retained read counts "hits"): nodes whose
+// fingerprints are equal hold the same versions of every entry. pending
+// counts the conflicts that wait for the merge policy here.
+func (n *Node) Tables() (fingerprints map[string]uint64, pending int) {
+	return n.repl.Fingerprints(), n.repl.Pending()
+}
+
 // ReapplyRetained re-applies the resolved retained message of topic to
 // the broker, serialized with replication.
 func (n *Node) ReapplyRetained(topic string) { n.retained.Reapply(topic) }

@@ -484,11 +484,17 @@ func (n *Node) flushQueues(max time.Duration) {
 	}
 }
 
-// guard runs before every data-plane handler. A node that left answers
+// guard runs before every data-plane handler (after Config.Receive). A
+// node that left answers
 // nothing (a refused QoS 1/2 publish makes its publisher resend). While
 // it leaves it still takes publishes for its clients, but gives no
 // anti-entropy answer: its table is becoming its own.
 func (n *Node) guard(from string, typ uint8, call bool) error {
+	if f := n.cfg.Receive; f != nil {
+		if err := f(from, typ, call); err != nil {
+			return err
+		}
+	}
 	if n.left.Load() || (call && typ == replication.CallDigest && n.leaving.Load()) {
 		if !call {
 			n.log.Debug("frame from a former peer dropped: this node left the cluster", "peer", from, "type", typ)

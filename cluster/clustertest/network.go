@@ -30,6 +30,10 @@
 // streams across a cut stay open, what is written on them is lost and
 // neither end learns anything until its own timeouts fire.
 //
+// CutAfter arms a cut that runs once a node has received a number of bytes
+// over streams, so a test can cut links in the middle of a large transfer
+// (a joiner's table sync, an anti-entropy repair) rather than at a time.
+//
 // Optional random faults (packet drop and delay for memberlist's UDP
 // traffic) come from one RNG seeded by Config.Seed; the seed is logged
 // through the test so a failing run can be replayed.
@@ -96,6 +100,16 @@ type Network struct {
 	isolated map[string]bool       // node -> cut from every other node
 	conns    map[*trackedConn]bool // open streams dialed through the Network
 	nextID   uint64                // trackedConn ids, for a stable close order
+
+	trip atomic.Pointer[tripwire] // CutAfter's armed tripwire, nil if none
+}
+
+// tripwire is an armed CutAfter.
+type tripwire struct {
+	node string
+	left atomic.Int64 // bytes to go
+	cut  func()
+	once sync.Once
 }
 
 // New returns a Network with the given faults. The seed is logged through
@@ -209,6 +223,42 @@ func (n *Network) Heal() {
 	n.mu.Unlock()
 	n.tb.Logf("clustertest: heal")
 	closeConns(victims)
+}
+
+// CutAfter arranges for cut to run once node `to` has received `bytes`
+// more bytes over the Network's streams (data-plane connections and
+// memberlist's TCP streams, whichever end dialed), so that a test can cut
+// links in the middle of a large transfer to that node: a joiner's table
+// sync, an anti-entropy repair. The read or write that crosses the mark
+// completes; cut (typically Cut, Isolate or Partition) runs right after
+// it, on that goroutine. A later call replaces an armed one; bytes <= 0
+// disarms.
+func (n *Network) CutAfter(to string, bytes int64, cut func()) {
+	if bytes <= 0 {
+		n.trip.Store(nil)
+		return
+	}
+	w := &tripwire{node: to, cut: cut}
+	w.left.Store(bytes)
+	n.trip.Store(w)
+	n.tb.Logf("clustertest: cut armed after %d bytes to %s", bytes, to)
+}
+
+// received accounts k bytes delivered to node; it runs the armed
+// tripwire's cut when they cross its mark.
+func (n *Network) received(node string, k int) {
+	w := n.trip.Load()
+	if w == nil || k <= 0 || w.node != node {
+		return
+	}
+	if w.left.Add(-int64(k)) > 0 {
+		return
+	}
+	w.once.Do(func() {
+		n.trip.CompareAndSwap(w, nil)
+		n.tb.Logf("clustertest: %s received the armed number of bytes", node)
+		w.cut()
+	})
 }
 
 // Linked reports whether streams currently flow between a and b.
@@ -397,6 +447,7 @@ func (c *trackedConn) Write(b []byte) (int, error) {
 	if err != nil && c.selfClosed.Load() {
 		err = net.ErrClosed // woken by Close during a cut
 	}
+	c.net.received(c.to, k)
 	return k, err
 }
 
@@ -411,6 +462,7 @@ func (c *trackedConn) Read(b []byte) (int, error) {
 		}
 		k, err := c.Conn.Read(b)
 		if !c.net.silent {
+			c.net.received(c.from, k)
 			return k, err
 		}
 		if c.selfClosed.Load() {
@@ -418,6 +470,7 @@ func (c *trackedConn) Read(b []byte) (int, error) {
 		}
 		timeout := isTimeout(err)
 		if !c.net.silentDrop(c, k > 0 || (err != nil && !timeout)) {
+			c.net.received(c.from, k)
 			return k, err
 		}
 		switch {

@@ -333,3 +333,64 @@ func TestSilentCut(t *testing.T) {
 	}
 	_ = ab3.Close()
 }
+
+// TestCutAfter: the armed cut runs once the node has received the given
+// bytes, counted both on streams it dialed (what it reads) and on streams
+// dialed to it (what the dialer writes), and not before.
+func TestCutAfter(t *testing.T) {
+	n := New(t, Config{})
+	a, b := n.DataNetwork("a"), n.DataNetwork("b")
+	ln, err := b.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		if conn, err := ln.Accept(); err == nil {
+			accepted <- conn
+		}
+	}()
+	ab, err := a.Dial(context.Background(), ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ab.Close()
+	ba := <-accepted
+	defer ba.Close()
+	cuts := 0
+	n.CutAfter("b", 10, func() { cuts++; n.Cut("a", "b") })
+	for i, step := range []struct {
+		write, read string // a writes to b; b writes, a reads
+		linked      bool
+	}{
+		{"12345", "", true},     // 5 bytes to b
+		{"", "xyzxyzxyz", true}, // to a: not counted
+		{"6789", "", true},      // 9 to b
+		{"0", "", false},        // 10: cut
+	} {
+		if step.write != "" {
+			if _, err := ab.Write([]byte(step.write)); err != nil {
+				t.Fatalf("step %d: write: %v", i, err)
+			}
+			buf := make([]byte, len(step.write))
+			if _, err := io.ReadFull(ba, buf); err != nil && step.linked {
+				t.Fatalf("step %d: b reads: %v", i, err)
+			}
+		}
+		if step.read != "" {
+			if _, err := ba.Write([]byte(step.read)); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(ab, make([]byte, len(step.read))); err != nil {
+				t.Fatalf("step %d: a reads: %v", i, err)
+			}
+		}
+		if got := n.Linked("a", "b"); got != step.linked {
+			t.Fatalf("step %d: linked %v, want %v", i, got, step.linked)
+		}
+	}
+	if cuts != 1 {
+		t.Fatalf("cut ran %d times", cuts)
+	}
+}
