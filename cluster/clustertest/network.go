@@ -25,7 +25,9 @@
 // an address no node owns passes untouched.
 //
 // By default a cut closes the streams across it at once, so the peer reads
-// EOF: the fastest a node can learn about a cut. Config.Silent models the
+// EOF: the fastest a node can learn about a cut. The accepting end of a
+// data-plane stream reads EOF at once, even with bytes still buffered:
+// what was sent but not read before the cut is lost with it. Config.Silent models the
 // common real failure instead (a dead switch, a firewall that drops):
 // streams across a cut stay open, what is written on them is lost and
 // neither end learns anything until its own timeouts fire.
@@ -100,6 +102,10 @@ type Network struct {
 	isolated map[string]bool       // node -> cut from every other node
 	conns    map[*trackedConn]bool // open streams dialed through the Network
 	nextID   uint64                // trackedConn ids, for a stable close order
+	// accepted holds the accepting ends of data-plane streams, by the
+	// dialer's address: a cut ends them with the dialing end, so what
+	// was sent but not yet read is lost, as on a real network.
+	accepted map[string]*acceptedConn
 
 	trip atomic.Pointer[tripwire] // CutAfter's armed tripwire, nil if none
 }
@@ -133,6 +139,7 @@ func New(tb testing.TB, cfg Config) *Network {
 		oneway:   make(map[[2]string]bool),
 		isolated: make(map[string]bool),
 		conns:    make(map[*trackedConn]bool),
+		accepted: make(map[string]*acceptedConn),
 	}
 	tb.Cleanup(n.closeAll)
 	return n
@@ -229,9 +236,9 @@ func (n *Network) Heal() {
 // more bytes over the Network's streams (data-plane connections and
 // memberlist's TCP streams, whichever end dialed), so that a test can cut
 // links in the middle of a large transfer to that node: a joiner's table
-// sync, an anti-entropy repair. The read or write that crosses the mark
-// completes; cut (typically Cut, Isolate or Partition) runs right after
-// it, on that goroutine. A later call replaces an armed one; bytes <= 0
+// sync, an anti-entropy repair. The read or write that reaches the mark
+// is cut short at the mark; cut (typically Cut, Isolate or Partition)
+// runs right after it, on that goroutine. A later call replaces an armed one; bytes <= 0
 // disarms.
 func (n *Network) CutAfter(to string, bytes int64, cut func()) {
 	if bytes <= 0 {
@@ -242,6 +249,18 @@ func (n *Network) CutAfter(to string, bytes int64, cut func()) {
 	w.left.Store(bytes)
 	n.trip.Store(w)
 	n.tb.Logf("clustertest: cut armed after %d bytes to %s", bytes, to)
+}
+
+// budget returns how many more bytes may reach node before the armed
+// cut (-1: no cut armed for it). Reads and writes toward node are cut
+// short to it, so the cut comes at the armed byte, not after a large
+// buffer that crossed it.
+func (n *Network) budget(node string) int64 {
+	w := n.trip.Load()
+	if w == nil || w.node != node {
+		return -1
+	}
+	return max(w.left.Load(), 1)
 }
 
 // received accounts k bytes delivered to node; it runs the armed
@@ -378,8 +397,19 @@ func (n *Network) closeAll() {
 func closeConns(cs []*trackedConn) {
 	for _, c := range cs {
 		c.markDone()
+		if a := c.net.acceptedEnd(c); a != nil {
+			a.cut.Store(true)
+		}
 		_ = c.Conn.Close()
 	}
+}
+
+// acceptedEnd returns the accepting end of c, if a DataNetwork listener
+// accepted it.
+func (n *Network) acceptedEnd(c *trackedConn) *acceptedConn {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.accepted[c.Conn.LocalAddr().String()]
 }
 
 // silentDrop reports whether traffic on c is lost because the Network is
@@ -443,6 +473,12 @@ func (c *trackedConn) Write(b []byte) (int, error) {
 	if c.net.silentDrop(c, len(b) > 0) {
 		return len(b), nil
 	}
+	if r := c.net.budget(c.to); r >= 0 && int64(len(b)) > r {
+		// The armed cut comes within b: the rest is lost.
+		k, _ := c.Conn.Write(b[:r])
+		c.net.received(c.to, k)
+		return k, net.ErrClosed
+	}
 	k, err := c.Conn.Write(b)
 	if err != nil && c.selfClosed.Load() {
 		err = net.ErrClosed // woken by Close during a cut
@@ -459,6 +495,9 @@ func (c *trackedConn) Read(b []byte) (int, error) {
 	for {
 		if c.closed() && c.selfClosed.Load() {
 			return 0, net.ErrClosed
+		}
+		if r := c.net.budget(c.from); r >= 0 && int64(len(b)) > r {
+			b = b[:r] // stop at the armed cut
 		}
 		k, err := c.Conn.Read(b)
 		if !c.net.silent {

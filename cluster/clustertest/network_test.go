@@ -97,6 +97,22 @@ func TestDataNetworkCut(t *testing.T) {
 		t.Fatalf("c->b after a<->b cut: %q, %v", buf, err)
 	}
 
+	// What was written but not read before a cut is lost with it.
+	n.Heal()
+	ab2, err := a.Dial(ctx, ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ba2 := <-accepted
+	if _, err := ab2.Write([]byte("unread")); err != nil {
+		t.Fatal(err)
+	}
+	n.Cut("a", "b")
+	_ = ba2.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if k, err := ba2.Read(make([]byte, 16)); k != 0 || err != io.EOF {
+		t.Fatalf("b read %d bytes, %v after the cut; want the unread bytes lost and EOF", k, err)
+	}
+
 	n.Heal()
 	again, err := a.Dial(ctx, ln.Addr().String())
 	if err != nil {
@@ -345,9 +361,13 @@ func TestCutAfter(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
+	accepted := make(chan net.Conn, 2)
 	go func() {
-		if conn, err := ln.Accept(); err == nil {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
 			accepted <- conn
 		}
 	}()
@@ -392,5 +412,16 @@ func TestCutAfter(t *testing.T) {
 	}
 	if cuts != 1 {
 		t.Fatalf("cut ran %d times", cuts)
+	}
+	// A write across the mark is cut short at it.
+	n.Heal()
+	ab2, err := a.Dial(context.Background(), ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ab2.Close()
+	n.CutAfter("b", 3, func() { cuts++; n.Cut("a", "b") })
+	if k, err := ab2.Write([]byte("12345")); k != 3 || err == nil || cuts != 2 {
+		t.Fatalf("write across the mark: %d bytes, %v, %d cuts; want 3 bytes, an error, the cut", k, err, cuts)
 	}
 }
