@@ -135,6 +135,8 @@ type shared struct {
 
 	node   atomic.Pointer[clusterRef]
 	nextID atomic.Uint64 // numbers this node's publishes (cluster.Delivery.ID)
+	// serving is set once the MQTT server serves (RoutingHook.OnStarted).
+	serving atomic.Bool
 
 	injectors sync.Pool // *mqtt.Client, inline
 	nextInj   atomic.Uint64

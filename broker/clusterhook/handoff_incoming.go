@@ -212,7 +212,7 @@ func (h *HandoffHook) withdraw(cl *mqtt.Client, pk packets.Packet) {
 // written by the client's write loop, which ignores the write's error.
 func (h *HandoffHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	if h.withheld(cl, pk) {
-		mochix.Withhold(&pk)
+		mochix.Withhold(cl, &pk)
 	}
 	return pk
 }

@@ -242,7 +242,7 @@ func (h *Hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet
 		}
 	}
 	if pk.FixedHeader.Qos > 0 && !pk.FixedHeader.Dup && h.wasResent(cl, pk) {
-		mochix.Withhold(&pk) // a write-loop copy: its write error is ignored
+		mochix.Withhold(cl, &pk) // a write-loop copy: its write error is ignored
 	}
 	return pk
 }
