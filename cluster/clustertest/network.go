@@ -110,12 +110,66 @@ type Network struct {
 	trip atomic.Pointer[tripwire] // CutAfter's armed tripwire, nil if none
 }
 
-// tripwire is an armed CutAfter.
+// tripwire is an armed CutAfter. Every read or write toward its node
+// reserves its share of the bytes left before it starts (a blocked read
+// holds its reservation), so streams running at once never carry more
+// than the mark between them.
 type tripwire struct {
-	node string
-	left atomic.Int64 // bytes to go
-	cut  func()
-	once sync.Once
+	node  string
+	cut   func()
+	mu    sync.Mutex
+	cond  *sync.Cond
+	left  int64 // not reserved
+	used  int64 // carried
+	total int64
+	// cutting: the mark is reached and the cut runs; operations wait
+	// for it, so nothing slips through before the links are cut.
+	cutting bool
+	fired   bool // the cut ran: no limit any more
+}
+
+// reserveMax caps one reservation: a stream idle in a read holds at most
+// this much of the budget.
+const reserveMax = 16 << 10
+
+// reserve returns how many bytes (up to want) may flow now, waiting while
+// every byte left is reserved by operations under way; -1 once the wire
+// has fired (no limit).
+func (w *tripwire) reserve(want int) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for !w.fired && (w.cutting || w.left == 0) {
+		w.cond.Wait()
+	}
+	if w.fired {
+		return -1
+	}
+	r := min(int64(want), w.left, reserveMax)
+	w.left -= r
+	return int(r)
+}
+
+// settle accounts k of r reserved bytes as carried and returns the rest;
+// it reports whether they reach the mark (the caller runs the cut).
+func (w *tripwire) settle(r, k int) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.left += int64(r - max(k, 0))
+	w.used += int64(max(k, 0))
+	w.cond.Broadcast()
+	if w.fired || w.cutting || w.used < w.total {
+		return false
+	}
+	w.cutting = true
+	return true
+}
+
+// done releases the operations waiting for the cut.
+func (w *tripwire) done() {
+	w.mu.Lock()
+	w.fired = true
+	w.cond.Broadcast()
+	w.mu.Unlock()
 }
 
 // New returns a Network with the given faults. The seed is logged through
@@ -236,48 +290,51 @@ func (n *Network) Heal() {
 // more bytes over the Network's streams (data-plane connections and
 // memberlist's TCP streams, whichever end dialed), so that a test can cut
 // links in the middle of a large transfer to that node: a joiner's table
-// sync, an anti-entropy repair. The read or write that reaches the mark
-// is cut short at the mark; cut (typically Cut, Isolate or Partition)
-// runs right after it, on that goroutine. A later call replaces an armed one; bytes <= 0
-// disarms.
+// sync, an anti-entropy repair. Streams toward the node together carry
+// exactly that many bytes (a read or write that would cross the mark is
+// cut short at it); cut (typically Cut, Isolate or Partition) runs right
+// after the one that reaches it, on that goroutine. A later call replaces
+// an armed one; bytes <= 0 disarms.
 func (n *Network) CutAfter(to string, bytes int64, cut func()) {
+	if old := n.trip.Swap(nil); old != nil {
+		old.done() // release its waiters
+	}
 	if bytes <= 0 {
-		n.trip.Store(nil)
 		return
 	}
-	w := &tripwire{node: to, cut: cut}
-	w.left.Store(bytes)
+	w := &tripwire{node: to, cut: cut, left: bytes, total: bytes}
+	w.cond = sync.NewCond(&w.mu)
 	n.trip.Store(w)
 	n.tb.Logf("clustertest: cut armed after %d bytes to %s", bytes, to)
 }
 
-// budget returns how many more bytes may reach node before the armed
-// cut (-1: no cut armed for it). Reads and writes toward node are cut
-// short to it, so the cut comes at the armed byte, not after a large
-// buffer that crossed it.
-func (n *Network) budget(node string) int64 {
+// reserve returns the armed tripwire of node, if any, and how many of
+// want bytes may flow toward node now (want without a tripwire).
+func (n *Network) reserve(node string, want int) (*tripwire, int) {
 	w := n.trip.Load()
-	if w == nil || w.node != node {
-		return -1
+	if w == nil || w.node != node || want == 0 {
+		return nil, want
 	}
-	return max(w.left.Load(), 1)
+	r := w.reserve(want)
+	if r < 0 {
+		return nil, want
+	}
+	return w, r
 }
 
-// received accounts k bytes delivered to node; it runs the armed
-// tripwire's cut when they cross its mark.
-func (n *Network) received(node string, k int) {
-	w := n.trip.Load()
-	if w == nil || k <= 0 || w.node != node {
-		return
+// settle accounts k of the r bytes reserved on w; when they reach the
+// mark it disarms w and runs its cut, and reports true.
+func (n *Network) settle(w *tripwire, r, k int) bool {
+	if w == nil || !w.settle(r, k) {
+		return false
 	}
-	if w.left.Add(-int64(k)) > 0 {
-		return
-	}
-	w.once.Do(func() {
-		n.trip.CompareAndSwap(w, nil)
-		n.tb.Logf("clustertest: %s received the armed number of bytes", node)
-		w.cut()
-	})
+	n.tb.Logf("clustertest: %s received the armed number of bytes", w.node)
+	w.cut()
+	w.done()
+	// Disarmed only now: until the cut ran, new operations toward the
+	// node wait on w (cutting) instead of passing unlimited.
+	n.trip.CompareAndSwap(w, nil)
+	return true
 }
 
 // Linked reports whether streams currently flow between a and b.
@@ -473,18 +530,26 @@ func (c *trackedConn) Write(b []byte) (int, error) {
 	if c.net.silentDrop(c, len(b) > 0) {
 		return len(b), nil
 	}
-	if r := c.net.budget(c.to); r >= 0 && int64(len(b)) > r {
-		// The armed cut comes within b: the rest is lost.
-		k, _ := c.Conn.Write(b[:r])
-		c.net.received(c.to, k)
-		return k, net.ErrClosed
+	written := 0
+	for written < len(b) {
+		w, r := c.net.reserve(c.to, len(b)-written)
+		if c.closed() {
+			c.net.settle(w, r, 0)
+			return written, net.ErrClosed // closed meanwhile (by the cut it waited for)
+		}
+		k, err := c.Conn.Write(b[written : written+r])
+		written += k
+		if c.net.settle(w, r, k) && written < len(b) {
+			return written, net.ErrClosed // the armed cut came within b: the rest is lost
+		}
+		if err != nil {
+			if c.selfClosed.Load() {
+				err = net.ErrClosed // woken by Close during a cut
+			}
+			return written, err
+		}
 	}
-	k, err := c.Conn.Write(b)
-	if err != nil && c.selfClosed.Load() {
-		err = net.ErrClosed // woken by Close during a cut
-	}
-	c.net.received(c.to, k)
-	return k, err
+	return written, nil
 }
 
 // Read reads from the stream. With Config.Silent, while the link is cut
@@ -496,22 +561,26 @@ func (c *trackedConn) Read(b []byte) (int, error) {
 		if c.closed() && c.selfClosed.Load() {
 			return 0, net.ErrClosed
 		}
-		if r := c.net.budget(c.from); r >= 0 && int64(len(b)) > r {
-			b = b[:r] // stop at the armed cut
+		w, r := c.net.reserve(c.from, len(b)) // stop at the armed cut
+		if c.closed() && !c.net.silent {
+			c.net.settle(w, r, 0)
+			return 0, net.ErrClosed // closed meanwhile (by the cut it waited for)
 		}
-		k, err := c.Conn.Read(b)
+		k, err := c.Conn.Read(b[:r])
 		if !c.net.silent {
-			c.net.received(c.from, k)
+			c.net.settle(w, r, k)
 			return k, err
 		}
 		if c.selfClosed.Load() {
+			c.net.settle(w, r, 0)
 			return 0, net.ErrClosed // woken by Close during a cut
 		}
 		timeout := isTimeout(err)
 		if !c.net.silentDrop(c, k > 0 || (err != nil && !timeout)) {
-			c.net.received(c.from, k)
+			c.net.settle(w, r, k)
 			return k, err
 		}
+		c.net.settle(w, r, 0) // lost in the cut: not received
 		switch {
 		case err == nil:
 			continue // data lost in the cut

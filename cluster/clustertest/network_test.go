@@ -3,8 +3,10 @@ package clustertest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -424,4 +426,79 @@ func TestCutAfter(t *testing.T) {
 	if k, err := ab2.Write([]byte("12345")); k != 3 || err == nil || cuts != 2 {
 		t.Fatalf("write across the mark: %d bytes, %v, %d cuts; want 3 bytes, an error, the cut", k, err, cuts)
 	}
+}
+
+// TestCutAfterConcurrentStreams: streams writing to a node at once carry
+// exactly the armed bytes between them before the cut, and the node reads
+// no more than that (what was sent but not read is lost with the cut).
+func TestCutAfterConcurrentStreams(t *testing.T) {
+	const mark, streams = 100_000, 4
+	n := New(t, Config{})
+	b := n.DataNetwork("b")
+	ln, err := b.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var (
+		mu            sync.Mutex
+		written, read int
+		wg            sync.WaitGroup
+	)
+	wg.Add(1)
+	go func() { // b reads every stream until it ends
+		defer wg.Done()
+		for range streams {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				buf := make([]byte, 4096)
+				for {
+					k, err := c.Read(buf)
+					mu.Lock()
+					read += k
+					mu.Unlock()
+					if err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	var conns []net.Conn
+	for i := range streams {
+		c, err := n.DataNetwork(fmt.Sprint("a", i)).Dial(context.Background(), ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	n.CutAfter("b", mark, func() { n.Isolate("b") })
+	for _, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer c.Close()
+			chunk := make([]byte, 8192)
+			for range 1000 { // far beyond the mark: the cut ends it
+				k, err := c.Write(chunk)
+				mu.Lock()
+				written += k
+				mu.Unlock()
+				if err != nil {
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if written != mark || read > mark {
+		t.Fatalf("written %d, read %d; want exactly %d written and no more read", written, read, mark)
+	}
+	t.Logf("%d bytes written, %d read before the cut", written, read)
 }
