@@ -31,6 +31,14 @@ type RetainedMessage struct {
 	CreatedAt   *time.Time `json:"created_at,omitempty"`
 	ExpiresAt   *time.Time `json:"expires_at,omitempty"`
 	ContentType string     `json:"content_type,omitempty"`
+	// Hits counts the message's reads (deliveries to clients because they
+	// subscribed), summed over the nodes whose counts this node has, and
+	// LastReadAt is the time of the last one: the hits and last access
+	// time a $retained merge policy sees. Clustered nodes only. Reads
+	// through this API are not counted: looking must not change which
+	// message wins a merge.
+	Hits       *int64     `json:"hits,omitempty"`
+	LastReadAt *time.Time `json:"last_read_at,omitempty"`
 }
 
 // RetainedList is the answer of GET /api/v1/retained.
@@ -91,7 +99,7 @@ func (b *Broker) apiRetained(w http.ResponseWriter, r *http.Request) {
 			admin.WriteError(w, http.StatusNotFound, fmt.Errorf("no retained message on %q", topic))
 			return
 		}
-		out.Messages = append(out.Messages, retainedMessage(pk))
+		out.Messages = append(out.Messages, b.withReads(retainedMessage(pk)))
 	default:
 		if err := config.ValidFilter(filter); err != nil {
 			admin.WriteError(w, http.StatusBadRequest, err)
@@ -104,10 +112,25 @@ func (b *Broker) apiRetained(w http.ResponseWriter, r *http.Request) {
 				out.Truncated = true
 				break
 			}
-			out.Messages = append(out.Messages, retainedMessage(pk))
+			out.Messages = append(out.Messages, b.withReads(retainedMessage(pk)))
 		}
 	}
 	admin.WriteJSON(w, http.StatusOK, out)
+}
+
+// withReads adds the cluster's read counts of m (clustered nodes).
+func (b *Broker) withReads(m RetainedMessage) RetainedMessage {
+	if b.node == nil {
+		return m
+	}
+	if hits, last, ok := b.node.RetainedReads(m.Topic); ok {
+		m.Hits = &hits
+		if !last.IsZero() {
+			t := last.UTC()
+			m.LastReadAt = &t
+		}
+	}
+	return m
 }
 
 // validTopic checks a topic name given to the retained API.

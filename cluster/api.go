@@ -62,6 +62,27 @@ func (n *Node) DeleteRetained(topic string, now time.Time) {
 // Retained returns the resolved retained message of topic.
 func (n *Node) Retained(topic string) (RetainedMessage, bool) { return n.retained.Get(topic) }
 
+// ReadRetained counts a read of topic's retained message (a subscriber
+// got it on SUBSCRIBE): the hits and last access time a $retained merge
+// policy sees. Cheap: atomic counters, no lock of the replicated tables.
+func (n *Node) ReadRetained(topic string, now time.Time) { n.retained.Hit(topic, now) }
+
+// RetainedReads returns the reads of topic's resolved retained message,
+// summed over the nodes whose counts this node has, and the time of the
+// last one (zero: none); ok is false without a message. Other nodes'
+// reads arrive only while the cluster is split (see retained.Reads).
+func (n *Node) RetainedReads(topic string) (hits int64, last time.Time, ok bool) {
+	return n.retained.Reads(topic)
+}
+
+// Tables returns a fingerprint of each replicated table (sessions "sub",
+// retained messages "ret", retained read counts "hits"): nodes whose
+// fingerprints are equal hold the same versions of every entry. pending
+// counts the conflicts that wait for the merge policy here.
+func (n *Node) Tables() (fingerprints map[string]uint64, pending int) {
+	return n.repl.Fingerprints(), n.repl.Pending()
+}
+
 // ReapplyRetained re-applies the resolved retained message of topic to
 // the broker, serialized with replication.
 func (n *Node) ReapplyRetained(topic string) { n.retained.Reapply(topic) }

@@ -175,6 +175,13 @@ type Config struct {
 	// logical clock runs on it, see package hlc) and timing session
 	// records. Nil: time.Now. Tests inject clock skew.
 	Clock func() time.Time `koanf:"-"`
+	// Receive, if set, sees every data-plane frame and call this node
+	// receives from a peer (its sender, message type, and whether it is a
+	// call) before it is handled; a non-nil error drops it, as a lost
+	// message. Tests use it to cut links at a precise step of a protocol
+	// (a takeover's finish, the middle of an anti-entropy repair). It runs
+	// on the data plane's reader goroutine: it must be quick.
+	Receive func(from string, typ uint8, call bool) error `koanf:"-"`
 	// Merger decides conflicting replicated entries: concurrent retained
 	// messages (map "$retained"), through the merge policies
 	// (plugins.Registry). Nil: the latest update wins, ties to the later

@@ -276,3 +276,42 @@ func TestWholeClusterStopsCleanly(t *testing.T) {
 		}
 	}
 }
+
+// TestJoinDuringSplit: n4 joins n1 while n3 is cut off from n1 and n2. It
+// learns n3 as failed at the join (memberlist alone would not tell it), so
+// it is in the netsplit like the rest of its side and gated; after the
+// heal all four are one cluster and nobody is split.
+func TestJoinDuringSplit(t *testing.T) {
+	t.Parallel()
+	nw := clustertest.New(t, clustertest.Config{})
+	nodes := startNodes(t, nw, 3, nil)
+	seed := ""
+	for _, m := range nodes[0].Status().Members {
+		if m.Self {
+			seed = m.GossipAddr
+		}
+	}
+	nw.Partition([]string{"n1", "n2", "n4"}, []string{"n3"}) // n4 is not started yet
+	waitFor(t, 8*time.Second, "the split", all(expectSplit(t, nodes[0], true, "n3"), expectSplit(t, nodes[2], true, "n1", "n2")))
+	n4, _ := startNode(t, nw, "n4", seed, nil)
+	waitFor(t, 8*time.Second, "n4 to join one side, split from n3", expectSplit(t, n4, true, "n3"))
+	nw.Heal()
+	nodes = append(nodes, n4)
+	waitFor(t, 10*time.Second, "the heal", func() (bool, string) {
+		for _, n := range nodes {
+			if ok, why := expectSplit(t, n, false)(); !ok {
+				return false, why
+			}
+			up := 0
+			for _, m := range n.Status().Members {
+				if m.State == "alive" && (m.Self || m.Reachable) {
+					up++
+				}
+			}
+			if up != len(nodes) {
+				return false, fmt.Sprintf("%s: %d of %d up", n.Name(), up, len(nodes))
+			}
+		}
+		return true, ""
+	})
+}

@@ -214,9 +214,10 @@ func New(name string, cfg Config, broker Broker) (*Node, error) {
 	if merger == nil {
 		merger = latestUpdate{}
 	}
+	reads := retained.NewReads(name)
 	n.repl, err = replication.New(replication.Config{
 		Node: name, AntiEntropyInterval: cfg.AntiEntropyInterval, TombstoneGrace: cfg.TombstoneGrace,
-		Merger: merger, Merged: []replication.Merged{retained.Merged(n.log)}, Logger: n.log,
+		Merger: merger, Merged: []replication.Merged{retained.Merged(n.log, reads)}, Logger: n.log,
 		Resolvers: map[string]replica.Resolver{sessions.Table: sessions.Resolver},
 	}, n.dp, n.view, n.mux)
 	if err != nil {
@@ -233,7 +234,7 @@ func New(name string, cfg Config, broker Broker) (*Node, error) {
 		Changed: func(id string, rec routes.SessionRecord) { n.registry.Observe(id, rec.Node, rec.Connect) },
 	}, n.log)
 	n.registry.SetSessions(n.sessions)
-	n.retained = retained.New(n.repl, broker, n.log)
+	n.retained = retained.New(n.repl, broker, reads, n.log)
 	oc := outbox.Config{MaxMessages: cfg.NetsplitQueueMessages, MaxBytes: cfg.NetsplitQueueBytes}
 	if cfg.StoragePath != "" {
 		if n.disk, err = durable.Open(cfg.StoragePath, 2*time.Second); err != nil {
@@ -353,7 +354,11 @@ func (n *Node) Start() error {
 		// even if the seeds answer only later.
 		n.repl.MarkSynced()
 	}
-	n.wg.Add(5)
+	n.wg.Add(6)
+	go func() {
+		defer n.wg.Done()
+		n.flushReads(n.ctx)
+	}()
 	go func() {
 		defer n.wg.Done()
 		n.maps.Run(n.ctx, n.Split)
@@ -378,6 +383,27 @@ func (n *Node) Start() error {
 		n.sessions.Run(n.ctx, 2*n.cfg.AntiEntropyInterval)
 	}()
 	return nil
+}
+
+// flushReads publishes this node's counts of retained-message reads
+// once per anti-entropy interval while the node is in a netsplit, and
+// once after it (see retained.Reads), until ctx ends.
+func (n *Node) flushReads(ctx context.Context) {
+	tick := time.NewTicker(n.cfg.AntiEntropyInterval)
+	defer tick.Stop()
+	wasSplit := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-tick.C:
+			split := n.Split()
+			if err := n.retained.FlushReads(split || wasSplit, now); err != nil {
+				n.log.Warn("retained read counts not replicated", "error", err)
+			}
+			wasSplit = split
+		}
+	}
 }
 
 // dataAdvertise is the data-plane address peers dial.
@@ -467,11 +493,17 @@ func (n *Node) flushQueues(max time.Duration) {
 	}
 }
 
-// guard runs before every data-plane handler. A node that left answers
+// guard runs before every data-plane handler (after Config.Receive). A
+// node that left answers
 // nothing (a refused QoS 1/2 publish makes its publisher resend). While
 // it leaves it still takes publishes for its clients, but gives no
 // anti-entropy answer: its table is becoming its own.
 func (n *Node) guard(from string, typ uint8, call bool) error {
+	if f := n.cfg.Receive; f != nil {
+		if err := f(from, typ, call); err != nil {
+			return err
+		}
+	}
 	if n.left.Load() || (call && typ == replication.CallDigest && n.leaving.Load()) {
 		if !call {
 			n.log.Debug("frame from a former peer dropped: this node left the cluster", "peer", from, "type", typ)

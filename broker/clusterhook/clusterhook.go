@@ -73,6 +73,9 @@ type Cluster interface {
 	// cluster's resolved one again (through ApplyRetained, serialized
 	// with replication).
 	ReapplyRetained(topic string)
+	// ReadRetained counts a read of topic's retained message (hits and
+	// last access time for the $retained merge policy); it must be cheap.
+	ReadRetained(topic string, now time.Time)
 	// PutSessionSync writes the record and waits until every alive peer
 	// applied it.
 	PutSessionSync(ctx context.Context, clientID string, rec routes.SessionRecord) error
@@ -132,6 +135,8 @@ type shared struct {
 
 	node   atomic.Pointer[clusterRef]
 	nextID atomic.Uint64 // numbers this node's publishes (cluster.Delivery.ID)
+	// serving is set once the MQTT server serves (RoutingHook.OnStarted).
+	serving atomic.Bool
 
 	injectors sync.Pool // *mqtt.Client, inline
 	nextInj   atomic.Uint64

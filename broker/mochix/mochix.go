@@ -101,35 +101,47 @@ func InGroups(pk packets.Packet, filter string) bool {
 // write lock), through the buffer's field offset (outbufOffset).
 
 // Withhold makes mochi skip writing pk to cl (call it in OnPacketEncode)
-// and writes out what mochi buffered for cl.
+// and writes out the packets mochi buffered for cl before it, which the
+// skipped write would strand (see Buffered writes). A flush that fails
+// is the connection's failure, which its reader sees too.
 func Withhold(cl *mqtt.Client, pk *packets.Packet) {
 	pk.FixedHeader.Type = packets.Reserved
-	_ = Flush(cl) // a write error shows in the client's next read or write
+	_ = FlushWrites(cl)
 }
 
-// outbufOffset is the offset of Client.Net.outbuf (a *bytes.Buffer) in
-// mochi's Client, 0 if mochi's Client has no such field.
+// Buffered writes.
+//
+// WritePacket buffers a packet (in the client connection's unexported
+// outbuf) while more packets wait in the client's outbound queue, and
+// writes the buffer out with the last one. A withheld packet fails before
+// that flush: when it is the last of a burst, the packets buffered before
+// it stay in the buffer until the client's next write — a PINGRESP, up to
+// a keep-alive later, or never for a client that only listens. FlushWrites
+// writes the buffer out as mochi's own flush does (under the client's
+// lock, the buffer dropped once written).
+
+// outbufOffset is the offset of ClientConnection.outbuf (*bytes.Buffer),
+// 0 if this mochi has no such field (FlushWrites then fails).
 var outbufOffset = func() uintptr {
-	ct := reflect.TypeFor[mqtt.Client]()
-	nf, ok := ct.FieldByName("Net")
-	if !ok {
+	f, ok := reflect.TypeFor[mqtt.ClientConnection]().FieldByName("outbuf")
+	if !ok || f.Type != reflect.TypeFor[*bytes.Buffer]() {
 		return 0
 	}
-	of, ok := nf.Type.FieldByName("outbuf")
-	if !ok || of.Type != reflect.TypeFor[*bytes.Buffer]() {
-		return 0
-	}
-	return nf.Offset + of.Offset
+	return f.Offset
 }()
 
-// Flush writes out the packets mochi buffered for cl (see Withhold).
-func Flush(cl *mqtt.Client) error {
+// ErrNoOutbuf: this mochi version has no write buffer where FlushWrites
+// looks for it (see Buffered writes).
+var ErrNoOutbuf = errors.New("mochix: mochi's client write buffer not found")
+
+// FlushWrites writes out what mochi buffered for cl.
+func FlushWrites(cl *mqtt.Client) error {
 	if outbufOffset == 0 {
-		return nil
+		return ErrNoOutbuf
 	}
 	cl.Lock()
 	defer cl.Unlock()
-	buf := (**bytes.Buffer)(unsafe.Add(unsafe.Pointer(cl), outbufOffset))
+	buf := (**bytes.Buffer)(unsafe.Add(unsafe.Pointer(&cl.Net), outbufOffset))
 	if *buf == nil || cl.Net.Conn == nil {
 		return nil
 	}

@@ -540,3 +540,57 @@ func TestCancelDelayedWill(t *testing.T) {
 		t.Error("the delayed will is still there after CancelDelayedWill")
 	}
 }
+
+// TestWithheldLastWriteStrandsTheBuffer pins why Withhold flushes: mochi
+// buffers a packet while more wait in the client's outbound queue and
+// writes the buffer out with the last one; a withheld last packet fails
+// before that, so the packets before it stay in the buffer (here:
+// nothing arrives) until FlushWrites — or, with Withhold, not at all. If
+// this mochi flushes anyway, the flush in Withhold can go.
+func TestWithheldLastWriteStrandsTheBuffer(t *testing.T) {
+	for _, withhold := range []string{"reserved type only", "Withhold"} {
+		t.Run(withhold, func(t *testing.T) {
+			release, lastSeen := make(chan struct{}), make(chan struct{})
+			rec := &recorder{provides: []byte{mqtt.OnPacketEncode},
+				onEncode: func(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+					switch string(pk.Payload) {
+					case "p0":
+						<-release // the write loop waits while the rest queue up
+					case "last":
+						if withhold == "Withhold" {
+							mochix.Withhold(cl, &pk)
+						} else {
+							pk.FixedHeader.Type = packets.Reserved
+						}
+						close(lastSeen)
+					}
+					return pk
+				}}
+			srv, addr := startServer(t, rec)
+			sub, _ := brokertest.DialRawClient(t, addr, 5, "sub", brokertest.RawOptions{})
+			sub.Subscribe(1, 0, "w/#")
+			for _, p := range []string{"p0", "p1", "p2", "last"} {
+				if err := srv.Publish("w/x", []byte(p), false, 0); err != nil {
+					t.Fatal(err)
+				}
+			}
+			close(release)
+			<-lastSeen
+			if withhold != "Withhold" {
+				// Nothing can be awaited: the point is that nothing comes.
+				if p, err := brokertest.ReadPacket(sub.Conn, time.Now().Add(300*time.Millisecond)); err == nil {
+					t.Fatalf("a packet (type %d) arrived: mochi flushes after a withheld last write now; drop the flush in Withhold", p.Type)
+				}
+				cl, _ := mochix.Client(srv, "sub")
+				if err := mochix.FlushWrites(cl); err != nil {
+					t.Fatalf("FlushWrites: %v", err)
+				}
+			}
+			for _, want := range []string{"p0", "p1", "p2"} {
+				if got := sub.DecodePublish(sub.Expect(packets.Publish)); string(got.Payload) != want {
+					t.Fatalf("got %q, want %q", got.Payload, want)
+				}
+			}
+		})
+	}
+}

@@ -255,7 +255,7 @@ func TestWithholdWithoutFlushStrandsWrites(t *testing.T) {
 			"mochix.Withhold need not flush", p.Type)
 	}
 	cl, _ := mochix.Client(srv, "strand")
-	if err := mochix.Flush(cl); err != nil {
+	if err := mochix.FlushWrites(cl); err != nil {
 		t.Fatal(err)
 	}
 	c.Expect(packets.Pingresp)

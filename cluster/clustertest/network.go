@@ -25,10 +25,16 @@
 // an address no node owns passes untouched.
 //
 // By default a cut closes the streams across it at once, so the peer reads
-// EOF: the fastest a node can learn about a cut. Config.Silent models the
+// EOF: the fastest a node can learn about a cut. The accepting end of a
+// data-plane stream reads EOF at once, even with bytes still buffered:
+// what was sent but not read before the cut is lost with it. Config.Silent models the
 // common real failure instead (a dead switch, a firewall that drops):
 // streams across a cut stay open, what is written on them is lost and
 // neither end learns anything until its own timeouts fire.
+//
+// CutAfter arms a cut that runs once a node has received a number of bytes
+// over streams, so a test can cut links in the middle of a large transfer
+// (a joiner's table sync, an anti-entropy repair) rather than at a time.
 //
 // Optional random faults (packet drop and delay for memberlist's UDP
 // traffic) come from one RNG seeded by Config.Seed; the seed is logged
@@ -96,6 +102,74 @@ type Network struct {
 	isolated map[string]bool       // node -> cut from every other node
 	conns    map[*trackedConn]bool // open streams dialed through the Network
 	nextID   uint64                // trackedConn ids, for a stable close order
+	// accepted holds the accepting ends of data-plane streams, by the
+	// dialer's address: a cut ends them with the dialing end, so what
+	// was sent but not yet read is lost, as on a real network.
+	accepted map[string]*acceptedConn
+
+	trip atomic.Pointer[tripwire] // CutAfter's armed tripwire, nil if none
+}
+
+// tripwire is an armed CutAfter. Every read or write toward its node
+// reserves its share of the bytes left before it starts (a blocked read
+// holds its reservation), so streams running at once never carry more
+// than the mark between them.
+type tripwire struct {
+	node  string
+	cut   func()
+	mu    sync.Mutex
+	cond  *sync.Cond
+	left  int64 // not reserved
+	used  int64 // carried
+	total int64
+	// cutting: the mark is reached and the cut runs; operations wait
+	// for it, so nothing slips through before the links are cut.
+	cutting bool
+	fired   bool // the cut ran: no limit any more
+}
+
+// reserveMax caps one reservation: a stream idle in a read holds at most
+// this much of the budget.
+const reserveMax = 16 << 10
+
+// reserve returns how many bytes (up to want) may flow now, waiting while
+// every byte left is reserved by operations under way; -1 once the wire
+// has fired (no limit).
+func (w *tripwire) reserve(want int) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for !w.fired && (w.cutting || w.left == 0) {
+		w.cond.Wait()
+	}
+	if w.fired {
+		return -1
+	}
+	r := min(int64(want), w.left, reserveMax)
+	w.left -= r
+	return int(r)
+}
+
+// settle accounts k of r reserved bytes as carried and returns the rest;
+// it reports whether they reach the mark (the caller runs the cut).
+func (w *tripwire) settle(r, k int) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.left += int64(r - max(k, 0))
+	w.used += int64(max(k, 0))
+	w.cond.Broadcast()
+	if w.fired || w.cutting || w.used < w.total {
+		return false
+	}
+	w.cutting = true
+	return true
+}
+
+// done releases the operations waiting for the cut.
+func (w *tripwire) done() {
+	w.mu.Lock()
+	w.fired = true
+	w.cond.Broadcast()
+	w.mu.Unlock()
 }
 
 // New returns a Network with the given faults. The seed is logged through
@@ -119,6 +193,7 @@ func New(tb testing.TB, cfg Config) *Network {
 		oneway:   make(map[[2]string]bool),
 		isolated: make(map[string]bool),
 		conns:    make(map[*trackedConn]bool),
+		accepted: make(map[string]*acceptedConn),
 	}
 	tb.Cleanup(n.closeAll)
 	return n
@@ -209,6 +284,57 @@ func (n *Network) Heal() {
 	n.mu.Unlock()
 	n.tb.Logf("clustertest: heal")
 	closeConns(victims)
+}
+
+// CutAfter arranges for cut to run once node `to` has received `bytes`
+// more bytes over the Network's streams (data-plane connections and
+// memberlist's TCP streams, whichever end dialed), so that a test can cut
+// links in the middle of a large transfer to that node: a joiner's table
+// sync, an anti-entropy repair. Streams toward the node together carry
+// exactly that many bytes (a read or write that would cross the mark is
+// cut short at it); cut (typically Cut, Isolate or Partition) runs right
+// after the one that reaches it, on that goroutine. A later call replaces
+// an armed one; bytes <= 0 disarms.
+func (n *Network) CutAfter(to string, bytes int64, cut func()) {
+	if old := n.trip.Swap(nil); old != nil {
+		old.done() // release its waiters
+	}
+	if bytes <= 0 {
+		return
+	}
+	w := &tripwire{node: to, cut: cut, left: bytes, total: bytes}
+	w.cond = sync.NewCond(&w.mu)
+	n.trip.Store(w)
+	n.tb.Logf("clustertest: cut armed after %d bytes to %s", bytes, to)
+}
+
+// reserve returns the armed tripwire of node, if any, and how many of
+// want bytes may flow toward node now (want without a tripwire).
+func (n *Network) reserve(node string, want int) (*tripwire, int) {
+	w := n.trip.Load()
+	if w == nil || w.node != node || want == 0 {
+		return nil, want
+	}
+	r := w.reserve(want)
+	if r < 0 {
+		return nil, want
+	}
+	return w, r
+}
+
+// settle accounts k of the r bytes reserved on w; when they reach the
+// mark it disarms w and runs its cut, and reports true.
+func (n *Network) settle(w *tripwire, r, k int) bool {
+	if w == nil || !w.settle(r, k) {
+		return false
+	}
+	n.tb.Logf("clustertest: %s received the armed number of bytes", w.node)
+	w.cut()
+	w.done()
+	// Disarmed only now: until the cut ran, new operations toward the
+	// node wait on w (cutting) instead of passing unlimited.
+	n.trip.CompareAndSwap(w, nil)
+	return true
 }
 
 // Linked reports whether streams currently flow between a and b.
@@ -328,8 +454,19 @@ func (n *Network) closeAll() {
 func closeConns(cs []*trackedConn) {
 	for _, c := range cs {
 		c.markDone()
+		if a := c.net.acceptedEnd(c); a != nil {
+			a.cut.Store(true)
+		}
 		_ = c.Conn.Close()
 	}
+}
+
+// acceptedEnd returns the accepting end of c, if a DataNetwork listener
+// accepted it.
+func (n *Network) acceptedEnd(c *trackedConn) *acceptedConn {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.accepted[c.Conn.LocalAddr().String()]
 }
 
 // silentDrop reports whether traffic on c is lost because the Network is
@@ -393,11 +530,26 @@ func (c *trackedConn) Write(b []byte) (int, error) {
 	if c.net.silentDrop(c, len(b) > 0) {
 		return len(b), nil
 	}
-	k, err := c.Conn.Write(b)
-	if err != nil && c.selfClosed.Load() {
-		err = net.ErrClosed // woken by Close during a cut
+	written := 0
+	for written < len(b) {
+		w, r := c.net.reserve(c.to, len(b)-written)
+		if c.closed() {
+			c.net.settle(w, r, 0)
+			return written, net.ErrClosed // closed meanwhile (by the cut it waited for)
+		}
+		k, err := c.Conn.Write(b[written : written+r])
+		written += k
+		if c.net.settle(w, r, k) && written < len(b) {
+			return written, net.ErrClosed // the armed cut came within b: the rest is lost
+		}
+		if err != nil {
+			if c.selfClosed.Load() {
+				err = net.ErrClosed // woken by Close during a cut
+			}
+			return written, err
+		}
 	}
-	return k, err
+	return written, nil
 }
 
 // Read reads from the stream. With Config.Silent, while the link is cut
@@ -409,17 +561,26 @@ func (c *trackedConn) Read(b []byte) (int, error) {
 		if c.closed() && c.selfClosed.Load() {
 			return 0, net.ErrClosed
 		}
-		k, err := c.Conn.Read(b)
+		w, r := c.net.reserve(c.from, len(b)) // stop at the armed cut
+		if c.closed() && !c.net.silent {
+			c.net.settle(w, r, 0)
+			return 0, net.ErrClosed // closed meanwhile (by the cut it waited for)
+		}
+		k, err := c.Conn.Read(b[:r])
 		if !c.net.silent {
+			c.net.settle(w, r, k)
 			return k, err
 		}
 		if c.selfClosed.Load() {
+			c.net.settle(w, r, 0)
 			return 0, net.ErrClosed // woken by Close during a cut
 		}
 		timeout := isTimeout(err)
 		if !c.net.silentDrop(c, k > 0 || (err != nil && !timeout)) {
+			c.net.settle(w, r, k)
 			return k, err
 		}
+		c.net.settle(w, r, 0) // lost in the cut: not received
 		switch {
 		case err == nil:
 			continue // data lost in the cut

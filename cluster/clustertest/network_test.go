@@ -3,8 +3,10 @@ package clustertest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -95,6 +97,22 @@ func TestDataNetworkCut(t *testing.T) {
 	_ = bc.SetReadDeadline(time.Now().Add(2 * time.Second))
 	if _, err := io.ReadFull(bc, buf); err != nil || buf[0] != 'y' {
 		t.Fatalf("c->b after a<->b cut: %q, %v", buf, err)
+	}
+
+	// What was written but not read before a cut is lost with it.
+	n.Heal()
+	ab2, err := a.Dial(ctx, ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ba2 := <-accepted
+	if _, err := ab2.Write([]byte("unread")); err != nil {
+		t.Fatal(err)
+	}
+	n.Cut("a", "b")
+	_ = ba2.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if k, err := ba2.Read(make([]byte, 16)); k != 0 || err != io.EOF {
+		t.Fatalf("b read %d bytes, %v after the cut; want the unread bytes lost and EOF", k, err)
 	}
 
 	n.Heal()
@@ -332,4 +350,155 @@ func TestSilentCut(t *testing.T) {
 		t.Fatalf("idle stream after heal: %q, %v", buf, err)
 	}
 	_ = ab3.Close()
+}
+
+// TestCutAfter: the armed cut runs once the node has received the given
+// bytes, counted both on streams it dialed (what it reads) and on streams
+// dialed to it (what the dialer writes), and not before.
+func TestCutAfter(t *testing.T) {
+	n := New(t, Config{})
+	a, b := n.DataNetwork("a"), n.DataNetwork("b")
+	ln, err := b.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 2)
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- conn
+		}
+	}()
+	ab, err := a.Dial(context.Background(), ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ab.Close()
+	ba := <-accepted
+	defer ba.Close()
+	cuts := 0
+	n.CutAfter("b", 10, func() { cuts++; n.Cut("a", "b") })
+	for i, step := range []struct {
+		write, read string // a writes to b; b writes, a reads
+		linked      bool
+	}{
+		{"12345", "", true},     // 5 bytes to b
+		{"", "xyzxyzxyz", true}, // to a: not counted
+		{"6789", "", true},      // 9 to b
+		{"0", "", false},        // 10: cut
+	} {
+		if step.write != "" {
+			if _, err := ab.Write([]byte(step.write)); err != nil {
+				t.Fatalf("step %d: write: %v", i, err)
+			}
+			buf := make([]byte, len(step.write))
+			if _, err := io.ReadFull(ba, buf); err != nil && step.linked {
+				t.Fatalf("step %d: b reads: %v", i, err)
+			}
+		}
+		if step.read != "" {
+			if _, err := ba.Write([]byte(step.read)); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(ab, make([]byte, len(step.read))); err != nil {
+				t.Fatalf("step %d: a reads: %v", i, err)
+			}
+		}
+		if got := n.Linked("a", "b"); got != step.linked {
+			t.Fatalf("step %d: linked %v, want %v", i, got, step.linked)
+		}
+	}
+	if cuts != 1 {
+		t.Fatalf("cut ran %d times", cuts)
+	}
+	// A write across the mark is cut short at it.
+	n.Heal()
+	ab2, err := a.Dial(context.Background(), ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ab2.Close()
+	n.CutAfter("b", 3, func() { cuts++; n.Cut("a", "b") })
+	if k, err := ab2.Write([]byte("12345")); k != 3 || err == nil || cuts != 2 {
+		t.Fatalf("write across the mark: %d bytes, %v, %d cuts; want 3 bytes, an error, the cut", k, err, cuts)
+	}
+}
+
+// TestCutAfterConcurrentStreams: streams writing to a node at once carry
+// exactly the armed bytes between them before the cut, and the node reads
+// no more than that (what was sent but not read is lost with the cut).
+func TestCutAfterConcurrentStreams(t *testing.T) {
+	const mark, streams = 100_000, 4
+	n := New(t, Config{})
+	b := n.DataNetwork("b")
+	ln, err := b.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var (
+		mu            sync.Mutex
+		written, read int
+		wg            sync.WaitGroup
+	)
+	wg.Add(1)
+	go func() { // b reads every stream until it ends
+		defer wg.Done()
+		for range streams {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				buf := make([]byte, 4096)
+				for {
+					k, err := c.Read(buf)
+					mu.Lock()
+					read += k
+					mu.Unlock()
+					if err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	var conns []net.Conn
+	for i := range streams {
+		c, err := n.DataNetwork(fmt.Sprint("a", i)).Dial(context.Background(), ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	n.CutAfter("b", mark, func() { n.Isolate("b") })
+	for _, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer c.Close()
+			chunk := make([]byte, 8192)
+			for range 1000 { // far beyond the mark: the cut ends it
+				k, err := c.Write(chunk)
+				mu.Lock()
+				written += k
+				mu.Unlock()
+				if err != nil {
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if written != mark || read > mark {
+		t.Fatalf("written %d, read %d; want exactly %d written and no more read", written, read, mark)
+	}
+	t.Logf("%d bytes written, %d read before the cut", written, read)
 }

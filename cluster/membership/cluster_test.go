@@ -538,3 +538,30 @@ func TestSuspicionFromMemberlistLogPinned(t *testing.T) {
 		return nodes[0].rec.has(fmt.Sprintf("update n2 %s data-n2", membership.Suspect))
 	})
 }
+
+// TestJoinDuringSplitLearnsFailed: n4 joins n1 while n3 is cut off from
+// n1 and n2 (all three see the other side Dead). memberlist tells a
+// joiner only about members its peer believes alive; the join's state
+// exchange adds n3 to n4's view as Dead (so n4 is in the netsplit too)
+// and n4's reconnect loop re-joins it after the heal. Before, n4 never
+// heard of n3 until n3's own reconnects reached n1.
+func TestJoinDuringSplitLearnsFailed(t *testing.T) {
+	t.Parallel() // mostly waiting; independent network
+	nw := clustertest.New(t, clustertest.Config{})
+	cfg := partitionConfig()
+	nodes := startCluster(t, nw, cfg, 3)
+	nw.Partition([]string{"n1", "n2", "n4"}, []string{"n3"}) // n4 is not started yet
+	waitView(t, nodes[0], 5*time.Second, map[string]membership.State{"n3": membership.Dead})
+	n4 := mustStart(t, nw, cfg, "n4", []string{nodes[0].addr})
+	waitView(t, n4, 5*time.Second, map[string]membership.State{"n1": membership.Alive, "n2": membership.Alive, "n3": membership.Dead})
+	waitFor(t, 5*time.Second, "n4's event: n3 failed", func() bool { return n4.rec.has("leave n3 dead") })
+	if m, _ := n4.m.Member("n3"); m.Meta.DataAddr != "data-n3" || m.GossipAddr != nodes[2].addr {
+		t.Errorf("n4's n3: %+v, want its data and gossip addresses", m)
+	}
+	nw.Heal()
+	all := append(nodes[:3:3], n4)
+	for _, n := range all {
+		waitView(t, n, 8*time.Second, allState(all, live))
+	}
+	waitFor(t, 5*time.Second, "n4's event: n3 joined", func() bool { return n4.rec.has("join n3") })
+}

@@ -60,11 +60,56 @@ func (d *delegates) NotifyMsg(b []byte) {
 // GetBroadcasts implements memberlist.Delegate; nothing is piggybacked.
 func (d *delegates) GetBroadcasts(overhead, limit int) [][]byte { return nil }
 
-// LocalState implements memberlist.Delegate; no user state is exchanged.
-func (d *delegates) LocalState(join bool) []byte { return nil }
+// LocalState implements memberlist.Delegate: in a join's state exchange,
+// the members this node holds Dead or suspects (see failed.go); nothing
+// otherwise.
+func (d *delegates) LocalState(join bool) []byte {
+	if !join {
+		return nil
+	}
+	m := d.m
+	m.mu.Lock()
+	fs := m.table.failed(time.Now())
+	left := m.left
+	m.mu.Unlock()
+	if left {
+		return nil
+	}
+	return encodeFailed(m.cfg.ClusterName, fs)
+}
 
-// MergeRemoteState implements memberlist.Delegate.
-func (d *delegates) MergeRemoteState(buf []byte, join bool) {}
+// MergeRemoteState implements memberlist.Delegate: the members the peer
+// of a join holds Dead or suspects that this node does not know become
+// Dead here.
+func (d *delegates) MergeRemoteState(buf []byte, join bool) {
+	if !join || len(buf) == 0 {
+		return
+	}
+	m := d.m
+	fs, err := decodeFailed(buf)
+	if err != nil {
+		m.bridge.bad("failed-member list of a join: "+err.Error(), true)
+		return
+	}
+	now := time.Now()
+	m.mu.Lock()
+	if m.afterLeave() {
+		m.mu.Unlock()
+		return
+	}
+	var evs []event
+	for _, f := range fs {
+		if f.cluster != m.cfg.ClusterName {
+			continue // NotifyMerge refuses such a peer
+		}
+		evs = append(evs, m.table.learnFailed(f.m, now.Add(-f.age))...)
+	}
+	m.mu.Unlock()
+	for _, ev := range evs {
+		m.log.Warn("member failed (learned at a join)", "member", ev.m.Name, "addr", ev.m.GossipAddr)
+	}
+	m.emit(evs)
+}
 
 // toMember converts a memberlist node; leaving is its meta's leave flag.
 func toMember(n *memberlist.Node) (mem Member, leaving bool) {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -325,3 +326,79 @@ func TestResolveSeeds(t *testing.T) {
 
 // nopTransport only satisfies the Transport field's type in Validate tests.
 type nopTransport struct{ memberlist.Transport }
+
+// TestFailedExchange: the failed members a join carries round-trip, and
+// a receiving table adds only members it does not know, as Dead since
+// they failed on the sender, re-joined and reaped as its own.
+func TestFailedExchange(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	sender := newTable("a")
+	sender.alive(Member{Name: "a"}, false, t0)
+	sender.alive(Member{Name: "b", GossipAddr: "127.0.0.1:2", Meta: NodeMeta{DataAddr: "127.0.0.1:12", Proto: 4}}, false, t0)
+	sender.alive(Member{Name: "c", GossipAddr: "127.0.0.1:3"}, false, t0)
+	sender.alive(Member{Name: "d", GossipAddr: "127.0.0.1:4"}, false, t0)
+	sender.alive(Member{Name: "e", GossipAddr: "127.0.0.1:5"}, false, t0)
+	sender.suspect("e", true, t0.Add(3*time.Second))
+	sender.gone(Member{Name: "b", GossipAddr: "127.0.0.1:2", Meta: NodeMeta{DataAddr: "127.0.0.1:12", Proto: 4}}, t0.Add(time.Second))
+	sender.gone(Member{Name: "c", GossipAddr: "127.0.0.1:3"}, t0.Add(2*time.Second))
+	sender.leaving("d")
+	sender.gone(Member{Name: "d"}, t0.Add(2*time.Second)) // left: not sent
+	now := t0.Add(5 * time.Second)
+	fs, err := decodeFailed(encodeFailed("mendmq", sender.failed(now)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]failedMember{}
+	for _, f := range fs {
+		got[f.m.Name] = f
+	}
+	if len(got) != 3 || got["e"].age != 2*time.Second || got["b"].age != 4*time.Second || got["c"].age != 3*time.Second || got["b"].cluster != "mendmq" ||
+		got["b"].m.Meta.DataAddr != "127.0.0.1:12" || got["b"].m.Meta.Proto != 4 || got["b"].m.GossipAddr != "127.0.0.1:2" {
+		t.Fatalf("decoded %+v", got)
+	}
+
+	recv := newTable("c")
+	recv.alive(Member{Name: "c"}, false, now)
+	recv.alive(Member{Name: "x"}, false, now)
+	var evs []event
+	for _, f := range fs {
+		evs = append(evs, recv.learnFailed(f.m, now.Add(-f.age))...)
+	}
+	sort.Slice(evs, func(i, j int) bool { return evs[i].m.Name < evs[j].m.Name })
+	if len(evs) != 2 || evs[0].kind != evLeave || evs[0].m.Name != "b" || evs[0].m.State != Dead || evs[1].m.Name != "e" || evs[1].m.State != Dead {
+		t.Fatalf("learned %+v, want b and e failed (c is the receiver itself)", evs)
+	}
+	if evs := recv.learnFailed(Member{Name: "x"}, now); len(evs) != 0 {
+		t.Fatalf("a known alive member became %+v", evs)
+	}
+	if due := recv.dueReconnects(now, time.Second); len(due) != 2 || due[0].Name != "b" || due[1].Name != "e" {
+		t.Fatalf("reconnects due %+v, want b and e", due)
+	}
+	// Failed 4 s before now on the sender: reaped 6 s later with a 10 s timeout.
+	if evs := recv.reap(now.Add(5*time.Second), 10*time.Second); len(evs) != 0 {
+		t.Fatalf("reaped early: %+v", evs)
+	}
+	if evs := recv.reap(now.Add(6*time.Second), 10*time.Second); len(evs) != 1 || evs[0].m.Name != "b" { // e failed 2 s ago
+		t.Fatalf("reap %+v, want b", evs)
+	}
+	if b := encodeFailed("mendmq", nil); b != nil {
+		t.Fatalf("an empty list encodes to %x", b)
+	}
+}
+
+func FuzzDecodeFailed(f *testing.F) {
+	f.Add(encodeFailed("mendmq", []failedMember{{m: Member{Name: "n3", GossipAddr: "127.0.0.1:7946", Meta: NodeMeta{DataAddr: "127.0.0.1:7947", Proto: 4}}, age: time.Second}}))
+	f.Add([]byte{1, 1, 0})
+	f.Add([]byte{1, 0xff, 0xff, 0xff, 0xff, 0x0f})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		fs, err := decodeFailed(b)
+		if err != nil {
+			return
+		}
+		for _, x := range fs {
+			if x.m.Name == "" || x.m.State != Dead {
+				t.Fatalf("decoded %+v", x)
+			}
+		}
+	})
+}

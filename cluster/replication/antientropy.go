@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"time"
 
+	"github.com/cespare/xxhash/v2"
+
 	"github.com/mendmq/mendmq/cluster/internal/wire"
 	"github.com/mendmq/mendmq/cluster/replica"
 )
@@ -57,6 +59,29 @@ func (r *Replicator) AntiEntropy(ctx context.Context, peer string) (got, sent in
 		mine = mine[k:]
 	}
 	return got, sent, nil
+}
+
+// Fingerprints returns a fingerprint of each table's version sets, from
+// the anti-entropy digest: two nodes with equal fingerprints for a table
+// hold the same versions of every key (up to hash collisions), and
+// anti-entropy between them repairs nothing.
+func (r *Replicator) Fingerprints() map[string]uint64 {
+	r.mu.Lock()
+	d := r.store.Digest()
+	r.mu.Unlock()
+	out := make(map[string]uint64, len(d.Tables))
+	for _, t := range d.Tables {
+		b := make([]byte, 0, 8*len(t.Sums))
+		empty := true
+		for _, s := range t.Sums {
+			b = binary.LittleEndian.AppendUint64(b, s)
+			empty = empty && s == 0
+		}
+		if !empty { // an emptied table reads as absent, as in Diff
+			out[t.Name] = xxhash.Sum64(b)
+		}
+	}
+	return out
 }
 
 // Pending returns how many conflicts wait for the merge worker.

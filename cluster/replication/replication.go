@@ -308,6 +308,49 @@ func (r *Replicator) writeLocal(table, key string, value []byte, deleted bool, n
 	return up, nil
 }
 
+// Write is one key of a WriteBatch: a put of Value, or a deletion.
+type Write struct {
+	Key    string
+	Value  []byte
+	Delete bool
+}
+
+// WriteBatch writes several keys of table in one critical section and
+// broadcasts them together (in frames of at most chunk deltas), so a
+// periodic flush of many keys costs a few frames per peer, not one per
+// key. Keys that fail to write are skipped; the error names them.
+func (r *Replicator) WriteBatch(table string, ws []Write, now time.Time) error {
+	var (
+		out  []replica.Delta
+		errs []error
+	)
+	r.mu.Lock()
+	for _, w := range ws {
+		var up replica.Update
+		var err error
+		if w.Delete {
+			up, err = r.store.Delete(table, w.Key, now)
+		} else {
+			up, err = r.store.Put(table, w.Key, w.Value, now)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("replicated write %s/%q: %w", table, w.Key, err))
+			continue
+		}
+		if up.Changed() {
+			r.notifyLocked(up.Change, false)
+		}
+		out = append(out, up.Out...)
+	}
+	r.mu.Unlock()
+	for len(out) > 0 {
+		k := min(len(out), chunk)
+		r.Broadcast(out[:k])
+		out = out[k:]
+	}
+	return errors.Join(errs...)
+}
+
 // PutSync writes key's value and waits until every alive peer applied it
 // (or ctx ends); the error names the peers that did not confirm.
 func (r *Replicator) PutSync(ctx context.Context, table, key string, value []byte) error {

@@ -245,3 +245,57 @@ func TestUnmergedConflictsStayPending(t *testing.T) {
 		t.Fatalf("pending %v", pending)
 	}
 }
+
+// TestWriteBatchAndFingerprints: a batch of puts and deletes reaches the
+// peer (more keys than one frame carries), watchers hear of each change,
+// and the two nodes' fingerprints are equal exactly when their tables
+// are; a node without the table has no fingerprint for it.
+func TestWriteBatchAndFingerprints(t *testing.T) {
+	a, b, n := newPair(t, &largest{})
+	var changes int
+	a.Watch("h", func(replica.Change, bool) { changes++ })
+	const keys = chunk + 10
+	ws := make([]Write, keys)
+	for i := range ws {
+		ws[i] = Write{Key: fmt.Sprint("k", i), Value: []byte("v")}
+	}
+	if err := a.WriteBatch("h", ws, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if a.Len("h") != keys || b.Len("h") != keys || changes != keys {
+		t.Fatalf("after the batch: a holds %d, b %d, %d changes; want %d each", a.Len("h"), b.Len("h"), changes, keys)
+	}
+	if fa, fb := a.Fingerprints(), b.Fingerprints(); fa["h"] == 0 || fa["h"] != fb["h"] {
+		t.Fatalf("fingerprints after the batch: a %v, b %v", fa, fb)
+	}
+	n.mu.Lock()
+	n.down["b"] = true
+	n.mu.Unlock()
+	if err := a.WriteBatch("h", []Write{{Key: "k0", Delete: true}, {Key: "", Value: []byte("x")}}, time.Now()); err == nil {
+		t.Fatal("a batch with an invalid key reported no error")
+	}
+	if a.Len("h") != keys-1 || a.Fingerprints()["h"] == b.Fingerprints()["h"] {
+		t.Fatalf("the deletion b missed: a holds %d, fingerprints equal %v", a.Len("h"), a.Fingerprints()["h"] == b.Fingerprints()["h"])
+	}
+	n.mu.Lock()
+	n.down["b"] = false
+	n.mu.Unlock()
+	if _, _, err := b.AntiEntropy(context.Background(), "a"); err != nil {
+		t.Fatal(err)
+	}
+	if fa, fb := a.Fingerprints(), b.Fingerprints(); fa["h"] != fb["h"] {
+		t.Fatalf("fingerprints after anti-entropy: a %v, b %v", fa, fb)
+	}
+	if _, ok := newEmpty(t).Fingerprints()["h"]; ok {
+		t.Fatal("an empty replicator has a fingerprint for table h")
+	}
+}
+
+func newEmpty(t *testing.T) *Replicator {
+	t.Helper()
+	r, err := New(Config{Node: "x", AntiEntropyInterval: time.Hour, TombstoneGrace: time.Hour}, nil, peers{"x", nil}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}

@@ -109,20 +109,28 @@ type Applier interface {
 type Retained struct {
 	repl   *replication.Replicator
 	broker Applier
+	reads  *Reads
 	log    *slog.Logger
 }
 
-// New returns the retained table over repl, telling broker about changes.
-// The Replicator must have been built with Merged(log) among its merged
-// tables.
-func New(repl *replication.Replicator, broker Applier, log *slog.Logger) *Retained {
-	t := &Retained{repl: repl, broker: broker, log: log}
+// New returns the retained table over repl, telling broker about changes
+// and counting reads in reads (which may be nil: reads not counted). The
+// Replicator must have been built with Merged(log, reads) among its
+// merged tables.
+func New(repl *replication.Replicator, broker Applier, reads *Reads, log *slog.Logger) *Retained {
+	t := &Retained{repl: repl, broker: broker, reads: reads, log: log}
 	repl.Watch(Table, func(c replica.Change, _ bool) { t.apply(c.Key, c.New.Value, c.New.Live()) })
+	if reads != nil {
+		repl.Watch(ReadsTable, func(c replica.Change, remote bool) { reads.observe(c.Key, c.New.Value, c.New.Live(), remote) })
+	}
 	return t
 }
 
 // apply tells the broker; called under the replication lock.
 func (t *Retained) apply(topic string, value []byte, live bool) {
+	if t.reads != nil {
+		t.reads.resolved(topic, value, live)
+	}
 	if !live {
 		t.broker.ApplyRetained(topic, nil)
 		return
@@ -159,6 +167,49 @@ func (t *Retained) Get(topic string) (Message, bool) {
 	return m, err == nil
 }
 
+// Hit counts a read of topic's retained message (see Reads.Hit).
+func (t *Retained) Hit(topic string, now time.Time) {
+	if t.reads != nil {
+		t.reads.Hit(topic, now)
+	}
+}
+
+// Reads returns the reads of topic's resolved retained message summed
+// over the nodes and the time of the last one (zero: never read), as a
+// $retained policy would see them now; ok is false without a message.
+func (t *Retained) Reads(topic string) (hits int64, last time.Time, ok bool) {
+	v, ok := t.repl.Get(Table, topic)
+	if !ok || t.reads == nil {
+		return 0, time.Time{}, ok
+	}
+	hits, ms := t.reads.Count(topic, v)
+	if ms > 0 {
+		last = time.UnixMilli(ms)
+	}
+	return hits, last, true
+}
+
+// FlushReads writes this node's read counts to ReadsTable (see
+// Reads.Flush): counts is set while the node is in a netsplit, and once
+// after. Calls must be serialized.
+func (t *Retained) FlushReads(counts bool, now time.Time) error {
+	if t.reads == nil {
+		return nil
+	}
+	ws := t.reads.Flush(counts)
+	if len(ws) == 0 {
+		return nil
+	}
+	batch := make([]replication.Write, len(ws))
+	for i, w := range ws {
+		batch[i] = replication.Write{Key: w.Key, Value: w.Value, Delete: w.Value == nil}
+	}
+	if err := t.repl.WriteBatch(ReadsTable, batch, now); err != nil {
+		return fmt.Errorf("write retained read counts: %w", err)
+	}
+	return nil
+}
+
 // Len returns the number of retained messages.
 func (t *Retained) Len() int { return t.repl.Len(Table) }
 
@@ -171,8 +222,8 @@ func (t *Retained) Reapply(topic string) {
 // View is what the $retained policy sees of a version: Key the topic,
 // Value the PUBLISH packet, Cost its size, the message's creation and
 // expiry, its Version, and the write time on its node as last update and
-// last stored time. Hits and LastAccessTime are 0: reads of retained
-// messages are not counted.
+// last stored time. Hits and LastAccessTime are 0 here: Reads.View adds
+// the reads counted on the nodes.
 func View(topic string, s replica.Sibling) merge.EntryView {
 	v := merge.EntryView{Key: []byte(topic), Value: s.Value, Cost: int64(len(s.Value)), LastUpdateTime: s.TS, LastStoredTime: s.TS}
 	if m, err := Decode(s.Value); err == nil {
@@ -185,13 +236,14 @@ func View(topic string, s replica.Sibling) merge.EntryView {
 // Merged describes the table to replication: a deletion concurrent with a
 // set is decided by the latest write (ties to the larger node id) — a
 // tombstone is not an entry a policy can judge — and two sets by the
-// $retained policy. A Put verdict must carry an MQTT PUBLISH packet;
-// anything else keeps the existing message (logged).
-func Merged(log *slog.Logger) replication.Merged {
+// $retained policy, which sees each version's reads from reads (nil: none
+// counted). A Put verdict must carry an MQTT PUBLISH packet; anything
+// else keeps the existing message (logged).
+func Merged(log *slog.Logger, reads *Reads) replication.Merged {
 	return replication.Merged{
 		Table:   Table,
 		MapName: MapName,
-		View:    View,
+		View:    reads.View,
 		Direct: func(_ string, existing, merging replica.Sibling) (replica.Sibling, bool) {
 			if !existing.Live() || !merging.Live() {
 				return replica.LatestWins.Resolve(Table, "", existing, merging), true

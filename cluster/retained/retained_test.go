@@ -74,7 +74,7 @@ func TestView(t *testing.T) {
 
 // TestDecide: each verdict of the policy, and a deletion decided without it.
 func TestDecide(t *testing.T) {
-	m := Merged(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	m := Merged(slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 	existing := sibling("a", 10, Message{Publish: publish("old"), Created: time.UnixMilli(1), Version: 4})
 	merging := sibling("b", 20, Message{Publish: publish("new"), Created: time.UnixMilli(2), Version: 1})
 	payload := func(s replica.Sibling) string {

@@ -56,6 +56,18 @@ func (w *idWindow) first(id uint64) bool {
 	return true
 }
 
+// unsee forgets (origin, id): it was not delivered after all.
+func (d *dedup) unsee(origin string, id uint64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	w := d.origins[origin]
+	if w == nil || id < w.base || id >= w.base+window {
+		return
+	}
+	i := id % window
+	w.bits[i/64] &^= uint64(1) << (i % 64)
+}
+
 // slide moves the window's base up to base, forgetting the ids below it.
 func (w *idWindow) slide(base uint64) {
 	if base-w.base >= window {

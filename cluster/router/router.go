@@ -390,7 +390,15 @@ func (r *Router) deliverOnce(from string, payload []byte, dedup bool) error {
 		r.stats.Duplicates.Add(1)
 		return nil
 	}
+	if err := r.broker.DeliverForwarded(Delivery{From: from, Msg: msg, Groups: groups, ID: id}); err != nil {
+		if dedup && id != 0 {
+			// Not delivered: the sender's retry (a held message drained
+			// again) must not be dropped as a duplicate.
+			r.seen.unsee(from, id)
+		}
+		return err
+	}
 	r.stats.Received.Add(1)
 	r.peerTraffic(from).Received.Add(1)
-	return r.broker.DeliverForwarded(Delivery{From: from, Msg: msg, Groups: groups, ID: id})
+	return nil
 }

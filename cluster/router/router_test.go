@@ -46,9 +46,17 @@ func (t *transport) Call(ctx context.Context, peer string, typ uint8, payload []
 	return nil, nil
 }
 
-type broker struct{ delivered []Delivery }
+// broker records deliveries; while refuse is set it refuses them (a node
+// whose MQTT server does not serve yet).
+type broker struct {
+	delivered []Delivery
+	refuse    error
+}
 
 func (b *broker) DeliverForwarded(d Delivery) error {
+	if b.refuse != nil {
+		return b.refuse
+	}
 	b.delivered = append(b.delivered, d)
 	return nil
 }
@@ -239,5 +247,37 @@ func TestForwardHold(t *testing.T) {
 	}
 	if len(rb.delivered) != 3 || recv.stats.Duplicates.Load() != 3 {
 		t.Fatalf("a repeated batch: %d delivered, %d duplicates", len(rb.delivered), recv.stats.Duplicates.Load())
+	}
+}
+
+// TestHeldRefusedByReceiver: a drain the receiving broker refuses (its
+// MQTT server does not serve yet) keeps the messages held, and the next
+// drain delivers them — the receiver's dedup does not take the refused
+// first attempt for a delivery.
+func TestHeldRefusedByReceiver(t *testing.T) {
+	m := members{"a": true}
+	r, ix, tr, _ := newRouter(t, m)
+	ix.Set("c1", record("c", "t/#"))
+	for id := uint64(1); id <= 2; id++ {
+		if err := r.ForwardHold(context.Background(), "t/x", 1, id, enc); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rb := &broker{refuse: errors.New("not serving yet")}
+	recv, err := New("c", routes.NewIndex(), members{}, &transport{}, rb, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr.held = recv
+	m["c"] = true
+	r.drainPeer(context.Background(), "c")
+	if n, _ := r.outbox.Len("c"); n != 2 || len(rb.delivered) != 0 {
+		t.Fatalf("after a refused drain: %d held, %d delivered; want 2 held", n, len(rb.delivered))
+	}
+	rb.refuse = nil
+	r.drainPeer(context.Background(), "c")
+	if n, _ := r.outbox.Len("c"); n != 0 || len(rb.delivered) != 2 || recv.stats.Duplicates.Load() != 0 {
+		t.Fatalf("after the retry: %d held, %d delivered, %d duplicates; want all delivered once",
+			n, len(rb.delivered), recv.stats.Duplicates.Load())
 	}
 }

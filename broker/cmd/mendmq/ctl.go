@@ -598,7 +598,7 @@ func (x *ctlRun) retainedList(args []string) error {
 
 func (x *ctlRun) printRetained(ms []broker.RetainedMessage) {
 	tw := x.table()
-	fmt.Fprintln(tw, "TOPIC\tQOS\tBYTES\tORIGIN\tCREATED\tPAYLOAD")
+	fmt.Fprintln(tw, "TOPIC\tQOS\tBYTES\tORIGIN\tCREATED\tHITS\tPAYLOAD")
 	for _, m := range ms {
 		created := "-"
 		if m.CreatedAt != nil {
@@ -611,7 +611,11 @@ func (x *ctlRun) printRetained(ms []broker.RetainedMessage) {
 		if len(payload) > 60 {
 			payload = payload[:57] + "..."
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%q\n", m.Topic, m.QoS, m.Bytes, dash(m.Origin), created, payload)
+		hits := "-" // not clustered
+		if m.Hits != nil {
+			hits = fmt.Sprint(*m.Hits)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%q\n", m.Topic, m.QoS, m.Bytes, dash(m.Origin), created, hits, payload)
 	}
 	_ = tw.Flush()
 }
