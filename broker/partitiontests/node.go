@@ -513,25 +513,25 @@ func (c *Cluster) Sessions(n *Node, state string) (broker.SessionList, error) {
 }
 
 // SessionNode asks node n where client id lives according to its session
-// table: its own name (200), another node's (409), or "" (404).
+// table: the node that holds it (200: the session as that node sees it,
+// fetched through it when it is another; "node" names it), or "" (404).
+// An unreachable holder (504) names it too.
 func (c *Cluster) SessionNode(n *Node, id string) (string, error) {
 	code, b, err := c.get(n, "/api/v1/sessions/show?client_id="+id)
 	if err != nil {
 		return "", err
 	}
 	switch code {
-	case http.StatusOK:
-		return n.Name, nil
-	case http.StatusNotFound:
-		return "", nil
-	case http.StatusConflict:
+	case http.StatusOK, http.StatusGatewayTimeout:
 		var e struct {
 			Node string `json:"node"`
 		}
 		if err := json.Unmarshal(b, &e); err != nil || e.Node == "" {
-			return "", fmt.Errorf("sessions/show on %s: 409 without a node: %s", n.Name, b)
+			return "", fmt.Errorf("sessions/show on %s: %d without a node: %s", n.Name, code, b)
 		}
 		return e.Node, nil
+	case http.StatusNotFound:
+		return "", nil
 	}
 	return "", fmt.Errorf("sessions/show on %s: %d %s", n.Name, code, b)
 }
