@@ -80,6 +80,13 @@ func startSeeded(t testing.TB, nw *clustertest.Network, count int, mutate func(*
 // address.
 func startNode(t testing.TB, nw *clustertest.Network, name, seed string, mutate func(*cluster.Config)) (*cluster.Node, string) {
 	t.Helper()
+	return startNodeWith(t, nw, name, seed, mutate, nil)
+}
+
+// startNodeWith is startNode with before, if set, called between New and
+// Start (to register calls, say).
+func startNodeWith(t testing.TB, nw *clustertest.Network, name, seed string, mutate func(*cluster.Config), before func(*cluster.Node)) (*cluster.Node, string) {
+	t.Helper()
 	cfg := cluster.LoopbackConfig()
 	tr, err := nw.Transport(name)
 	if err != nil {
@@ -96,6 +103,9 @@ func startNode(t testing.TB, nw *clustertest.Network, name, seed string, mutate 
 	n, err := cluster.New(name, cfg, nopBroker{})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if before != nil {
+		before(n)
 	}
 	if err := n.Start(); err != nil {
 		t.Fatal(err)

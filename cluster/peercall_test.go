@@ -34,46 +34,30 @@ func TestBrokerCalls(t *testing.T) {
 	seed := ""
 	for i := 1; i <= 3; i++ {
 		name := fmt.Sprintf("n%d", i)
-		cfg := cluster.LoopbackConfig()
-		tr, err := nw.Transport(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg.Transport, cfg.DataNetwork, cfg.GossipAddress = tr, nw.DataNetwork(name), tr.Addr()
-		if seed != "" {
-			cfg.Seeds = []string{seed}
-		}
-		cfg.Logger = testLog()
-		n, err := cluster.New(name, cfg, nopBroker{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for typ, f := range map[uint8]func(string, []byte) ([]byte, error){
-			callEcho: func(from string, p []byte) ([]byte, error) {
-				return fmt.Appendf(nil, "%s from %s: %s", name, from, p), nil
-			},
-			callFail: func(string, []byte) ([]byte, error) { return nil, errors.New("no such thing here") },
-			callBlock: func(string, []byte) ([]byte, error) {
-				<-release
-				return nil, nil
-			},
-		} {
-			if err := n.HandleCall(typ, f); err != nil {
-				t.Fatalf("%s: register %d: %v", name, typ, err)
+		n, addr := startNodeWith(t, nw, name, seed, nil, func(n *cluster.Node) {
+			for typ, f := range map[uint8]func(string, []byte) ([]byte, error){
+				callEcho: func(from string, p []byte) ([]byte, error) {
+					return fmt.Appendf(nil, "%s from %s: %s", name, from, p), nil
+				},
+				callFail: func(string, []byte) ([]byte, error) { return nil, errors.New("no such thing here") },
+				callBlock: func(string, []byte) ([]byte, error) {
+					<-release
+					return nil, nil
+				},
+			} {
+				if err := n.HandleCall(typ, f); err != nil {
+					t.Fatalf("%s: register %d: %v", name, typ, err)
+				}
 			}
-		}
-		if err := n.HandleCall(cluster.FirstBrokerCall-1, nil); err == nil {
-			t.Errorf("%s: registered a call type of the cluster's range", name)
-		}
-		if err := n.HandleCall(callEcho, nil); err == nil {
-			t.Errorf("%s: registered a call type twice", name)
-		}
-		if err := n.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = n.Stop() })
+			if err := n.HandleCall(cluster.FirstBrokerCall-1, nil); err == nil {
+				t.Errorf("%s: registered a call type of the cluster's range", name)
+			}
+			if err := n.HandleCall(callEcho, nil); err == nil {
+				t.Errorf("%s: registered a call type twice", name)
+			}
+		})
 		if seed == "" {
-			seed = tr.Addr()
+			seed = addr
 		}
 		nodes = append(nodes, n)
 	}
