@@ -305,3 +305,30 @@ func (pl *Plane) LastReceived(peer string) time.Time {
 	}
 	return time.Time{}
 }
+
+// Reset closes the connections to and from peer and wakes its dial
+// loop, so a change of Config.Refuse's answer for it takes effect at
+// once: a refused peer loses its links now, a peer no longer refused is
+// dialled now instead of after the backoff.
+func (pl *Plane) Reset(peer string) {
+	pl.mu.RLock()
+	p := pl.peers[peer]
+	pl.mu.RUnlock()
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	out, in := p.out, p.in
+	p.mu.Unlock()
+	err := errors.New("link reset")
+	if out != nil {
+		out.close(err)
+	}
+	if in != nil {
+		in.close(err)
+	}
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}

@@ -702,3 +702,39 @@ func TestFrameRoundTrip(t *testing.T) {
 		t.Fatalf("end = %v, want EOF", err)
 	}
 }
+
+// TestRefuseAndReset: a peer Config.Refuse names loses its links at
+// Reset and cannot come back — neither by this side's dial nor by its
+// own (the hello is rejected with the refusal's text); once Refuse lets
+// it through, Reset brings the link back without waiting for the
+// reconnect backoff (set long here, so only the reset can explain it).
+func TestRefuseAndReset(t *testing.T) {
+	var refuse atomic.Bool
+	refuseB := func(peer string) error {
+		if refuse.Load() && peer == "b" {
+			return errors.New("cut for the test")
+		}
+		return nil
+	}
+	slow := func(c *Config) { c.ReconnectMin, c.ReconnectMax = 10*time.Second, 20*time.Second }
+	a := startPlane(t, "a", newHandler(), func(c *Config) { slow(c); c.Refuse = refuseB })
+	b := startPlane(t, "b", newHandler(), slow)
+	link(t, a, b)
+	link(t, b, a)
+
+	refuse.Store(true)
+	a.Reset("b")
+	waitUntil(t, 3*time.Second, "both ends to lose the link", func() bool { return !a.Reachable("b") && !b.Reachable("a") })
+	b.Reset("a") // b dials a at once: a must refuse the hello
+	waitUntil(t, 3*time.Second, "b's refused dial", func() bool {
+		s, _ := b.PeerStats("a")
+		return strings.Contains(s.LastError, "cut for the test")
+	})
+	if a.Reachable("b") || b.Reachable("a") {
+		t.Fatal("a refused peer got a link")
+	}
+
+	refuse.Store(false)
+	a.Reset("b")
+	waitUntil(t, 3*time.Second, "the link back after the reset", func() bool { return a.Reachable("b") })
+}
