@@ -247,6 +247,9 @@ type MapMemberOverview struct {
 	pmap.MapStats
 	PartitionsOwned int `json:"partitions_owned"`
 	Migrating       int `json:"migrating"`
+	// StoreDirty counts the member's entries (of every map) waiting
+	// for its MapStore.
+	StoreDirty int `json:"store_dirty"`
 }
 
 func (b *Broker) apiMap(w http.ResponseWriter, r *http.Request) {
@@ -270,7 +273,7 @@ func (b *Broker) apiMap(w http.ResponseWriter, r *http.Request) {
 		ms := st.Maps[name]
 		o.Entries += ms.Entries
 		o.Bytes += ms.Bytes
-		o.Members[member] = MapMemberOverview{MapStats: ms, PartitionsOwned: st.Owned, Migrating: st.Migrating}
+		o.Members[member] = MapMemberOverview{MapStats: ms, PartitionsOwned: st.Owned, Migrating: st.Migrating, StoreDirty: st.StoreDirty}
 	}
 	admin.WriteJSON(w, http.StatusOK, o)
 }

@@ -102,6 +102,9 @@ type MapRow struct {
 	PerMember string `json:"per_member"`
 	// Migrating counts partitions waiting for a copy, cluster-wide.
 	Migrating int `json:"migrating_partitions"`
+	// StoreDirty is "member:entries" waiting for each member's MapStore
+	// (all maps).
+	StoreDirty string `json:"store_dirty_per_member"`
 }
 
 func (b *Broker) mapRows(ctx context.Context) []MapRow {
@@ -121,6 +124,10 @@ func (b *Broker) mapRows(ctx context.Context) []MapRow {
 			r.PerMember += fmt.Sprintf("%s:%d ", m, ms.Entries)
 		}
 		r.PerMember = strings.TrimSpace(r.PerMember)
+		for _, m := range members {
+			r.StoreDirty += fmt.Sprintf("%s:%d ", m, all.Members[m].StoreDirty)
+		}
+		r.StoreDirty = strings.TrimSpace(r.StoreDirty)
 		rows = append(rows, r)
 	}
 	return rows

@@ -234,6 +234,13 @@ func TestMapSplitAndMerge(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	found := false
+	for _, mf := range mfs {
+		found = found || mf.GetName() == "mendmq_map_store_dirty_entries"
+	}
+	if !found {
+		t.Error("metrics: no mendmq_map_store_dirty_entries gauge")
+	}
 	problems, err := promlint.NewWithMetricFamilies(mfs).Lint()
 	if err != nil {
 		t.Fatal(err)
@@ -332,6 +339,10 @@ func TestMapStoreSurvivesFullRestart(t *testing.T) {
 				for _, n := range nodes {
 					if d := n.Maps().Dirty(); d != 0 {
 						return false, fmt.Sprintf("%s: %d dirty", n.Name(), d)
+					}
+					// What operators see: the gauge and the member stats.
+					if g, st := metricSum(t, n, "mendmq_map_store_dirty_entries", nil), n.Maps().LocalStats().StoreDirty; g != 0 || st != 0 {
+						return false, fmt.Sprintf("%s: gauge %v, stats %d", n.Name(), g, st)
 					}
 				}
 				return true, ""

@@ -117,6 +117,7 @@ var (
 	descMapStore  = prometheus.NewDesc("mendmq_map_store_total", "Map entries written to the MapStore (stored), writes that failed (failures), and entries loaded at start (loaded).", []string{"what"}, nil)
 	descMapRoles  = prometheus.NewDesc("mendmq_map_partitions", "Map partitions this node owns, backs up, and waits for a copy of (migrating).", []string{"role"}, nil)
 	descMapEnts   = prometheus.NewDesc("mendmq_map_entries", "Entries of each map on this node: in partitions it owns (owned), and backup copies (backup).", []string{"map", "copy"}, nil)
+	descMapDirty  = prometheus.NewDesc("mendmq_map_store_dirty_entries", "Map entries this node owns that wait for its MapStore (write-behind, a failed write-through retried, a partition promoted from a backup).", nil, nil)
 	descMapBytes  = prometheus.NewDesc("mendmq_map_bytes", "Key and value bytes of each map's entries in partitions this node owns.", []string{"map"}, nil)
 	descBadGossip = prometheus.NewDesc("mendmq_cluster_gossip_bad_packets_total", "Gossip packets and streams refused as unreadable (wrong secret key, malformed, unknown type): an outsider or a misconfigured node reaches the gossip port.", nil, nil)
 )
@@ -126,7 +127,7 @@ func (n *Node) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descMembers, descPeerBytes, descPeerFr, descPeerQueue, descPeerUp, descFwd, descFwdBytes,
 		descRecv, descDrops, descRefused, descKeys, descDeltas, descAE, descReg, descBad, descBadGossip, descPeerMsgs, descPeerFwdB, descMerges,
 		descSplit, descGated, descUnreach, descSplits, descHeldQ, descHeld,
-		descMapOps, descMapParts, descMapMerge, descMapMerges, descMapStore, descMapRoles, descMapEnts, descMapBytes} {
+		descMapOps, descMapParts, descMapMerge, descMapMerges, descMapStore, descMapRoles, descMapEnts, descMapBytes, descMapDirty} {
 		ch <- d
 	}
 	n.repl.Lag().Describe(ch)
@@ -246,6 +247,7 @@ func (n *Node) collectMaps(c func(*prometheus.Desc, uint64, ...string), g func(*
 	g(descMapRoles, float64(ls.Owned), "owned")
 	g(descMapRoles, float64(ls.Backups), "backup")
 	g(descMapRoles, float64(ls.Migrating), "migrating")
+	g(descMapDirty, float64(ls.StoreDirty))
 	for name, ms := range ls.Maps {
 		g(descMapEnts, float64(ms.Entries), name, "owned")
 		g(descMapEnts, float64(ms.BackupCopies), name, "backup")

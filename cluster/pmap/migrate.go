@@ -381,6 +381,9 @@ type MemberStats struct {
 	Backups int `json:"partitions_backed_up"`
 	// Migrating is how many of its partitions wait for a copy.
 	Migrating int `json:"migrating"`
+	// StoreDirty counts its entries waiting for its MapStore
+	// (write-behind, a failed write-through, a promoted partition).
+	StoreDirty int `json:"store_dirty"`
 	// Maps by name: entries and bytes it owns, entries it backs up.
 	Maps map[string]MapStats `json:"maps"`
 	// Merge is this member's last merge after a netsplit.
@@ -398,7 +401,7 @@ type MapStats struct {
 func (m *Maps) LocalStats() MemberStats {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	st := MemberStats{Maps: map[string]MapStats{}, Merge: m.progress, Migrating: len(m.unsettledLocked())}
+	st := MemberStats{Maps: map[string]MapStats{}, Merge: m.progress, Migrating: len(m.unsettledLocked()), StoreDirty: len(m.dirty) + m.flushing}
 	self := m.cfg.Node
 	for i := range m.cfg.PartitionCount {
 		switch m.table.Role(partition.ID(i), self) {

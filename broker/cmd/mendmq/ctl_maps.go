@@ -109,7 +109,7 @@ func (x *ctlRun) mapStats(args []string) error {
 	}
 	slices.Sort(members)
 	tw := x.table()
-	fmt.Fprintln(tw, "MEMBER\tPARTITIONS\tBACKUPS\tMIGRATING\tMAP\tENTRIES\tBYTES\tBACKUP ENTRIES\tLAST MERGE")
+	fmt.Fprintln(tw, "MEMBER\tPARTITIONS\tBACKUPS\tMIGRATING\tSTORE DIRTY\tMAP\tENTRIES\tBYTES\tBACKUP ENTRIES\tLAST MERGE")
 	for _, m := range members {
 		st := all.Members[m]
 		merge := "-"
@@ -118,10 +118,10 @@ func (x *ctlRun) mapStats(args []string) error {
 		}
 		for _, n := range names {
 			ms := st.Maps[n]
-			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%d\t%d\t%d\t%s\n", m, st.Owned, st.Backups, st.Migrating, n, ms.Entries, ms.Bytes, ms.BackupCopies, merge)
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%s\t%d\t%d\t%d\t%s\n", m, st.Owned, st.Backups, st.Migrating, st.StoreDirty, n, ms.Entries, ms.Bytes, ms.BackupCopies, merge)
 		}
 		if len(names) == 0 {
-			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t-\t0\t0\t0\t%s\n", m, st.Owned, st.Backups, st.Migrating, merge)
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t-\t0\t0\t0\t%s\n", m, st.Owned, st.Backups, st.Migrating, st.StoreDirty, merge)
 		}
 	}
 	_ = tw.Flush()
