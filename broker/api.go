@@ -32,6 +32,7 @@ func (b *Broker) mountAPI() {
 		admin.WriteJSON(w, http.StatusOK, b.policies.List())
 	}))
 	b.admin.Handle("POST /api/v1/policies/reload", http.HandlerFunc(b.apiPoliciesReload))
+	b.admin.Handle("POST /api/v1/policies/test", http.HandlerFunc(b.apiPolicyTest))
 	b.mountConflicts()
 	b.mountMaps()
 	b.mountDebug()

@@ -108,6 +108,13 @@ func parseEntry(flagName, s string) (*plugins.EntryView, error) {
 	if err := dec.Decode(&e); err != nil {
 		return nil, fmt.Errorf("--%s: %w", flagName, err)
 	}
+	return e.View(flagName)
+}
+
+// View converts e to an EntryView; errors name field (a flag, a JSON
+// field) and say what is wrong with key or value.
+func (e Entry) View(field string) (*plugins.EntryView, error) {
+	flagName := field
 	key, err := pick(flagName, "key", e.Key, e.KeyB64)
 	if err != nil {
 		return nil, err
@@ -138,6 +145,10 @@ func pick(flagName, field string, text, b64 *string) ([]byte, error) {
 	}
 	return []byte{}, nil
 }
+
+// ToEntry is the JSON form of e (the value as text when it is UTF-8
+// text, else in value_b64).
+func ToEntry(e *plugins.EntryView) *Entry { return toEntry(e) }
 
 func toEntry(e *plugins.EntryView) *Entry {
 	out := &Entry{

@@ -47,6 +47,10 @@ const ctlUsageText = `usage: mendmq ctl [connection flags] <command> [flags] [ar
   retained delete TOPIC          clear it cluster-wide, as a client's empty
                                  retained publish does
   policy list                    merge policies (name, maps, sha256, load time)
+  policy test MAP --merging JSON [--existing JSON] [--policy NAME]
+                                 what the running policy decides for these entries
+                                 (nothing is parked or written); JSON as in
+                                 mendmq policy test: {"key":"k","value":"v",...}
   policy reload                  re-read the config and modules; error if refused
   policy conflicts [list] [--scope cluster|node] [--limit N]
                                  parked conflicts of every node (NODE/ID each);
@@ -198,6 +202,8 @@ func (x *ctlRun) dispatch(rest []string) error {
 		return x.retainedDelete(args)
 	case "policy list":
 		return x.policyList(args)
+	case "policy test":
+		return x.policyTest(args)
 	case "policy reload":
 		return x.policyReload(args)
 	case "policy conflicts":

@@ -148,6 +148,14 @@ retained:
 		return true, ""
 	})
 
+	// What the hot-loaded module decides, asked of a node without a
+	// split (nothing is parked or written).
+	if code, out := ctlOut(1, "policy", "test", "orders", "--merging", `{"key":"k","value":"new","last_update_time":2}`,
+		"--existing", `{"key":"k","value":"old","last_update_time":1}`); code != 0 ||
+		!strings.Contains(out, fmt.Sprintf("mygo (sha256 %.12s) on map orders: take_merging", fileSHA(t, modules["mygo"]))) {
+		t.Fatalf("ctl policy test: exit %d:\n%s", code, out)
+	}
+
 	// split cuts node3 off from one command on node3 and waits until
 	// both sides see it; write puts key on node1, then on node3, during
 	// the split (node3 last); heal heals from node3.
