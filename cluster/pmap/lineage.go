@@ -94,7 +94,12 @@ func planHeal(self string, mine Lineage, merging bool, cur, alive []string, side
 	var winner *side
 	for _, n := range alive {
 		s, ok := sides[n]
-		if !ok || slices.Contains(cur, n) || s.lineage.Hash == mine.Hash {
+		// A newcomer still merging is not a side: it reports the lineage
+		// it merges into before that side's members take it in, and a
+		// node that merged into it would end in a table nobody else holds
+		// (seen at a split in a cluster's first seconds). The side's own
+		// members, or the newcomer once it has merged, speak for it.
+		if !ok || slices.Contains(cur, n) || s.lineage.Hash == mine.Hash || s.merging {
 			continue
 		}
 		if mine.less(s.lineage) && (winner == nil || winner.lineage.less(s.lineage)) {

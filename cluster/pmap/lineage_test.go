@@ -22,6 +22,12 @@ func TestPlanHeal(t *testing.T) {
 		wantMembers []string
 	}{
 		{
+			name: "a newcomer still merging into a bigger lineage is not a side to merge into",
+			self: "n1", mine: Lineage{Hash: 2, Size: 2}, cur: []string{"n1", "n2"}, alive: []string{"n1", "n2", "n3"},
+			sides:       map[string]side{"n3": {lineage: Lineage{Hash: 9, Size: 2}, members: []string{"n3"}, merging: true}},
+			wantMembers: []string{"n1", "n2"},
+		},
+		{
 			name: "a smaller newcomer is left out until it merged",
 			self: "n1", mine: Lineage{Hash: 3, Size: 1}, cur: []string{"n1"}, alive: []string{"n1", "n3"},
 			sides:       map[string]side{"n3": {lineage: Lineage{Hash: 1, Size: 1}, members: []string{"n3"}}},
