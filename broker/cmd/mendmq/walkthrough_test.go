@@ -159,28 +159,39 @@ retained:
 	// split cuts node3 off from one command on node3 and waits until
 	// both sides see it; write puts key on node1, then on node3, during
 	// the split (node3 last); heal heals from node3.
+	// mapsSettled reports whether node i's maps table has members
+	// members owning the 271 partitions, none migrating (ctl map stats).
+	mapsSettled := func(i, members int) (bool, string) {
+		_, out := ctlOut(i, "map", "stats")
+		owned, rows := 0, 0
+		for _, line := range strings.Split(out, "\n") {
+			var member string
+			var parts, backups, migrating int
+			if n, _ := fmt.Sscanf(line, "%s %d %d %d", &member, &parts, &backups, &migrating); n == 4 && strings.HasPrefix(member, "node") {
+				if migrating != 0 {
+					return false, out
+				}
+				owned, rows = owned+parts, rows+1
+			}
+		}
+		if rows != members || owned != 271 {
+			return false, fmt.Sprintf("node%d: %d members own %d partitions, want %d:\n%s", i+1, rows, owned, members, out)
+		}
+		return true, ""
+	}
+	// split cuts node3 off from one command on node3 and waits until
+	// each side has settled: node3 sees node1 and node2 dead and holds
+	// every partition alone, node1 and node2 share them. (Split while the
+	// tables still disagree, a heal can leave a node out of the maps'
+	// table — the open bug of README "Partitioned maps"; heal before a
+	// side has declared the other dead, and that side still counts it, so
+	// the sizes that decide who merges into whom are not the real ones.)
 	split := func() {
 		t.Helper()
-		// The maps settled first: every node's table has the three
-		// members owning the 271 partitions, none migrating (a split
-		// while the tables still disagree is the known case of issue 19
-		// in which a heal can leave a node out of the maps' table).
 		until(t, 30*time.Second, "the maps to settle on every node", logs, func() (bool, string) {
 			for i := range procs {
-				_, out := ctlOut(i, "map", "stats")
-				owned, rows := 0, 0
-				for _, line := range strings.Split(out, "\n") {
-					var member string
-					var parts, backups, migrating int
-					if n, _ := fmt.Sscanf(line, "%s %d %d %d", &member, &parts, &backups, &migrating); n == 4 && strings.HasPrefix(member, "node") {
-						if migrating != 0 {
-							return false, out
-						}
-						owned, rows = owned+parts, rows+1
-					}
-				}
-				if rows != 3 || owned != 271 {
-					return false, fmt.Sprintf("node%d: %d members own %d partitions:\n%s", i+1, rows, owned, out)
+				if ok, why := mapsSettled(i, 3); !ok {
+					return false, why
 				}
 			}
 			return true, ""
@@ -188,10 +199,15 @@ retained:
 		if code, out := ctlOut(2, "debug", "partition", "node1", "node2"); code != 0 || !strings.Contains(out, "cut to node1, node2") {
 			t.Fatalf("ctl debug partition: exit %d\n%s", code, out)
 		}
-		until(t, 20*time.Second, "both sides to see the split", logs, func() (bool, string) {
-			for _, i := range []int{0, 2} {
-				if _, out := ctlOut(i, "cluster status"); !strings.Contains(out, "netsplit: SPLIT") || strings.Count(out, " dead ") == 0 {
+		until(t, 30*time.Second, "each side to settle apart", logs, func() (bool, string) {
+			for i, dead := range []int{1, 1, 2} {
+				if _, out := ctlOut(i, "cluster status"); !strings.Contains(out, "netsplit: SPLIT") || strings.Count(out, " dead ") != dead {
 					return false, out
+				}
+			}
+			for i, members := range []int{2, 2, 1} {
+				if ok, why := mapsSettled(i, members); !ok {
+					return false, why
 				}
 			}
 			return true, ""
