@@ -250,8 +250,12 @@ func (n *Node) WaitMetric(want float64, name string, labels ...string) {
 // Poll calls cond until it returns true or Timeout passes, with a short
 // growing pause between calls; it reports whether cond became true. Use it
 // only for state that offers nothing to wait on (counters, gauges).
-func Poll(cond func() bool) bool {
-	deadline := time.Now().Add(Timeout)
+func Poll(cond func() bool) bool { return PollFor(Timeout, cond) }
+
+// PollFor is Poll with its own bound d: for state of other processes
+// (their admin APIs) and of clusters that take longer than Timeout.
+func PollFor(d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
 	pause := time.Millisecond
 	for {
 		if cond() {

@@ -547,20 +547,25 @@ func TestPartitionDuringTakeover(t *testing.T) {
 func reconnectV5(t testing.TB, url, id string) *brokertest.V5 {
 	t.Helper()
 	opts := brokertest.V5Options{KeepSession: true, SessionExpiry: 300}
-	deadline := time.Now().Add(settleTimeout)
-	for {
-		cl, err := brokertest.ConnectV5(t, url, id, opts)
-		if err == nil {
-			t.Logf("%s connected (session present %v)", id, cl.Connack.SessionPresent)
-			return cl
-		}
+	var (
+		cl  *brokertest.V5
+		err error
+	)
+	// Retried while the CONNACK refuses; any other failure ends it.
+	brokertest.PollFor(settleTimeout, func() bool {
+		cl, err = brokertest.ConnectV5(t, url, id, opts)
 		var ce *brokertest.ConnackError
-		if !errors.As(err, &ce) || time.Now().After(deadline) {
-			t.Fatalf("connect %s: %v", id, err)
+		if err != nil && errors.As(err, &ce) {
+			t.Logf("connect %s refused (%v); retrying", id, err)
+			return false
 		}
-		t.Logf("connect %s refused (%v); retrying", id, err)
-		time.Sleep(100 * time.Millisecond) // a client's reconnect delay
+		return true
+	})
+	if err != nil {
+		t.Fatalf("connect %s: %v", id, err)
 	}
+	t.Logf("%s connected (session present %v)", id, cl.Connack.SessionPresent)
+	return cl
 }
 
 // TestPartitionDuringAntiEntropy: while n1,n2 | n3 are split, each side

@@ -68,7 +68,7 @@ func testDelayedWillAcrossNodes(t *testing.T, c *testCluster) {
 				// A will is due when its delay has passed (mochi checks
 				// every second): wait past that, then a marker shows
 				// whether it came. Time is the event here.
-				time.Sleep(time.Until(dropped.Add((delay + 2) * time.Second)))
+				<-time.After(time.Until(dropped.Add((delay + 2) * time.Second)))
 			}
 			marker := brokertest.MustV5(t, c.url("n1"), id+"-marker")
 			marker.MustPub("xwill/m", 1, false, "marker")

@@ -26,18 +26,9 @@ const acrossTimeout = 15 * time.Second
 // with cond's last detail.
 func pollUntil(t *testing.T, what string, cond func() (bool, string)) {
 	t.Helper()
-	deadline := time.Now().Add(acrossTimeout)
-	pause := time.Millisecond
-	for {
-		ok, detail := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s: %s", acrossTimeout, what, detail)
-		}
-		time.Sleep(pause)
-		pause = min(2*pause, 50*time.Millisecond)
+	var detail string
+	if !brokertest.PollFor(acrossTimeout, func() (ok bool) { ok, detail = cond(); return ok }) {
+		t.Fatalf("timed out after %v waiting for %s: %s", acrossTimeout, what, detail)
 	}
 }
 

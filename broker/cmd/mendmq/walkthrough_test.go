@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mendmq/mendmq/broker/brokertest"
 )
 
 // TestPolicyAuthorWalkthrough walks sdk/README.md's "Watch your policy
@@ -377,16 +379,9 @@ func run(t *testing.T, dir string, name string, args ...string) string {
 // fails the test with cond's last answer and the node logs.
 func until(t *testing.T, d time.Duration, what string, logs func() string, cond func() (bool, string)) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		ok, why := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s: %s\nnode logs:\n%s", d, what, why, logs())
-		}
-		time.Sleep(50 * time.Millisecond)
+	var why string
+	if !brokertest.PollFor(d, func() (ok bool) { ok, why = cond(); return ok }) {
+		t.Fatalf("timed out after %v waiting for %s: %s\nnode logs:\n%s", d, what, why, logs())
 	}
 }
 
