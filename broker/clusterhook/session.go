@@ -50,6 +50,10 @@ type SessionHook struct {
 	// superseded holds the clients supersede is dropping (for a grace
 	// period), so that a copy found stale twice is counted once.
 	superseded sync.Map
+	// dropWillAtEnd holds the clients taken over, session kept, before
+	// their connection here ended: a delayed will mochi queues as it
+	// ends is dropped in OnDisconnect (TakeoverSession).
+	dropWillAtEnd sync.Map
 }
 
 var _ mqtt.Hook = (*SessionHook)(nil)
@@ -165,13 +169,24 @@ func (s *SessionHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 // A delayed will of the client held here is dropped.
 func (s *SessionHook) TakeoverSession(clientID, newNode string, handoff bool) ([]byte, error) {
 	srv := s.sh.srv
+	cl, ok := mochix.Client(srv, clientID)
+	if ok && handoff && cl.Properties.Will.WillDelayInterval > 0 && !cl.Closed() {
+		// The connection here has not ended yet (the client reconnected
+		// on newNode before this node noticed the old one drop): its
+		// will, delayed, is not to be sent at all [MQTT-3.1.4-3]. Clear
+		// it before the connection ends, and drop once it has ended what
+		// mochi may have queued meanwhile (OnDisconnect comes after
+		// mochi's sendLWT).
+		mochix.DropWill(cl)
+		s.dropWillAtEnd.Store(cl, struct{}{})
+		time.AfterFunc(s.sh.hcfg.Grace(), func() { s.dropWillAtEnd.Delete(cl) })
+	}
 	// The client connected again, on newNode: a will it left here with a
 	// delay is not to be published [MQTT-3.1.3-9] (mochi drops it only
 	// for a reconnect on this node).
 	if mochix.CancelDelayedWill(srv, clientID) {
 		s.sh.log.Info("delayed will dropped: its client reconnected on another node", "client", clientID, "new_node", newNode)
 	}
-	cl, ok := mochix.Client(srv, clientID)
 	if !ok {
 		return nil, nil
 	}
@@ -368,6 +383,9 @@ func (s *SessionHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 		// announces it once the node has the session table, where it
 		// may have moved meanwhile (restore.go).
 		return
+	}
+	if _, ok := s.dropWillAtEnd.LoadAndDelete(cl); ok && mochix.CancelDelayedWill(s.sh.srv, cl.ID) {
+		s.sh.log.Info("delayed will dropped: its client reconnected on another node before its connection here ended", "client", cl.ID)
 	}
 	s.markDirty(cl.ID)
 }

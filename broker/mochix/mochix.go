@@ -390,6 +390,13 @@ func Ephemeral(cl *mqtt.Client) bool {
 // returns. Call it in OnWill.
 func ClearWillDelay(cl *mqtt.Client) { cl.Properties.Will.WillDelayInterval = 0 }
 
+// DropWill makes mochi publish no will when cl's connection ends: its
+// sendLWT returns at once while the will flag is clear. For a client
+// still connected whose session continues elsewhere (a takeover with the
+// session kept and a Will Delay Interval: the will is not sent
+// [MQTT-3.1.4-3]).
+func DropWill(cl *mqtt.Client) { atomic.StoreUint32(&cl.Properties.Will.Flag, 0) }
+
 // willsOffsets locate mochi's table of delayed wills: the offset of
 // Server.loop (a pointer, set by mqtt.New) and of loop.willDelayed (a
 // *packets.Packets, also set by mqtt.New) in the loop; ok is false if

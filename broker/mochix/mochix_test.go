@@ -594,3 +594,29 @@ func TestWithheldLastWriteStrandsTheBuffer(t *testing.T) {
 		})
 	}
 }
+
+// TestDropWill pins what DropWill relies on: mochi's sendLWT returns at
+// once while the will flag is clear, so a client whose flag was cleared
+// while connected leaves no delayed will when its connection ends.
+func TestDropWill(t *testing.T) {
+	srv, addr := startServer(t)
+	w := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect},
+		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Keepalive: 30, ClientIdentifier: "dropw",
+			WillFlag: true, WillTopic: "dw/w", WillPayload: []byte("gone"),
+			WillProperties: packets.Properties{WillDelayInterval: 600}},
+		Properties: packets.Properties{SessionExpiryInterval: 600, SessionExpiryIntervalFlag: true}}
+	wc := &brokertest.RawClient{T: t, Conn: brokertest.DialRaw(t, addr), Version: 5}
+	wc.Write(w)
+	wc.Expect(packets.Connack)
+	cl, ok := mochix.Client(srv, "dropw")
+	if !ok {
+		t.Fatal("no client dropw")
+	}
+	mochix.DropWill(cl)
+	_ = wc.Conn.Close()
+	brokertest.Eventually(t, "the client to be disconnected", func() bool { return cl.Closed() })
+	if mochix.CancelDelayedWill(srv, "dropw") {
+		t.Fatal("mochi queued the will of a client whose will flag DropWill cleared: " +
+			"mochix.DropWill no longer stops a will; a takeover across nodes would publish it")
+	}
+}
