@@ -316,6 +316,7 @@ func (n *Node) Start() error {
 	mc.ReconnectInterval, mc.ReconnectTimeout = n.cfg.ReconnectInterval, n.cfg.ReconnectTimeout
 	mc.Transport, mc.Logger = n.cfg.Transport, n.baseLog
 	mc.WrapTransport = n.cuts.Transport
+	mc.Unreachable = n.split.unreachable
 	mc.Meta = membership.NodeMeta{DataAddr: n.dataAdvertise(""), Proto: protoVersion}
 	mc.Admit = func(m membership.Member) error {
 		if m.Meta.Proto != protoVersion {

@@ -144,6 +144,13 @@ type Config struct {
 	// switch of cluster/faults. Default nil.
 	WrapTransport func(memberlist.NodeAwareTransport) memberlist.NodeAwareTransport
 
+	// Unreachable, if set, reports whether this node finds member name
+	// unreachable by other means than memberlist (the cluster's data
+	// plane). A join's state exchange then tells the joiner about such a
+	// member as failed even while memberlist still calls it alive or
+	// suspects it on another node's word (see failed.go). Default nil.
+	Unreachable func(name string) bool
+
 	// Logger receives membership's and memberlist's logs. Default
 	// slog.Default().
 	Logger *slog.Logger

@@ -69,7 +69,7 @@ func (d *delegates) LocalState(join bool) []byte {
 	}
 	m := d.m
 	m.mu.Lock()
-	fs := m.table.failed(time.Now())
+	fs := m.table.failed(time.Now(), m.cfg.Unreachable)
 	left := m.left
 	m.mu.Unlock()
 	if left {

@@ -113,12 +113,21 @@ func decodeFailed(b []byte) ([]failedMember, error) {
 }
 
 // failed returns the Dead and Suspect members, with how long ago they
-// entered that state.
-func (t *table) failed(now time.Time) []failedMember {
+// entered that state, and the alive ones unreachable reports (nil: none)
+// as just failed. memberlist's own suspicion cannot stand in for the
+// latter: it is not public (memberlist.Node.State stays as the member
+// joined), the table holds a member Suspect only after a probe of this
+// node's own failed, and a joiner's memberlist drops a suspect it does
+// not know — so a node joining one side of a split still being detected
+// would not learn of the other side (TestJoinDuringSplit).
+func (t *table) failed(now time.Time, unreachable func(string) bool) []failedMember {
 	var out []failedMember
 	for _, r := range t.recs {
-		if r.m.State == Dead || r.m.State == Suspect {
+		switch {
+		case r.m.State == Dead || r.m.State == Suspect:
 			out = append(out, failedMember{m: copyMember(r.m), age: now.Sub(r.since)})
+		case r.m.State == Alive && r.m.Name != t.local && unreachable != nil && unreachable(r.m.Name):
+			out = append(out, failedMember{m: copyMember(r.m)})
 		}
 	}
 	return out

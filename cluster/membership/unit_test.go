@@ -338,13 +338,17 @@ func TestFailedExchange(t *testing.T) {
 	sender.alive(Member{Name: "c", GossipAddr: "127.0.0.1:3"}, false, t0)
 	sender.alive(Member{Name: "d", GossipAddr: "127.0.0.1:4"}, false, t0)
 	sender.alive(Member{Name: "e", GossipAddr: "127.0.0.1:5"}, false, t0)
+	sender.alive(Member{Name: "f", GossipAddr: "127.0.0.1:6"}, false, t0) // alive, but the data plane cannot reach it
 	sender.suspect("e", true, t0.Add(3*time.Second))
 	sender.gone(Member{Name: "b", GossipAddr: "127.0.0.1:2", Meta: NodeMeta{DataAddr: "127.0.0.1:12", Proto: 4}}, t0.Add(time.Second))
 	sender.gone(Member{Name: "c", GossipAddr: "127.0.0.1:3"}, t0.Add(2*time.Second))
 	sender.leaving("d")
 	sender.gone(Member{Name: "d"}, t0.Add(2*time.Second)) // left: not sent
 	now := t0.Add(5 * time.Second)
-	fs, err := decodeFailed(encodeFailed("mendmq", sender.failed(now)))
+	// Unreachable says so of f, of the sender itself and of d, which left:
+	// only f is sent for it, as just failed.
+	unreachable := func(name string) bool { return name == "f" || name == "a" || name == "d" }
+	fs, err := decodeFailed(encodeFailed("mendmq", sender.failed(now, unreachable)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -352,6 +356,10 @@ func TestFailedExchange(t *testing.T) {
 	for _, f := range fs {
 		got[f.m.Name] = f
 	}
+	if f, ok := got["f"]; !ok || f.age != 0 || f.m.GossipAddr != "127.0.0.1:6" {
+		t.Fatalf("decoded %+v, want f, unreachable, as just failed", got)
+	}
+	delete(got, "f")
 	if len(got) != 3 || got["e"].age != 2*time.Second || got["b"].age != 4*time.Second || got["c"].age != 3*time.Second || got["b"].cluster != "mendmq" ||
 		got["b"].m.Meta.DataAddr != "127.0.0.1:12" || got["b"].m.Meta.Proto != 4 || got["b"].m.GossipAddr != "127.0.0.1:2" {
 		t.Fatalf("decoded %+v", got)
@@ -365,14 +373,15 @@ func TestFailedExchange(t *testing.T) {
 		evs = append(evs, recv.learnFailed(f.m, now.Add(-f.age))...)
 	}
 	sort.Slice(evs, func(i, j int) bool { return evs[i].m.Name < evs[j].m.Name })
-	if len(evs) != 2 || evs[0].kind != evLeave || evs[0].m.Name != "b" || evs[0].m.State != Dead || evs[1].m.Name != "e" || evs[1].m.State != Dead {
-		t.Fatalf("learned %+v, want b and e failed (c is the receiver itself)", evs)
+	if len(evs) != 3 || evs[0].kind != evLeave || evs[0].m.Name != "b" || evs[0].m.State != Dead || evs[1].m.Name != "e" || evs[1].m.State != Dead ||
+		evs[2].m.Name != "f" || evs[2].m.State != Dead {
+		t.Fatalf("learned %+v, want b, e and f failed (c is the receiver itself)", evs)
 	}
 	if evs := recv.learnFailed(Member{Name: "x"}, now); len(evs) != 0 {
 		t.Fatalf("a known alive member became %+v", evs)
 	}
-	if due := recv.dueReconnects(now, time.Second); len(due) != 2 || due[0].Name != "b" || due[1].Name != "e" {
-		t.Fatalf("reconnects due %+v, want b and e", due)
+	if due := recv.dueReconnects(now, time.Second); len(due) != 3 || due[0].Name != "b" || due[1].Name != "e" || due[2].Name != "f" {
+		t.Fatalf("reconnects due %+v, want b, e and f", due)
 	}
 	// Failed 4 s before now on the sender: reaped 6 s later with a 10 s timeout.
 	if evs := recv.reap(now.Add(5*time.Second), 10*time.Second); len(evs) != 0 {
