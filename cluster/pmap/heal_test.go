@@ -199,24 +199,7 @@ func TestHealThreeWays(t *testing.T) {
 					nodes[s.node].view.set(s.sees)
 					nodes[s.node].m.reconcile(ctx, false)
 				}
-				var why string
-				deadline := time.Now().Add(20 * time.Second)
-				for ok := false; !ok; {
-					if time.Now().After(deadline) {
-						t.Fatalf("not healed: %s", why)
-					}
-					for _, name := range all {
-						nodes[name].view.set(all)
-						nodes[name].m.reconcile(ctx, false)
-					}
-					ok, why = healed(nodes)
-					if !ok {
-						select { // the pulls and merges run in the background
-						case <-ctx.Done():
-						case <-time.After(5 * time.Millisecond):
-						}
-					}
-				}
+				healAll(t, ctx, nodes, all)
 				for _, name := range all {
 					for key, want := range p.want {
 						gctx, gcancel := context.WithTimeout(ctx, 5*time.Second)
@@ -233,6 +216,92 @@ func TestHealThreeWays(t *testing.T) {
 					}
 				}
 			})
+		}
+	}
+}
+
+// healAll shows every node all the members and reconciles them, round
+// after round, until they have healed (20 s at most).
+func healAll(t *testing.T, ctx context.Context, nodes map[string]*simNode, all []string) {
+	t.Helper()
+	reconcileUntil(t, ctx, nodes, all, false, func() (bool, string) { return healed(nodes) })
+}
+
+// reconcileUntil shows the nodes named in sees the members sees and
+// reconciles them, round after round, until done (20 s at most).
+func reconcileUntil(t *testing.T, ctx context.Context, nodes map[string]*simNode, sees []string, split bool, done func() (bool, string)) {
+	t.Helper()
+	var why string
+	deadline := time.Now().Add(20 * time.Second)
+	for ok := false; !ok; {
+		if time.Now().After(deadline) {
+			t.Fatalf("not done: %s", why)
+		}
+		for _, name := range sees {
+			nodes[name].view.set(sees)
+			nodes[name].m.reconcile(ctx, split)
+		}
+		ok, why = done()
+		if !ok {
+			select { // the pulls and merges run in the background
+			case <-ctx.Done():
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}
+}
+
+// TestHealBeforeASideNoticed: n3 is cut off from n1 and n2, which see it
+// gone and go on as a side of their own (a lineage of 2) and write; the
+// split heals before n3 saw them gone, so its table still has all three
+// and it still reports the whole cluster's lineage, of 3. The smaller
+// side is n3 all the same: it must merge into n1 and n2, not they into
+// it. With discard (the existing entry stays), every value n1's side
+// wrote during the split is then what every node reads.
+func TestHealBeforeASideNoticed(t *testing.T) {
+	all := []string{"n1", "n2", "n3"}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	nodes := newSplitNodes(t, ctx, discardPolicy{})
+	healAll(t, ctx, nodes, all)
+	const keys = 40
+	for i := range keys {
+		if _, err := nodes["n3"].m.Put(ctx, "m", fmt.Sprintf("k%d", i), []byte("whole"), 0); err != nil {
+			t.Fatalf("put k%d: %v", i, err)
+		}
+	}
+	whole := nodes["n3"].m.Lineage()
+	side := []string{"n1", "n2"}
+	reconcileUntil(t, ctx, nodes, side, true, func() (bool, string) {
+		for _, name := range side {
+			n := nodes[name]
+			if tb := n.m.Table(); !slices.Equal(tb.Members, side) || !n.m.Settled() {
+				return false, fmt.Sprintf("%s: table %v", name, tb.Members)
+			}
+		}
+		return true, ""
+	})
+	for i := range keys {
+		if _, err := nodes["n1"].m.Put(ctx, "m", fmt.Sprintf("k%d", i), []byte("side"), 0); err != nil {
+			t.Fatalf("put k%d on n1's side: %v", i, err)
+		}
+	}
+	if got := nodes["n3"].m.Lineage(); got != whole || len(nodes["n3"].m.Table().Members) != 3 {
+		t.Fatalf("n3 saw the split: lineage %+v, table %v", got, nodes["n3"].m.Table().Members)
+	}
+	if got := nodes["n1"].m.Lineage(); got.Size != 2 {
+		t.Fatalf("n1's side: lineage %+v, want one of 2", got)
+	}
+	healAll(t, ctx, nodes, all)
+	for _, name := range all {
+		for i := range keys {
+			key := fmt.Sprintf("k%d", i)
+			gctx, gcancel := context.WithTimeout(ctx, 5*time.Second)
+			e, found, err := nodes[name].m.Get(gctx, "m", key)
+			gcancel()
+			if err != nil || !found || string(e.Value) != "side" {
+				t.Errorf("%s: %s = %q %v %v, want the bigger side's \"side\"", name, key, e.Value, found, err)
+			}
 		}
 	}
 }

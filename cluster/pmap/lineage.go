@@ -102,6 +102,15 @@ func planHeal(self string, mine Lineage, merging bool, cur, alive []string, side
 		if !ok || slices.Contains(cur, n) || s.lineage.Hash == mine.Hash || s.merging {
 			continue
 		}
+		// A side whose table still counts this node, in another lineage,
+		// has not seen this node leave it (a split it did not notice, or
+		// a heal before it did): its size is not what that side has
+		// alone. It drops this node when it asks for this node's side
+		// (staleMembers) and is a side of its true size then; merging
+		// into it now could merge the bigger side into the smaller.
+		if slices.Contains(s.members, self) {
+			continue
+		}
 		if mine.less(s.lineage) && (winner == nil || winner.lineage.less(s.lineage)) {
 			winner = &s
 		}
@@ -139,6 +148,9 @@ func (m *Maps) reconcile(ctx context.Context, split bool) {
 		m.base = mine.Hash // whole: this is the cluster's lineage
 	}
 	m.mu.Unlock()
+	if m.dropStale(ctx, alive, cur, mine) {
+		return
+	}
 	if slices.Equal(alive, cur.Members) {
 		return
 	}
@@ -191,6 +203,96 @@ func (m *Maps) reconcile(ctx context.Context, split bool) {
 	m.start(ctx, work)
 }
 
+// staleMembers returns the members of table cur (other than self) that
+// left this node's lineage without this node seeing them go: they report
+// another lineage and a table without self. That happens when a split
+// heals before this node declared the other side gone (its table never
+// shrank) while the other side did and started its own lineage, and when
+// a member merged into a bigger lineage this node has not met yet.
+// sides are the members' answers; a member that did not answer is not
+// stale.
+func staleMembers(self string, mine Lineage, cur []string, sides map[string]side) []string {
+	var stale []string
+	for _, n := range cur {
+		s, ok := sides[n]
+		if n == self || !ok || s.lineage.Hash == mine.Hash || slices.Contains(s.members, self) {
+			continue
+		}
+		stale = append(stale, n)
+	}
+	return stale
+}
+
+// dropStale checks, when members of table cur asked for this node's side
+// since the last round (they do not count this node in their tables),
+// whether members of cur left this node's lineage (staleMembers). If so
+// it drops them from the table as a split would: this side starts a
+// lineage of its own, of its true size, and the next rounds meet them as
+// newcomers, the smaller lineage merging into the bigger. Without it,
+// this node would report its old lineage and size, bigger than its side,
+// and the other side would merge into it (or wait for it, for ever). It
+// reports whether it changed the table.
+func (m *Maps) dropStale(ctx context.Context, alive []string, cur partition.Table, mine Lineage) bool {
+	m.mu.Lock()
+	asked := len(m.askedBy) > 0
+	m.askedBy = nil
+	merging := m.merging
+	m.mu.Unlock()
+	if !asked || merging || !slices.Contains(cur.Members, m.cfg.Node) {
+		// Merging, or merged and not in its own table yet: its new
+		// lineage's members do not count it yet, which is no sign they
+		// left it.
+		return false
+	}
+	// Every member of the table is asked, not only those that asked:
+	// the nodes of this side must all drop the same members, to start
+	// the same lineage.
+	sides := map[string]side{}
+	for _, n := range cur.Members {
+		if n == m.cfg.Node {
+			continue
+		}
+		ctx2, cancel := context.WithTimeout(ctx, 2*time.Second)
+		b, err := m.tr.Call(ctx2, n, CallSide, nil)
+		cancel()
+		var s side
+		if err == nil {
+			s.lineage, s.members, s.data, s.merging, err = decodeSide(b)
+		}
+		if err != nil {
+			continue
+		}
+		sides[n] = s
+	}
+	stale := staleMembers(m.cfg.Node, mine, cur.Members, sides)
+	if len(stale) == 0 {
+		return false
+	}
+	var members []string
+	for _, n := range cur.Members {
+		if !slices.Contains(stale, n) && (n == m.cfg.Node || slices.Contains(alive, n)) {
+			members = append(members, n)
+		}
+	}
+	m.mu.Lock()
+	if m.merging || m.lineage != mine || !slices.Equal(m.table.Members, cur.Members) {
+		m.mu.Unlock()
+		return false // changed meanwhile; the next round looks again
+	}
+	prev := m.table
+	// From the lineage this side's nodes share (their netsplit states,
+	// and so their bases, may differ), so that each computes the same.
+	m.lineage = Lineage{Hash: splitLineage(mine.Hash, members), Size: len(members)}
+	lineage := m.lineage
+	next := partition.Compute(members, m.cfg.PartitionCount, m.cfg.MaxBackups)
+	work := m.planLocked(next, prev, false)
+	m.mu.Unlock()
+	m.log.Warn("members of this node's map table left its lineage in a split it did not see; dropping them from the table, to merge by size",
+		"left", stale, "members", members, "lineage", lineage)
+	m.start(ctx, work)
+	return true
+}
+
 // stableAlive is the view's alive members plus those of the table gone
 // for less than ShrinkDelay.
 func (m *Maps) stableAlive(now time.Time) []string {
@@ -225,6 +327,14 @@ func (m *Maps) stableAlive(now time.Time) []string {
 func (m *Maps) handleSide(from string, _ []byte) ([]byte, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if from != m.cfg.Node && slices.Contains(m.table.Members, from) {
+		// It does not count this node in its table: see dropStale.
+		if m.askedBy == nil {
+			m.askedBy = map[string]struct{}{}
+		}
+		m.askedBy[from] = struct{}{}
+		m.MembersChanged()
+	}
 	data := false
 	for i := range m.cfg.PartitionCount {
 		if m.store.Len(partition.ID(i)) > 0 {

@@ -108,6 +108,15 @@ func TestPlanHeal(t *testing.T) {
 			},
 			wantWinner: &side9.lineage, wantMembers: []string{"n1", "n2"},
 		},
+		{
+			// The split healed before n3 saw n1 and n2 gone: its table
+			// still has all three and it reports the whole cluster's
+			// lineage and size, bigger than it is alone.
+			name: "a side that still counts this node, in another lineage, is not one to merge into",
+			self: "n1", mine: Lineage{Hash: 5, Size: 2}, cur: []string{"n1", "n2"}, alive: []string{"n1", "n2", "n3"},
+			sides:       map[string]side{"n3": {lineage: Lineage{Hash: 9, Size: 3}, members: []string{"n1", "n2", "n3"}}},
+			wantMembers: []string{"n1", "n2"},
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := planHeal(tc.self, tc.mine, tc.merging, tc.cur, tc.alive, tc.sides)
@@ -119,6 +128,37 @@ func TestPlanHeal(t *testing.T) {
 			}
 			if !slices.Equal(got.members, tc.wantMembers) {
 				t.Fatalf("members %v, want %v", got.members, tc.wantMembers)
+			}
+		})
+	}
+}
+
+// TestStaleMembers: the members of a node's table that left its lineage
+// without the node seeing them go report another lineage and a table
+// without the node.
+func TestStaleMembers(t *testing.T) {
+	whole := Lineage{Hash: 9, Size: 3}
+	side12 := side{lineage: Lineage{Hash: 5, Size: 2}, members: []string{"n1", "n2"}}
+	for _, tc := range []struct {
+		name  string
+		sides map[string]side
+		want  []string
+	}{
+		{"the other side of a split this node did not see", map[string]side{"n1": side12, "n2": side12}, []string{"n1", "n2"}},
+		{"members still of this lineage", map[string]side{
+			"n1": {lineage: whole, members: []string{"n1", "n2", "n3"}},
+			"n2": {lineage: whole, members: []string{"n1", "n2"}},
+		}, nil},
+		{"a member in another lineage that still counts this node drops it itself", map[string]side{
+			"n1": {lineage: Lineage{Hash: 7, Size: 3}, members: []string{"n1", "n2", "n3"}},
+		}, nil},
+		{"a member that did not answer", map[string]side{"n1": side12}, []string{"n1"}},
+		{"this node's own answer", map[string]side{"n3": side12}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := staleMembers("n3", whole, []string{"n1", "n2", "n3"}, tc.sides)
+			if !slices.Equal(got, tc.want) {
+				t.Fatalf("stale %v, want %v", got, tc.want)
 			}
 		})
 	}
