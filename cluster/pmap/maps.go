@@ -152,12 +152,12 @@ type Maps struct {
 	pulls    []*pull
 	progress MergeProgress
 	changed  chan struct{}
-	wg       sync.WaitGroup         // background pulls and copies
-	gone     map[string]time.Time   // members missing from the view since, still in the table
+	wg       sync.WaitGroup       // background pulls and copies
+	gone     map[string]time.Time // members missing from the view since, still in the table
 	// askedBy holds the members of this node's table that asked for its
 	// side (lineage.go): they do not count this node in their table, so
 	// they may have left its lineage in a split this node never saw.
-	askedBy map[string]struct{}
+	askedBy  map[string]struct{}
 	dirty    map[[2]string]struct{} // (map, key) waiting for the MapStore
 	flushing int                    // dirty entries flush is writing
 	// disowned[p]: since when this node no longer owns partition p,
