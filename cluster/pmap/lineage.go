@@ -102,13 +102,13 @@ func planHeal(self string, mine Lineage, merging bool, cur, alive []string, side
 		if !ok || slices.Contains(cur, n) || s.lineage.Hash == mine.Hash || s.merging {
 			continue
 		}
-		// A side whose table still counts this node, in another lineage,
-		// has not seen this node leave it (a split it did not notice, or
-		// a heal before it did): its size is not what that side has
-		// alone. It drops this node when it asks for this node's side
+		// The lineage this node's side split from, whose table still
+		// counts this node: that side has not seen this node leave (a
+		// heal before it noticed the split), and its size is not what it
+		// has alone. It drops this node's side when asked for its own
 		// (staleMembers) and is a side of its true size then; merging
 		// into it now could merge the bigger side into the smaller.
-		if slices.Contains(s.members, self) {
+		if slices.Contains(s.members, self) && mine.Hash == splitLineage(s.lineage.Hash, cur) {
 			continue
 		}
 		if mine.less(s.lineage) && (winner == nil || winner.lineage.less(s.lineage)) {
@@ -204,18 +204,19 @@ func (m *Maps) reconcile(ctx context.Context, split bool) {
 }
 
 // staleMembers returns the members of table cur (other than self) that
-// left this node's lineage without this node seeing them go: they report
-// another lineage and a table without self. That happens when a split
-// heals before this node declared the other side gone (its table never
-// shrank) while the other side did and started its own lineage, and when
-// a member merged into a bigger lineage this node has not met yet.
-// sides are the members' answers; a member that did not answer is not
-// stale.
+// split off this node's lineage without this node seeing them go: they
+// report the lineage a side of this one starts (splitLineage of this
+// node's lineage and that side's members) and a table without self. That
+// happens when a split heals before this node declared the other side
+// gone (its table never shrank) while the other side did. sides are the
+// members' answers; a member that did not answer is not stale. Other
+// disagreements (a member that merged into a lineage this node has not
+// met yet, while a cluster forms) are left to planHeal's rounds.
 func staleMembers(self string, mine Lineage, cur []string, sides map[string]side) []string {
 	var stale []string
 	for _, n := range cur {
 		s, ok := sides[n]
-		if n == self || !ok || s.lineage.Hash == mine.Hash || slices.Contains(s.members, self) {
+		if n == self || !ok || slices.Contains(s.members, self) || s.lineage.Hash != splitLineage(mine.Hash, s.members) {
 			continue
 		}
 		stale = append(stale, n)

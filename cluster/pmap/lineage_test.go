@@ -112,8 +112,9 @@ func TestPlanHeal(t *testing.T) {
 			// The split healed before n3 saw n1 and n2 gone: its table
 			// still has all three and it reports the whole cluster's
 			// lineage and size, bigger than it is alone.
-			name: "a side that still counts this node, in another lineage, is not one to merge into",
-			self: "n1", mine: Lineage{Hash: 5, Size: 2}, cur: []string{"n1", "n2"}, alive: []string{"n1", "n2", "n3"},
+			name: "the side this one split from, whose table still counts this node, is not one to merge into",
+			self: "n1", mine: Lineage{Hash: splitLineage(9, []string{"n1", "n2"}), Size: 2},
+			cur: []string{"n1", "n2"}, alive: []string{"n1", "n2", "n3"},
 			sides:       map[string]side{"n3": {lineage: Lineage{Hash: 9, Size: 3}, members: []string{"n1", "n2", "n3"}}},
 			wantMembers: []string{"n1", "n2"},
 		},
@@ -138,7 +139,7 @@ func TestPlanHeal(t *testing.T) {
 // without the node.
 func TestStaleMembers(t *testing.T) {
 	whole := Lineage{Hash: 9, Size: 3}
-	side12 := side{lineage: Lineage{Hash: 5, Size: 2}, members: []string{"n1", "n2"}}
+	side12 := side{lineage: Lineage{Hash: splitLineage(9, []string{"n1", "n2"}), Size: 2}, members: []string{"n1", "n2"}}
 	for _, tc := range []struct {
 		name  string
 		sides map[string]side
@@ -148,6 +149,9 @@ func TestStaleMembers(t *testing.T) {
 		{"members still of this lineage", map[string]side{
 			"n1": {lineage: whole, members: []string{"n1", "n2", "n3"}},
 			"n2": {lineage: whole, members: []string{"n1", "n2"}},
+		}, nil},
+		{"a member that merged into a lineage this node has not met", map[string]side{
+			"n1": {lineage: Lineage{Hash: 7, Size: 2}, members: []string{"n1", "n4"}},
 		}, nil},
 		{"a member in another lineage that still counts this node drops it itself", map[string]side{
 			"n1": {lineage: Lineage{Hash: 7, Size: 3}, members: []string{"n1", "n2", "n3"}},
