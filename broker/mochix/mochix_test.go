@@ -519,14 +519,7 @@ func TestCancelDelayedWill(t *testing.T) {
 	if mochix.CancelDelayedWill(srv, "dw") {
 		t.Fatal("a client without a will has a delayed will")
 	}
-	w := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect},
-		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Keepalive: 30, ClientIdentifier: "dw2",
-			WillFlag: true, WillTopic: "dw/w", WillPayload: []byte("gone"),
-			WillProperties: packets.Properties{WillDelayInterval: 600}},
-		Properties: packets.Properties{SessionExpiryInterval: 600, SessionExpiryIntervalFlag: true}}
-	wc := &brokertest.RawClient{T: t, Conn: brokertest.DialRaw(t, addr), Version: 5}
-	wc.Write(w)
-	wc.Expect(packets.Connack)
+	wc := connectWithDelayedWill(t, addr, "dw2")
 	_ = wc.Conn.Close()
 	brokertest.Eventually(t, "the will to be delayed", func() bool {
 		cl, ok := mochix.Client(srv, "dw2")
@@ -595,19 +588,27 @@ func TestWithheldLastWriteStrandsTheBuffer(t *testing.T) {
 	}
 }
 
-// TestDropWill pins what DropWill relies on: mochi's sendLWT returns at
-// once while the will flag is clear, so a client whose flag was cleared
-// while connected leaves no delayed will when its connection ends.
-func TestDropWill(t *testing.T) {
-	srv, addr := startServer(t)
+// connectWithDelayedWill connects a v5 client id whose session and will
+// delay last 10 minutes.
+func connectWithDelayedWill(t *testing.T, addr, id string) *brokertest.RawClient {
+	t.Helper()
 	w := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect},
-		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Keepalive: 30, ClientIdentifier: "dropw",
+		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Keepalive: 30, ClientIdentifier: id,
 			WillFlag: true, WillTopic: "dw/w", WillPayload: []byte("gone"),
 			WillProperties: packets.Properties{WillDelayInterval: 600}},
 		Properties: packets.Properties{SessionExpiryInterval: 600, SessionExpiryIntervalFlag: true}}
 	wc := &brokertest.RawClient{T: t, Conn: brokertest.DialRaw(t, addr), Version: 5}
 	wc.Write(w)
 	wc.Expect(packets.Connack)
+	return wc
+}
+
+// TestDropWill pins what DropWill relies on: mochi's sendLWT returns at
+// once while the will flag is clear, so a client whose flag was cleared
+// while connected leaves no delayed will when its connection ends.
+func TestDropWill(t *testing.T) {
+	srv, addr := startServer(t)
+	wc := connectWithDelayedWill(t, addr, "dropw")
 	cl, ok := mochix.Client(srv, "dropw")
 	if !ok {
 		t.Fatal("no client dropw")

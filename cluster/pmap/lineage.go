@@ -161,13 +161,7 @@ func (m *Maps) reconcile(ctx context.Context, split bool) {
 		if slices.Contains(cur.Members, n) {
 			continue
 		}
-		ctx2, cancel := context.WithTimeout(ctx, 2*time.Second)
-		b, err := m.tr.Call(ctx2, n, CallSide, nil)
-		cancel()
-		var s side
-		if err == nil {
-			s.lineage, s.members, s.data, s.merging, err = decodeSide(b)
-		}
+		s, err := m.askSide(ctx, n)
 		if err != nil {
 			m.log.Debug("map lineage of a new member unknown; not in the table yet", "peer", n, "error", err)
 			continue
@@ -201,6 +195,19 @@ func (m *Maps) reconcile(ctx context.Context, split bool) {
 	work := m.planLocked(next, prev, false)
 	m.mu.Unlock()
 	m.start(ctx, work)
+}
+
+// askSide asks member n for its side (CallSide), for 2 s at most.
+func (m *Maps) askSide(ctx context.Context, n string) (side, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	b, err := m.tr.Call(ctx, n, CallSide, nil)
+	if err != nil {
+		return side{}, err
+	}
+	var s side
+	s.lineage, s.members, s.data, s.merging, err = decodeSide(b)
+	return s, err
 }
 
 // staleMembers returns the members of table cur (other than self) that
@@ -253,17 +260,9 @@ func (m *Maps) dropStale(ctx context.Context, alive []string, cur partition.Tabl
 		if n == m.cfg.Node {
 			continue
 		}
-		ctx2, cancel := context.WithTimeout(ctx, 2*time.Second)
-		b, err := m.tr.Call(ctx2, n, CallSide, nil)
-		cancel()
-		var s side
-		if err == nil {
-			s.lineage, s.members, s.data, s.merging, err = decodeSide(b)
+		if s, err := m.askSide(ctx, n); err == nil {
+			sides[n] = s
 		}
-		if err != nil {
-			continue
-		}
-		sides[n] = s
 	}
 	stale := staleMembers(m.cfg.Node, mine, cur.Members, sides)
 	if len(stale) == 0 {
