@@ -43,12 +43,21 @@ func (m *Maps) mergeInto(ctx context.Context, w side, members []string) {
 	// of the smaller side goes through the policy once (a policy that
 	// adds, say, must not see it twice). Its backups are dropped with the
 	// rest: their owners send them.
-	var snap []Item
+	// The snapshot is sized once and not sorted (the order of a merge
+	// does not matter): for 1M entries, growing and sorting it cost more
+	// than a second under the lock, and its garbage more in collections.
+	var owned []partition.ID
+	n := 0
 	for i := range m.cfg.PartitionCount {
 		p := partition.ID(i)
 		if m.table.Role(p, m.cfg.Node) == partition.Owner && m.state[p] == stActive {
-			snap = append(snap, m.store.Copy(p)...)
+			owned = append(owned, p)
+			n += m.store.Len(p)
 		}
+	}
+	snap := make([]Item, 0, n)
+	for _, p := range owned {
+		snap = m.store.AppendTo(snap, p)
 	}
 	for i := range m.cfg.PartitionCount {
 		m.store.Drop(partition.ID(i))
@@ -82,9 +91,14 @@ func (m *Maps) mergeInto(ctx context.Context, w side, members []string) {
 
 // queueMergesLocked adds items to the entries to merge; it reports
 // whether the sender must be started (none under way: it takes the new
-// entries too otherwise).
+// entries too otherwise). items become the merge's, not copied (1M
+// entries are 136 MB): the caller does not use them after.
 func (m *Maps) queueMergesLocked(items []Item) bool {
-	m.unsent = append(m.unsent, items...)
+	if len(m.unsent) == 0 {
+		m.unsent = items
+	} else {
+		m.unsent = append(m.unsent, items...)
+	}
 	start := !m.merging
 	m.merging = true
 	if start {
@@ -129,9 +143,12 @@ func (m *Maps) sendMerges(ctx context.Context) MergeProgress {
 	wait := 20 * time.Millisecond
 	var pending []Item
 	for {
-		type dest struct{ owner, m string }
 		m.mu.Lock()
-		pending = append(pending, m.unsent...)
+		if len(pending) == 0 {
+			pending = m.unsent
+		} else {
+			pending = append(pending, m.unsent...)
+		}
 		m.unsent = nil
 		if len(pending) == 0 || !time.Now().Before(deadline) || ctx.Err() != nil {
 			// Done under the lock that queues entries: one queued from
@@ -145,67 +162,90 @@ func (m *Maps) sendMerges(ctx context.Context) MergeProgress {
 			}
 			return p
 		}
-		// Batches per (owner, map), in order.
-		groups := map[dest][]Item{}
-		var order []dest
-		for _, it := range pending {
-			d := dest{m.table.Owner(m.store.Partition(it.Key)), it.Map}
-			if _, ok := groups[d]; !ok {
-				order = append(order, d)
-			}
-			groups[d] = append(groups[d], it)
-		}
+		batches := m.batchLocked(pending)
 		m.mu.Unlock()
+		pending = nil // in the batches now: the garbage collector may take it
 		// The batches go out mergeParallelism at a time: one at a
 		// time, a heal of 1M entries spends its time waiting on round
 		// trips (BenchmarkMapMerge).
 		var (
-			retry []Item
-			rmu   sync.Mutex
-			wg    sync.WaitGroup
-			sem   = make(chan struct{}, mergeParallelism)
+			retry   []Item
+			lastErr error
+			rmu     sync.Mutex
+			wg      sync.WaitGroup
+			sem     = make(chan struct{}, mergeParallelism)
 		)
-		for _, d := range order {
-			g := groups[d]
-			for len(g) > 0 {
-				k := min(len(g), m.cfg.MergeBatchSize)
-				batch := g[:k]
-				g = g[k:]
-				sem <- struct{}{}
-				wg.Add(1)
-				go func() {
-					defer func() { <-sem; wg.Done() }()
-					var err error
-					if d.owner == m.cfg.Node {
-						err = m.mergeLocal(ctx, d.m, batch)
-					} else {
-						cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-						_, err = m.tr.Call(cctx, d.owner, CallMerge, appendMerge(nil, d.m, batch))
-						cancel()
+		for i := range batches {
+			d, batch := batches[i].mergeDest, batches[i].items
+			batches[i].items = nil // dropped once sent
+			sem <- struct{}{}
+			wg.Add(1)
+			go func() {
+				defer func() { <-sem; wg.Done() }()
+				var err error
+				if d.owner == m.cfg.Node {
+					err = m.mergeLocal(ctx, d.m, batch)
+				} else {
+					cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+					_, err = m.tr.Call(cctx, d.owner, CallMerge, appendMerge(nil, d.m, batch))
+					cancel()
+				}
+				if err != nil {
+					rmu.Lock()
+					retry = append(retry, batch...)
+					if lastErr == nil {
+						lastErr = err
 					}
-					if err != nil {
-						rmu.Lock()
-						retry = append(retry, batch...)
-						rmu.Unlock()
-						return
-					}
-					if d.owner != m.cfg.Node {
-						m.unstoreMerged(batch)
-					}
-					m.mu.Lock()
-					m.progress.Done += len(batch)
-					m.mu.Unlock()
-					m.stats.MergedIn.Add(uint64(len(batch)))
-				}()
-			}
+					rmu.Unlock()
+					return
+				}
+				if d.owner != m.cfg.Node {
+					m.unstoreMerged(batch)
+				}
+				m.mu.Lock()
+				m.progress.Done += len(batch)
+				m.mu.Unlock()
+				m.stats.MergedIn.Add(uint64(len(batch)))
+			}()
 		}
 		wg.Wait()
 		if len(retry) > 0 {
+			m.log.Debug("map merge: entries to send again", "entries", len(retry), "batches", len(batches), "wait", wait, "error", lastErr)
 			time.Sleep(wait)
 			wait = min(2*wait, time.Second)
 		}
 		pending = retry
 	}
+}
+
+// mergeDest is where a merge batch goes: an owner, a map.
+type mergeDest struct{ owner, m string }
+
+type mergeBatch struct {
+	mergeDest
+	items []Item
+}
+
+// batchLocked splits items into batches of at most MergeBatchSize
+// entries of one map with one owner in the current table. Each batch is
+// allocated at its final size and filled in the items' order; batches of
+// different owners interleave, so the owners work at the same time.
+func (m *Maps) batchLocked(items []Item) []mergeBatch {
+	size := m.cfg.MergeBatchSize
+	var out []mergeBatch
+	open := map[mergeDest]int{} // the batch being filled, in out
+	for i := range items {
+		it := &items[i]
+		d := mergeDest{m.table.Owner(m.store.Partition(it.Key)), it.Map}
+		j, ok := open[d]
+		if !ok || len(out[j].items) == size {
+			j = len(out)
+			out = append(out, mergeBatch{mergeDest: d, items: make([]Item, 0, min(size, len(items)-i))})
+			open[d] = j
+		}
+		out[j].items = append(out[j].items, *it)
+	}
+	return out
 }
 
 func (m *Maps) handleMerge(from string, payload []byte) ([]byte, error) {
@@ -235,21 +275,28 @@ func (m *Maps) mergeLocal(ctx context.Context, name string, items []Item) error 
 		if round == 5 {
 			return fmt.Errorf("%w: entries kept changing", errMergeRetry)
 		}
-		m.mu.Lock()
 		seqs := make([]uint64, len(items))
 		mitems := make([]merge.Item, len(items))
+		// The views in one allocation, both sides of an entry sharing
+		// its key's bytes: per entry, two views and two copies of the
+		// key were four allocations.
+		views := make([]merge.EntryView, 2*len(items))
 		now := m.now()
-		for i, it := range items {
+		m.mu.Lock()
+		for i := range items {
+			it := &items[i]
 			p := m.store.Partition(it.Key)
 			if m.table.Role(p, m.cfg.Node) != partition.Owner || m.state[p] != stActive {
 				m.mu.Unlock()
 				return errMergeRetry
 			}
-			mv := it.Entry.View(it.Key)
-			mitems[i].Merging = &mv
+			mv := &views[2*i]
+			*mv = it.Entry.View(it.Key)
+			mitems[i].Merging = mv
 			if e, ok := m.store.Get(name, it.Key, now, false); ok {
-				ev := e.View(it.Key)
-				mitems[i].Existing, seqs[i] = &ev, e.Seq
+				ev := &views[2*i+1]
+				*ev = e.view(mv.Key)
+				mitems[i].Existing, seqs[i] = ev, e.Seq
 			}
 		}
 		m.mu.Unlock()

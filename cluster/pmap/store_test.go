@@ -151,8 +151,10 @@ func BenchmarkStoreStats(b *testing.B) {
 	}
 }
 
-// TestStatsBytesFollowChanges: the bytes Stats reports, kept as entries
-// change, equal a walk over the entries after every kind of change.
+// TestStatsBytesFollowChanges: the bytes Stats reports, and the count of
+// entries with a TTL or max idle Expire relies on to skip a partition,
+// kept as entries change, equal a walk over the entries after every kind
+// of change.
 func TestStatsBytesFollowChanges(t *testing.T) {
 	s := NewStore(7)
 	walk := func() map[string][2]int64 {
@@ -178,6 +180,19 @@ func TestStatsBytesFollowChanges(t *testing.T) {
 				t.Fatalf("after %s: map %s: Stats %v, walk %v", step, m, got[m], w)
 			}
 		}
+		for pid, p := range s.parts {
+			n := 0
+			for _, mm := range p.maps {
+				for _, e := range mm {
+					if e.TTL > 0 || e.MaxIdle > 0 {
+						n++
+					}
+				}
+			}
+			if p.expiring != n {
+				t.Fatalf("after %s: partition %d counts %d expiring entries, walk %d", step, pid, p.expiring, n)
+			}
+		}
 	}
 	for i := range 50 {
 		s.Put("a", fmt.Sprint("k", i), make([]byte, i), 0, 0, 1)
@@ -186,6 +201,11 @@ func TestStatsBytesFollowChanges(t *testing.T) {
 	s.Put("a", "k3", make([]byte, 100), 0, 0, 2)
 	check("an update")
 	s.Put("a", "ttl", []byte("xx"), 5, 0, 2)
+	s.Put("a", "idle", []byte("xx"), 0, 500, 2)
+	s.Put("a", "k9", []byte("xx"), 0, 500, 2)
+	check("puts with a TTL and a max idle")
+	s.Put("a", "k9", []byte("xx"), 0, 0, 3)
+	check("an update dropping the max idle")
 	s.Expire(100, all)
 	check("an expiry")
 	s.Delete("a", "k4")
@@ -194,9 +214,12 @@ func TestStatsBytesFollowChanges(t *testing.T) {
 	check("a write")
 	s.Apply(Item{Map: "b", Key: "w", Entry: Entry{Value: []byte("longer value"), Seq: e.Seq + 1}})
 	s.Apply(Item{Map: "a", Key: "k5", Entry: Entry{Seq: 1 << 40}, Deleted: true})
+	s.Apply(Item{Map: "b", Key: "t", Entry: Entry{Value: []byte("ttl"), TTL: 9, Seq: 1 << 40}})
 	check("backup applies")
+	s.Delete("a", "idle")
+	check("a delete of an expiring entry")
 	pid := s.Partition("k7")
-	s.Replace(pid, []Item{{Map: "a", Key: "k7", Entry: Entry{Value: []byte("replaced")}}})
+	s.Replace(pid, []Item{{Map: "a", Key: "k7", Entry: Entry{Value: []byte("replaced"), MaxIdle: 3}}})
 	check("a replace")
 	s.Drop(s.Partition("k8"))
 	check("a drop")
@@ -205,4 +228,11 @@ func TestStatsBytesFollowChanges(t *testing.T) {
 		t.Fatal("expired entry read")
 	}
 	check("an expired read")
+	s.Put("a", "late", []byte("v"), 1, 0, 1)
+	// late, the applied t (updated at 0, TTL 9) and the replaced k7 (idle
+	// since 0, max idle 3).
+	if gone := s.Expire(10, all); len(gone) != 3 {
+		t.Fatalf("expired %+v, want late, t and k7", gone)
+	}
+	check("an expiry after counts moved")
 }

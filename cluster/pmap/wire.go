@@ -2,6 +2,8 @@ package pmap
 
 import (
 	"encoding/binary"
+	"math/bits"
+	"slices"
 
 	"github.com/mendmq/mendmq/cluster/internal/wire"
 )
@@ -41,12 +43,49 @@ const maxItems = 1 << 20
 // maxValue bounds a value (a data-plane frame is 16 MiB).
 const maxValue = 8 << 20
 
+// uvarintLen and varintLen are the encoded sizes of x.
+func uvarintLen(x uint64) int { return (bits.Len64(x|1) + 6) / 7 }
+
+func varintLen(x int64) int {
+	ux := uint64(x) << 1
+	if x < 0 {
+		ux = ^ux
+	}
+	return uvarintLen(ux)
+}
+
+func strLen(s string) int { return uvarintLen(uint64(len(s))) + len(s) }
+
+// entryLen is the size appendEntry encodes e in.
+func entryLen(e *Entry) int {
+	return uvarintLen(uint64(len(e.Value))) + len(e.Value) + varintLen(e.Hits) + varintLen(e.Version) +
+		varintLen(e.CreationTime) + varintLen(e.LastAccessTime) + varintLen(e.LastUpdateTime) +
+		varintLen(e.LastStoredTime) + varintLen(e.TTL) + varintLen(e.MaxIdle) + uvarintLen(e.Seq)
+}
+
+// itemsLen is the size appendItems encodes items in: the buffer is sized
+// once (a merge sends 1M entries in batches; growing each batch's buffer
+// doubled the bytes allocated, and the garbage collector's work with
+// them).
+func itemsLen(items []Item) int {
+	n := uvarintLen(uint64(len(items)))
+	for i := range items {
+		n += strLen(items[i].Map) + strLen(items[i].Key) + 1 + entryLen(&items[i].Entry)
+	}
+	return n
+}
+
 func appendEntry(b []byte, e *Entry) []byte {
 	b = binary.AppendUvarint(b, uint64(len(e.Value)))
 	b = append(b, e.Value...)
-	for _, v := range []int64{e.Hits, e.Version, e.CreationTime, e.LastAccessTime, e.LastUpdateTime, e.LastStoredTime, e.TTL, e.MaxIdle} {
-		b = binary.AppendVarint(b, v)
-	}
+	b = binary.AppendVarint(b, e.Hits)
+	b = binary.AppendVarint(b, e.Version)
+	b = binary.AppendVarint(b, e.CreationTime)
+	b = binary.AppendVarint(b, e.LastAccessTime)
+	b = binary.AppendVarint(b, e.LastUpdateTime)
+	b = binary.AppendVarint(b, e.LastStoredTime)
+	b = binary.AppendVarint(b, e.TTL)
+	b = binary.AppendVarint(b, e.MaxIdle)
 	return binary.AppendUvarint(b, e.Seq)
 }
 
@@ -90,6 +129,7 @@ func readEntry(r *wire.Reader) Entry {
 
 // appendItems encodes items: count, then map, key, deleted flag, entry.
 func appendItems(b []byte, items []Item) []byte {
+	b = slices.Grow(b, itemsLen(items))
 	b = binary.AppendUvarint(b, uint64(len(items)))
 	for i := range items {
 		it := &items[i]
@@ -105,18 +145,28 @@ func appendItems(b []byte, items []Item) []byte {
 	return b
 }
 
+// minItemLen is the fewest bytes an encoded item takes (empty strings
+// and value, one-byte varints).
+const minItemLen = 1 + 1 + 1 + 1 + 8 + 1
+
 func readItems(r *wire.Reader) []Item {
 	n := r.Uvarint()
 	if n > maxItems {
 		r.Fail("%d items", n)
 		return nil
 	}
-	var out []Item
+	// Sized once, but never beyond what the bytes left can hold: a
+	// count alone must not make a peer allocate.
+	out := make([]Item, 0, min(n, uint64(len(r.Rest())/minItemLen)))
+	var name string
 	for i := uint64(0); i < n && r.Err() == nil; i++ {
-		it := Item{Map: r.Str(wire.MaxName), Key: r.Str(wire.MaxName)}
+		// The items of a message are mostly of one map: its name is
+		// allocated once.
+		name = r.StrAs(wire.MaxName, name)
+		out = append(out, Item{Map: name, Key: r.Str(wire.MaxName)})
+		it := &out[len(out)-1]
 		it.Deleted = r.Byte() == 1
 		it.Entry = readEntry(r)
-		out = append(out, it)
 	}
 	return out
 }
@@ -261,6 +311,7 @@ func decodePartition(b []byte, count int) (int, []byte, error) {
 
 // appendMerge encodes a CallMerge request: the map, then the items.
 func appendMerge(b []byte, m string, items []Item) []byte {
+	b = slices.Grow(b, strLen(m)+itemsLen(items))
 	b = wire.AppendStr(b, m)
 	return appendItems(b, items)
 }

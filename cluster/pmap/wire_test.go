@@ -43,13 +43,21 @@ func TestWireRoundTrips(t *testing.T) {
 func FuzzDecodeItems(f *testing.F) {
 	f.Add(appendItems(nil, []Item{{Map: "m", Key: "k", Entry: Entry{Value: []byte("v")}}}))
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0x0f})
+	// Maps alternating and repeating (the decoder reuses a repeated
+	// name), negative and long varints.
+	f.Add(appendItems(nil, []Item{{Map: "a", Key: "1"}, {Map: "a", Key: "2", Deleted: true}, {Map: "b", Key: "3", Entry: Entry{Hits: -1, Seq: 1 << 63}},
+		{Map: "a", Key: "4", Entry: Entry{Value: []byte("vv"), TTL: 1 << 50}}, {Map: "", Key: ""}}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		items, err := decodeItems(b)
 		if err != nil {
 			return
 		}
-		again, err := decodeItems(appendItems(nil, items))
-		if err != nil || len(again) != len(items) {
+		enc := appendItems(nil, items)
+		if len(enc) != itemsLen(items) {
+			t.Fatalf("encoded %d bytes, itemsLen %d", len(enc), itemsLen(items))
+		}
+		again, err := decodeItems(enc)
+		if err != nil || !reflect.DeepEqual(again, items) {
 			t.Fatalf("items do not round-trip: %v", err)
 		}
 	})

@@ -70,6 +70,26 @@ func (r *Reader) Str(max int) string {
 	return s
 }
 
+// StrAs reads a string of at most max bytes like Str, but returns prev
+// itself, not a new copy, when the bytes equal it: a message that repeats
+// a name per item (a map's) then allocates it once.
+func (r *Reader) StrAs(max int, prev string) string {
+	n := r.Uvarint()
+	if r.err != nil {
+		return ""
+	}
+	if n > uint64(max) || n > uint64(len(r.b)) {
+		r.Fail("string of %d bytes", n)
+		return ""
+	}
+	s := prev
+	if string(r.b[:n]) != prev {
+		s = string(r.b[:n])
+	}
+	r.b = r.b[n:]
+	return s
+}
+
 // Byte reads one byte.
 func (r *Reader) Byte() byte {
 	if r.err != nil {

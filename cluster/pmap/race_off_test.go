@@ -1,0 +1,5 @@
+//go:build !race
+
+package pmap
+
+const raceEnabled = false
