@@ -158,7 +158,9 @@ func (m *Maps) reconcile(ctx context.Context, split bool) {
 	// are in the table.
 	sides := map[string]side{}
 	for _, n := range alive {
-		if slices.Contains(cur.Members, n) {
+		// This node itself is out of its table while it merges: its side
+		// is what it holds, not an answer to ask for.
+		if n == m.cfg.Node || slices.Contains(cur.Members, n) {
 			continue
 		}
 		s, err := m.askSide(ctx, n)
