@@ -6,7 +6,7 @@ LDFLAGS := -s -w -X github.com/mendmq/mendmq/broker.Version=$(VERSION)
 # The whole suite must stay under 15 minutes on 2 cores (CI allows 90).
 TEST_TIMEOUT ?= 14m
 
-.PHONY: all build run test test-short test-partition vet fmt-check bench bench-cluster bench-netsplit bench-go bench-maps cluster policies policies-check clean
+.PHONY: all build run test test-short test-partition vet fmt-check bench bench-cluster bench-netsplit bench-saturation bench-go bench-maps cluster policies policies-check clean
 
 all: build
 
@@ -53,10 +53,16 @@ bench-cluster: build
 	./bin/mqttbench suite -cluster -mendmq $(BIN) -brokers mendmq $(BENCH_FLAGS)
 	$(GO) test -run XXX -bench JoinConvergence -benchtime 1x -count 3 ./broker/clustertests/
 
-## bench-netsplit: netsplit figures in process with production timings (BENCHMARKS.md, Netsplit): detection and window of uncertainty on closing and silent cuts, false detections with both CPUs saturated for 20 s, heal convergence of 100k subscriptions + 10k conflicting retained messages, a 50-node cluster split 49|1 and 25|25 (NETSPLIT_BIG_NODES=N changes its size, NETSPLIT_BIG_SILENT=1 makes its cuts silent, NETSPLIT_SATURATION_PERIOD=2m saturates longer). About 3 min plus 5-15 min for the big cluster
+## bench-netsplit: netsplit figures in process with production timings (BENCHMARKS.md, Netsplit): detection and window of uncertainty on closing and silent cuts, false detections with both CPUs saturated for 20 s, heal convergence of 100k subscriptions + 10k conflicting retained messages, a 50-node cluster split 49|1 and 25|25 (NETSPLIT_BIG_NODES=N changes its size, NETSPLIT_BIG_SILENT=1 makes its cuts silent, NETSPLIT_SATURATION_PERIOD=2m saturates longer; bench-saturation is the same question asked of real processes under mqttbench load). About 3 min plus 5-15 min for the big cluster
 bench-netsplit:
 	$(GO) test -run XXX -bench 'Netsplit(Detection|Saturation|HealConvergence)' -benchtime 1x -v -timeout 20m ./cluster/
 	$(GO) test -run XXX -bench NetsplitBigCluster -benchtime 1x -v -timeout 45m ./cluster/
+
+## bench-saturation: false netsplit detections under CPU starvation, on real processes: a 3-node cluster of bin/mendmq (examples/cluster/node{1,2,3}.yaml moved onto free ports) loaded by mqttbench with cross-node QoS 0 and QoS 1 pairs at once until both CPUs are saturated, every node's /api/v1/cluster sampled every 150 ms; prints netsplits entered, members seen unreachable / not alive / suspect, the node logs' detection lines, CPU use and delivered msgs/s. SATURATION_FLAGS='-period 5m -pairs 50' changes the load (mqttbench saturate -h). About 2.5 min
+SATURATION_FLAGS ?=
+bench-saturation: build
+	$(GO) build -o bin/mqttbench ./broker/cmd/mqttbench
+	./bin/mqttbench saturate -mendmq $(BIN) $(SATURATION_FLAGS)
 
 ## bench-maps: partitioned maps: put/get latency and throughput 1 vs 3 nodes, heap per entry, migration of 1M entries on a join, merge of 1M conflicting entries after a heal (C latestupdate), the metrics scrape
 bench-maps:

@@ -296,9 +296,10 @@ func nodeMQTTAddr(path string) (string, error) {
 	return "", fmt.Errorf("%s: no mqtt.listeners entry of type tcp", path)
 }
 
-// startCluster runs one "mendmq serve --config" per config file and waits until a
-// message published on node 1 reaches subscribers on every other node.
-func startCluster(ctx context.Context, bin string, configs []string, dir string) (*target, error) {
+// startCluster runs one "mendmq serve --config" per config file (extra
+// appended to each command line) and waits until a message published on
+// node 1 reaches subscribers on every other node.
+func startCluster(ctx context.Context, bin string, configs []string, dir string, extra ...string) (*target, error) {
 	t := &target{name: "mendmq-cluster"}
 	fail := func(err error) (*target, error) { return nil, errors.Join(err, t.stop()) }
 	for i, cfg := range configs {
@@ -307,7 +308,7 @@ func startCluster(ctx context.Context, bin string, configs []string, dir string)
 			return fail(err)
 		}
 		name := fmt.Sprintf("mendmq-node%d", i+1)
-		bp, err := startProc(name, exec.Command(bin, "serve", "--config", cfg), filepath.Join(dir, name+".log"))
+		bp, err := startProc(name, exec.Command(bin, append([]string{"serve", "--config", cfg}, extra...)...), filepath.Join(dir, name+".log"))
 		if err != nil {
 			return fail(err)
 		}

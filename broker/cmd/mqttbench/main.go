@@ -4,6 +4,9 @@
 //	mqttbench mochi [flags]   serve plain upstream mochi-mqtt (the comparison peer)
 //	mqttbench suite [flags]   start mendmq, mosquitto and mochi, run the scenarios with
 //	                          brokers alternated, print medians and ratios (make bench)
+//	mqttbench saturate [flags] start a mendmq cluster, saturate both CPUs with
+//	                          cross-node load, count false netsplit detections
+//	                          (make bench-saturation)
 //
 // Every target must be on 127.0.0.0/8. Run "mqttbench CMD -h" for the flags.
 package main
@@ -40,6 +43,8 @@ commands:
   run     generate load against running broker(s) and report throughput, loss, latency
   mochi   serve plain upstream mochi-mqtt v2.7.9 (default options, allow-all auth)
   suite   start the brokers under test and run the benchmark scenarios (make bench)
+  saturate  start a mendmq cluster, load it until the CPUs are saturated and count
+          false netsplit detections meanwhile (make bench-saturation)
 
 "mqttbench <command> -h" lists the command's flags.
 `
@@ -57,6 +62,8 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return cmdMochi(ctx, args[1:], stdout, stderr)
 	case "suite":
 		return cmdSuite(ctx, args[1:], stdout, stderr)
+	case "saturate":
+		return cmdSaturate(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return nil
